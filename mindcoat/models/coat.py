@@ -1,0 +1,290 @@
+"""CoaT: Co-Scale Conv-Attentional Image Transformers (Xu et al., ICCV 2021, arXiv 2104.06399).
+
+Numerically the official mlpc-ucsd/CoaT model. Parameter names are the official checkpoint keys
+(patch_embed1.proj, cls_token1, cpe1.proj, crpe1.conv_list.0, serial_blocks1.0.factoratt_crpe.qkv,
+parallel_blocks.0.mlp2, aggregate, head, ...). Activations stay in token layout (B, 1 + H*W, C)
+throughout; the depthwise convolutions run channels-last on that layout directly.
+"""
+from mindspore import nn, ops
+
+from ..ops import depthwise_nhwc
+from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, zeros, \
+    uniform_fan_in
+
+# Relative position encoding: kernel size -> number of heads it covers (official default).
+CRPE_WINDOW = {3: 2, 5: 3, 7: 3}
+STRIDE = 32  # total downsampling; inputs must be a multiple of it
+
+
+class PatchEmbed(nn.Cell):
+    """Strided conv + LayerNorm (PyTorch's default eps 1e-5, as in the reference)."""
+
+    def __init__(self, patch_size, in_channels, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size, has_bias=True)
+        self.norm = LayerNorm(dim, eps=1e-5)
+
+    def construct(self, x):
+        x = self.proj(x)
+        b, c, h, w = x.shape
+        return self.norm(x.reshape(b, c, h * w).transpose(0, 2, 1))
+
+
+class ConvPosEnc(nn.Cell):
+    """Convolutional position encoding: x + depthwise3x3(x) over the image tokens."""
+
+    def __init__(self, dim, kernel_size=3):
+        super().__init__()
+        self.proj = DepthwiseKernel(dim, kernel_size)
+
+    def construct(self, x, h, w):
+        b, n, c = x.shape
+        cls_tok, feat = ops.split(x, (1, n - 1), axis=1)
+        conv = depthwise_nhwc(feat.reshape(b, h, w, c), (self.proj.weight,), (self.proj.bias,))
+        return ops.cat((cls_tok, conv.reshape(b, n - 1, c) + feat), axis=1)
+
+
+class ConvRelPosEnc(nn.Cell):
+    """Convolutional relative position encoding: q * depthwise(v), a different kernel size per
+    group of heads; zero for the class token. Works on q and v in token layout (B, N, heads*Ch)."""
+
+    def __init__(self, head_dim, num_heads, window=None):
+        super().__init__()
+        window = window or CRPE_WINDOW
+        if sum(window.values()) != num_heads:
+            raise ValueError(f"crpe window {window} covers {sum(window.values())} heads, "
+                             f"the attention has {num_heads}")
+        self.conv_list = nn.CellList([DepthwiseKernel(heads * head_dim, k)
+                                      for k, heads in window.items()])
+
+    def construct(self, q, v, h, w):
+        b, n, c = q.shape
+        weights = ()
+        biases = ()
+        for conv in self.conv_list:
+            weights = weights + (conv.weight,)
+            biases = biases + (conv.bias,)
+        v_img = ops.split(v, (1, n - 1), axis=1)[1].reshape(b, h, w, c)
+        conv_v = depthwise_nhwc(v_img, weights, biases).reshape(b, n - 1, c)
+        q_img = ops.split(q, (1, n - 1), axis=1)[1]
+        return ops.pad(q_img * conv_v, (0, 0, 1, 0))
+
+
+class FactorAttnConvRelPosEnc(nn.Cell):
+    """Factorized attention q (softmax(k)^T v) plus the conv relative position encoding.
+    One fused qkv projection, as in the reference."""
+
+    def __init__(self, dim, num_heads, crpe, drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = Linear(dim, dim * 3)
+        self.proj = Linear(dim, dim)
+        self.proj_drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+        self.crpe = crpe  # shared by the stage
+
+    def construct(self, x, h, w):
+        b, n, c = x.shape
+        heads = self.num_heads
+        q, k, v = ops.split(self.qkv(x), c, axis=2)
+        crpe = self.crpe(q, v, h, w)
+        # softmax over tokens, taken on the last axis: k as (B, heads, Ch, N)
+        k_soft = ops.softmax(k.reshape(b, n, heads, c // heads).transpose(0, 2, 3, 1), axis=-1)
+        q = q.reshape(b, n, heads, c // heads).transpose(0, 2, 1, 3)
+        v = v.reshape(b, n, heads, c // heads).transpose(0, 2, 1, 3)
+        factor_att = ops.matmul(q, ops.matmul(k_soft, v))
+        x = self.scale * factor_att.transpose(0, 2, 1, 3).reshape(b, n, c) + crpe
+        return self.proj_drop(self.proj(x))
+
+
+class SerialBlock(nn.Cell):
+    def __init__(self, dim, num_heads, mlp_ratio, cpe, crpe, drop=0.0, drop_path=0.0):
+        super().__init__()
+        self.cpe = cpe  # shared by the stage
+        self.norm1 = LayerNorm(dim)
+        self.factoratt_crpe = FactorAttnConvRelPosEnc(dim, num_heads, crpe, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def construct(self, x, h, w):
+        x = self.cpe(x, h, w)
+        x = x + self.drop_path(self.factoratt_crpe(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def resize_tokens(x, h, w, out_h, out_w):
+    """Bilinear resize (align_corners=False) of the image tokens; the class token is kept."""
+    b, n, c = x.shape
+    cls_tok, img = ops.split(x, (1, n - 1), axis=1)
+    img = img.transpose(0, 2, 1).reshape(b, c, h, w)
+    img = ops.interpolate(img, size=(out_h, out_w), mode='bilinear', align_corners=False)
+    return ops.cat((cls_tok, img.reshape(b, c, out_h * out_w).transpose(0, 2, 1)), axis=1)
+
+
+class ParallelBlock(nn.Cell):
+    """Scales 2-4 attend within themselves, then exchange information by resizing to each other's
+    grids; one MLP (the reference's mlp2 = mlp3 = mlp4) serves the three scales."""
+
+    def __init__(self, dims, num_heads, mlp_ratio, crpes, drop=0.0, drop_path=0.0):
+        super().__init__()
+        if not dims[1] == dims[2] == dims[3]:
+            raise ValueError(f"parallel blocks need equal dims for scales 2-4, got {dims[1:]}")
+        for s in (2, 3, 4):
+            setattr(self, f'norm1{s}', LayerNorm(dims[s - 1]))
+            setattr(self, f'factoratt_crpe{s}',
+                    FactorAttnConvRelPosEnc(dims[s - 1], num_heads, crpes[s - 1], drop))
+            setattr(self, f'norm2{s}', LayerNorm(dims[s - 1]))
+        self.mlp2 = Mlp(dims[1], int(dims[1] * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path)
+
+    def construct(self, x2, x3, x4, sizes):
+        (h2, w2), (h3, w3), (h4, w4) = sizes
+        cur2 = self.factoratt_crpe2(self.norm12(x2), h2, w2)
+        cur3 = self.factoratt_crpe3(self.norm13(x3), h3, w3)
+        cur4 = self.factoratt_crpe4(self.norm14(x4), h4, w4)
+        new2 = cur2 + resize_tokens(cur3, h3, w3, h2, w2) + resize_tokens(cur4, h4, w4, h2, w2)
+        new3 = cur3 + resize_tokens(cur4, h4, w4, h3, w3) + resize_tokens(cur2, h2, w2, h3, w3)
+        new4 = cur4 + resize_tokens(cur3, h3, w3, h4, w4) + resize_tokens(cur2, h2, w2, h4, w4)
+        x2 = x2 + self.drop_path(new2)
+        x3 = x3 + self.drop_path(new3)
+        x4 = x4 + self.drop_path(new4)
+        x2 = x2 + self.drop_path(self.mlp2(self.norm22(x2)))
+        x3 = x3 + self.drop_path(self.mlp2(self.norm23(x3)))
+        x4 = x4 + self.drop_path(self.mlp2(self.norm24(x4)))
+        return x2, x3, x4
+
+
+class Aggregate(nn.Cell):
+    """The reference's Conv1d(3, 1, kernel_size=1) over the three class tokens, kept with its
+    PyTorch weight shape (1, 3, 1) so that checkpoints load unchanged."""
+
+    def __init__(self, num_tokens=3):
+        super().__init__()
+        self.weight = uniform_fan_in((1, num_tokens, 1), num_tokens)
+        self.bias = uniform_fan_in((1,), num_tokens)
+
+    def construct(self, tokens):  # (B, 3, C) -> (B, C)
+        return ops.matmul(self.weight.reshape(1, -1), tokens).squeeze(1) + self.bias
+
+
+class CoaT(nn.Cell):
+    """CoaT and CoaT-Lite. ``parallel_depth == 0`` gives CoaT-Lite (classifies from the last
+    stage's class token); otherwise CoaT, whose head reads the class tokens of scales 2-4."""
+
+    def __init__(self, embed_dims, serial_depths, parallel_depth=0, num_heads=8, mlp_ratios=(4,) * 4,
+                 in_channels=3, num_classes=1000, patch_size=4, drop_rate=0.0, drop_path_rate=0.0,
+                 crpe_window=None, features_only=False, out_indices=(0, 1, 2, 3), **_):
+        super().__init__()
+        self.embed_dims = tuple(embed_dims)
+        self.parallel_depth = parallel_depth
+        self.num_classes = num_classes
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        if features_only and not set(self.out_indices) <= {0, 1, 2, 3}:
+            raise ValueError(f"out_indices must be drawn from 0-3, got {out_indices}")
+        dpr = [float(x) for x in
+               _linspace(drop_path_rate, sum(serial_depths) + parallel_depth)]
+        head_dims = [d // num_heads for d in embed_dims]
+        crpes = []
+        prev = in_channels
+        for i, (dim, depth) in enumerate(zip(embed_dims, serial_depths), start=1):
+            setattr(self, f'patch_embed{i}', PatchEmbed(patch_size if i == 1 else 2, prev, dim))
+            setattr(self, f'cls_token{i}', trunc_normal((1, 1, dim)))
+            # registered before the blocks, so the shared cells keep these names (see below)
+            cpe = ConvPosEnc(dim)
+            crpe = ConvRelPosEnc(head_dims[i - 1], num_heads, crpe_window)
+            setattr(self, f'cpe{i}', cpe)
+            setattr(self, f'crpe{i}', crpe)
+            start = sum(serial_depths[:i - 1])
+            setattr(self, f'serial_blocks{i}', nn.CellList([
+                SerialBlock(dim, num_heads, mlp_ratios[i - 1], cpe, crpe, drop_rate, dpr[start + j])
+                for j in range(depth)]))
+            crpes.append(crpe)
+            prev = dim
+        start = sum(serial_depths)
+        self.parallel_blocks = nn.CellList([
+            ParallelBlock(embed_dims, num_heads, mlp_ratios[1], crpes, drop_rate, dpr[start + j])
+            for j in range(parallel_depth)])
+        if not features_only:
+            if parallel_depth:
+                self.norm2 = LayerNorm(embed_dims[1])
+                self.norm3 = LayerNorm(embed_dims[2])
+                self.aggregate = Aggregate(3)
+            self.norm4 = LayerNorm(embed_dims[3])
+            self.head = Linear(embed_dims[3], num_classes) if num_classes else nn.Identity()
+        # A cell shared by several parents is renamed by every assignment; restore each
+        # parameter's name to its first (reference) path.
+        self.update_parameters_name()
+
+    def no_weight_decay_names(self):
+        """Parameters exempt from weight decay: class tokens, norms and biases (all 1-D)."""
+        return {p.name for p in self.trainable_params()
+                if p.name.startswith('cls_token') or len(p.shape) <= 1}
+
+    def _check_input(self, h, w):
+        if h % STRIDE != 0 or w % STRIDE != 0:
+            raise ValueError(f"CoaT input size must be a multiple of {STRIDE} in height and width, "
+                             f"got {h}x{w}")
+
+    def _serial_stage(self, i, x):
+        """Patch embedding, class token and serial blocks of stage ``i`` (1-based)."""
+        tokens = getattr(self, 'patch_embed' + str(i))(x)
+        b, _, c = tokens.shape
+        h, w = x.shape[2] // (4 if i == 1 else 2), x.shape[3] // (4 if i == 1 else 2)
+        cls_tok = ops.broadcast_to(getattr(self, 'cls_token' + str(i)), (b, 1, c))
+        tokens = ops.cat((cls_tok, tokens), axis=1)
+        for blk in getattr(self, 'serial_blocks' + str(i)):
+            tokens = blk(tokens, h, w)
+        return tokens, h, w
+
+    def forward_tokens(self, x):
+        """Runs all stages; returns the four token sequences (class token first) and grid sizes."""
+        self._check_input(x.shape[2], x.shape[3])
+        outs = ()
+        sizes = ()
+        img = x
+        for i in range(1, 5):
+            tokens, h, w = self._serial_stage(i, img)
+            outs = outs + (tokens,)
+            sizes = sizes + ((h, w),)
+            img = _tokens_to_image(tokens, h, w)
+        x1, x2, x3, x4 = outs
+        for blk in self.parallel_blocks:
+            x2 = self.cpe2(x2, sizes[1][0], sizes[1][1])
+            x3 = self.cpe3(x3, sizes[2][0], sizes[2][1])
+            x4 = self.cpe4(x4, sizes[3][0], sizes[3][1])
+            x2, x3, x4 = blk(x2, x3, x4, sizes[1:])
+        return (x1, x2, x3, x4), sizes
+
+    def forward_features(self, x):
+        """The four multi-scale maps, NCHW at strides 4/8/16/32 (for detection/segmentation)."""
+        outs, sizes = self.forward_tokens(x)
+        feats = ()
+        for i in self.out_indices:
+            feats = feats + (_tokens_to_image(outs[i], sizes[i][0], sizes[i][1]),)
+        return feats
+
+    def forward_head(self, outs):
+        if self.parallel_depth:
+            cls_tokens = ops.cat((self.norm2(outs[1])[:, :1], self.norm3(outs[2])[:, :1],
+                                  self.norm4(outs[3])[:, :1]), axis=1)
+            return self.head(self.aggregate(cls_tokens))
+        return self.head(self.norm4(outs[3])[:, 0])
+
+    def construct(self, x):
+        if self.features_only:
+            return self.forward_features(x)
+        outs, _ = self.forward_tokens(x)
+        return self.forward_head(outs)
+
+
+def _tokens_to_image(tokens, h, w):
+    b, n, c = tokens.shape
+    return ops.split(tokens, (1, n - 1), axis=1)[1].transpose(0, 2, 1).reshape(b, c, h, w)
+
+
+def _linspace(end, steps):
+    if steps <= 1:
+        return [0.0] * steps
+    return [end * i / (steps - 1) for i in range(steps)]

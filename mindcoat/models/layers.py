@@ -1,0 +1,83 @@
+"""Small building blocks shared by the CoaT cells. Parameter names follow PyTorch (weight/bias)
+so that a reference state dict maps onto the model key for key."""
+import math
+
+import mindspore as ms
+from mindspore import nn, ops, Parameter
+from mindspore.common import initializer as init
+
+
+def trunc_normal(shape, std=0.02):
+    return Parameter(init.initializer(init.TruncatedNormal(sigma=std), shape, ms.float32))
+
+
+def zeros(shape):
+    return Parameter(init.initializer('zeros', shape, ms.float32))
+
+
+def ones(shape):
+    return Parameter(init.initializer('ones', shape, ms.float32))
+
+
+def uniform_fan_in(shape, fan_in):
+    """PyTorch's default Conv/Linear initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return Parameter(init.initializer(init.Uniform(1.0 / math.sqrt(fan_in)), shape, ms.float32))
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with PyTorch's parameter names (weight/bias)."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = ones((dim,))
+        self.bias = zeros((dim,))
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        return self.norm(x, self.weight, self.bias)[0]
+
+
+class Linear(nn.Dense):
+    """nn.Dense initialised like timm's CoaT (truncated normal 0.02, zero bias)."""
+
+    def __init__(self, in_dim, out_dim, has_bias=True):
+        super().__init__(in_dim, out_dim, weight_init=init.TruncatedNormal(sigma=0.02),
+                         bias_init='zeros', has_bias=has_bias)
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: drops the whole residual branch per sample."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def construct(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = ops.ones_like(x[:, :1, :1])
+        return x * ops.dropout(keep, p=self.p, training=True)
+
+
+class Mlp(nn.Cell):
+    def __init__(self, dim, hidden, drop=0.0):
+        super().__init__()
+        self.fc1 = Linear(dim, hidden)
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = Linear(hidden, dim)
+        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+
+    def construct(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DepthwiseKernel(nn.Cell):
+    """Holds a depthwise 'same' convolution's weight (C, 1, k, k) and bias (C,), PyTorch-style.
+    The convolution itself runs in ``mindcoat.ops.depthwise_nhwc`` so that several kernels can be
+    applied to one channels-last map in a single call."""
+
+    def __init__(self, channels, kernel_size):
+        super().__init__()
+        fan_in = kernel_size * kernel_size
+        self.weight = uniform_fan_in((channels, 1, kernel_size, kernel_size), fan_in)
+        self.bias = uniform_fan_in((channels,), fan_in)

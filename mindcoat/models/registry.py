@@ -1,0 +1,41 @@
+"""The eight published CoaT variants: their differences are data."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_LITE = dict(parallel_depth=0, num_heads=8)
+_COAT = dict(serial_depths=(2, 2, 2, 2), parallel_depth=6, num_heads=8, mlp_ratios=(4, 4, 4, 4))
+
+ARCHS = {
+    'coat_lite_tiny': dict(_LITE, embed_dims=(64, 128, 256, 320), serial_depths=(2, 2, 2, 2),
+                           mlp_ratios=(8, 8, 4, 4)),
+    'coat_lite_mini': dict(_LITE, embed_dims=(64, 128, 320, 512), serial_depths=(2, 2, 2, 2),
+                           mlp_ratios=(8, 8, 4, 4)),
+    'coat_lite_small': dict(_LITE, embed_dims=(64, 128, 320, 512), serial_depths=(3, 4, 6, 3),
+                            mlp_ratios=(8, 8, 4, 4)),
+    'coat_lite_medium': dict(_LITE, embed_dims=(128, 256, 320, 512), serial_depths=(3, 6, 10, 8),
+                             mlp_ratios=(4, 4, 4, 4)),
+    'coat_lite_medium_384': dict(_LITE, embed_dims=(128, 256, 320, 512),
+                                 serial_depths=(3, 6, 10, 8), mlp_ratios=(4, 4, 4, 4)),
+    'coat_tiny': dict(_COAT, embed_dims=(152, 152, 152, 152)),
+    'coat_mini': dict(_COAT, embed_dims=(152, 216, 216, 216)),
+    'coat_small': dict(_COAT, embed_dims=(152, 320, 320, 320)),
+}
+
+_DATA = dict(input_size=(3, 224, 224), crop_pct=0.9, crop_mode='center', interpolation='bicubic',
+             mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000)
+
+# Data defaults per variant (what the variant was trained and evaluated with).
+DATA_CONFIGS = {name: dict(_DATA) for name in ARCHS}
+DATA_CONFIGS['coat_lite_medium_384'].update(input_size=(3, 384, 384), crop_pct=1.0,
+                                            crop_mode='squash')
+
+# Published ImageNet-1k top-1 (%), official mlpc-ucsd/CoaT README.
+PUBLISHED_TOP1 = {
+    'coat_lite_tiny': 77.5, 'coat_lite_mini': 79.1, 'coat_lite_small': 81.9,
+    'coat_lite_medium': 83.6, 'coat_lite_medium_384': 84.5,
+    'coat_tiny': 78.3, 'coat_mini': 81.0, 'coat_small': 82.1,
+}
+
+
+def list_models():
+    return sorted(ARCHS)
