@@ -183,8 +183,6 @@ class CoaT(nn.Cell):
         self.out_indices = tuple(out_indices)
         if features_only and not set(self.out_indices) <= {0, 1, 2, 3}:
             raise ValueError(f"out_indices must be drawn from 0-3, got {out_indices}")
-        dpr = [float(x) for x in
-               _linspace(drop_path_rate, sum(serial_depths) + parallel_depth)]
         head_dims = [d // num_heads for d in embed_dims]
         crpes = []
         prev = in_channels
@@ -196,15 +194,14 @@ class CoaT(nn.Cell):
             crpe = ConvRelPosEnc(head_dims[i - 1], num_heads, crpe_window)
             setattr(self, f'cpe{i}', cpe)
             setattr(self, f'crpe{i}', crpe)
-            start = sum(serial_depths[:i - 1])
             setattr(self, f'serial_blocks{i}', nn.CellList([
-                SerialBlock(dim, num_heads, mlp_ratios[i - 1], cpe, crpe, drop_rate, dpr[start + j])
+                SerialBlock(dim, num_heads, mlp_ratios[i - 1], cpe, crpe, drop_rate, drop_path_rate)
                 for j in range(depth)]))
             crpes.append(crpe)
             prev = dim
-        start = sum(serial_depths)
+        # the reference applies one stochastic-depth rate to every block (no linear decay rule)
         self.parallel_blocks = nn.CellList([
-            ParallelBlock(embed_dims, num_heads, mlp_ratios[1], crpes, drop_rate, dpr[start + j])
+            ParallelBlock(embed_dims, num_heads, mlp_ratios[1], crpes, drop_rate, drop_path_rate)
             for j in range(parallel_depth)])
         if not features_only:
             if parallel_depth:
@@ -283,8 +280,3 @@ def _tokens_to_image(tokens, h, w):
     b, n, c = tokens.shape
     return ops.split(tokens, (1, n - 1), axis=1)[1].transpose(0, 2, 1).reshape(b, c, h, w)
 
-
-def _linspace(end, steps):
-    if steps <= 1:
-        return [0.0] * steps
-    return [end * i / (steps - 1) for i in range(steps)]

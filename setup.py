@@ -1,0 +1,13 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='mindcoat',
+    version='0.1.0',
+    description='CoaT (Co-Scale Conv-Attentional Image Transformers) for MindSpore',
+    packages=find_packages(include=['mindcoat', 'mindcoat.*']),
+    package_data={'mindcoat': ['ops/csrc/*.cc', 'data/*.txt']},
+    python_requires='>=3.9',
+    # MindSpore 2.10's compiled ops fail under numpy 2 the first time an eager op meets a scalar.
+    install_requires=['mindspore==2.10.0', 'numpy<2', 'pyyaml', 'pillow', 'tqdm'],
+    extras_require={'test': ['pytest', 'safetensors']},
+)
