@@ -1,0 +1,66 @@
+"""Pieces shared by the command-line tools (predict, export, validate, demo): building a model
+from its name plus weights in any format, and failing with one clear line instead of a traceback."""
+import json
+import sys
+
+
+class UsageError(Exception):
+    """A user mistake the tools report as a single line (exit status 2)."""
+
+
+def fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_model_kwargs(text):
+    """--model_kwargs '{"embed_dims": [32, 64, 128, 160], "serial_depths": [1, 1, 1, 1]}':
+    architecture overrides forwarded to create_model (lists become tuples)."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        kwargs = text
+    else:
+        try:
+            kwargs = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--model_kwargs is not valid JSON ({exc.msg}): {text}") from None
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--model_kwargs must be a JSON object, got: {text}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def check_image_size(size):
+    if size <= 0 or size % 32:
+        raise UsageError(f"image size must be a positive multiple of 32 (CoaT downsamples by 32), "
+                         f"got {size}")
+
+
+def build_model(name, ckpt_path=None, num_classes=1000, in_channels=3, use_ema=False,
+                model_kwargs=None, log=print):
+    """create_model + load_weights in inference mode. Bad names, bad overrides and unusable
+    checkpoints surface as UsageError / CheckpointError with a one-line message."""
+    from .convert import load_weights
+    from .models import create_model, list_models
+    if name not in list_models():
+        raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+    try:
+        model = create_model(name, num_classes=num_classes, in_channels=in_channels,
+                             **(model_kwargs or {}))
+    except TypeError as exc:  # an override create_model does not know
+        raise UsageError(f"bad model override for {name}: {exc}") from None
+    if ckpt_path:
+        load_weights(model, ckpt_path, use_ema=use_ema, log=log)
+    else:
+        log("warning: no checkpoint given, the weights are random")
+    model.set_train(False)
+    return model
+
+
+def run(main):
+    """Runs ``main()``; known user errors become one line on stderr and a non-zero exit."""
+    from .convert import CheckpointError
+    try:
+        return main()
+    except (UsageError, CheckpointError, FileNotFoundError) as exc:
+        fail(str(exc))

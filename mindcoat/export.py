@@ -1,0 +1,108 @@
+"""Export a CoaT model to MindIR for MindSpore Lite / Ascend inference.
+
+    python -m mindcoat.export --model coat_lite_tiny --ckpt_path W.ckpt --image_size 224 \
+        --format MINDIR -o coat_lite_tiny.mindir
+
+The graph takes a float32 NCHW batch already normalised with the variant's mean/std (the eval
+transform is not part of it) and returns logits. ``--dynamic_batch`` leaves the batch dimension
+open; ``--check`` reloads the file through ``nn.GraphCell`` and compares its logits with the Cell.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .cli import UsageError, build_model, check_image_size, parse_model_kwargs, run
+
+ONNX_REFUSAL = ("ONNX export is not available: MindSpore 2.10 cannot export the PadV3 and Erf "
+                "operators CoaT uses to ONNX; export --format MINDIR instead")
+
+
+def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_channels=3,
+                 file_format='MINDIR'):
+    """Writes ``model`` to ``path`` (given the format's suffix if it lacks it: MindSpore only loads
+    '.mindir' files) through a temporary name, so that an interrupted export never leaves a
+    truncated file behind. Returns the path written."""
+    import mindspore as ms
+    if file_format.upper() == 'ONNX':
+        raise UsageError(ONNX_REFUSAL)
+    check_image_size(image_size)
+    shape = [None if dynamic_batch else batch_size, in_channels, image_size, image_size]
+    spec = ms.Tensor(shape=shape, dtype=ms.float32) if dynamic_batch else \
+        ms.Tensor(np.zeros(shape, np.float32))
+    suffix = '.' + file_format.lower()
+    if not path.lower().endswith(suffix):
+        path += suffix
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, f'.{os.getpid()}.partial')
+    model.set_train(False)
+    ms.export(model, spec, file_name=tmp, file_format=file_format.upper())
+    os.replace(tmp + suffix, path)
+    return path
+
+
+def check_export(model, path, image_size, batch_size=1, in_channels=3, seed=0):
+    """Max |logits(GraphCell(loaded file)) - logits(Cell)| on a random batch."""
+    import mindspore as ms
+    x = ms.Tensor(np.random.default_rng(seed).standard_normal(
+        (batch_size, in_channels, image_size, image_size)).astype(np.float32))
+    graph = ms.nn.GraphCell(ms.load(path))
+    return float(np.abs(graph(x).asnumpy() - model(x).asnumpy()).max())
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog='python -m mindcoat.export',
+                                description='Export a CoaT model to MindIR.')
+    p.add_argument('--model', '-m', required=True, help='variant, e.g. coat_lite_tiny')
+    p.add_argument('--ckpt_path', help='weights in any format mindcoat.convert reads')
+    p.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
+    p.add_argument('--num_classes', type=int, default=1000)
+    p.add_argument('--in_channels', type=int, default=3)
+    p.add_argument('--model_kwargs', help='JSON architecture overrides for create_model')
+    p.add_argument('--image_size', type=int, help="default: the variant's input size")
+    p.add_argument('--batch_size', type=int, default=1, help='fixed batch size of the graph')
+    p.add_argument('--dynamic_batch', action='store_true', help='leave the batch size open')
+    p.add_argument('--format', default='MINDIR', type=str.upper,
+                   help='MINDIR (AIR on Ascend only; ONNX is not supported by MindSpore 2.10 '
+                        'for CoaT)')
+    p.add_argument('-o', '--output', help='file to write (default: <model>.<format>)')
+    p.add_argument('--check', action='store_true',
+                   help='reload the file and compare its logits with the Cell')
+    p.add_argument('--device_target', help='CPU / GPU / Ascend (default: what MindSpore finds)')
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.format == 'ONNX':
+        raise UsageError(ONNX_REFUSAL)  # before anything is built
+    if args.format not in ('MINDIR', 'AIR'):
+        raise UsageError(f"unknown --format {args.format}; use MINDIR")
+    if args.image_size:
+        check_image_size(args.image_size)
+    import mindspore as ms
+    if args.device_target:
+        ms.set_device(args.device_target)
+    if args.format == 'AIR' and ms.get_context('device_target') != 'Ascend':
+        raise UsageError("AIR export needs an Ascend device; use --format MINDIR")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    model = build_model(args.model, args.ckpt_path, args.num_classes, args.in_channels,
+                        args.ema, parse_model_kwargs(args.model_kwargs))
+    size = args.image_size or model.default_cfg['input_size'][-1]
+    out = args.output or f'{args.model}.{args.format.lower()}'
+    out = export_model(model, out, size, args.batch_size, args.dynamic_batch, args.in_channels,
+                 args.format)
+    batch = 'dynamic' if args.dynamic_batch else args.batch_size
+    print(f"wrote {out} ({args.format}, input batch {batch} x {args.in_channels} x {size} x "
+          f"{size}, float32, normalised)")
+    if args.check:
+        diff = check_export(model, out, size, 2 if args.dynamic_batch else args.batch_size,
+                            args.in_channels)
+        print(f"check: reloaded graph vs Cell, max |logit diff| = {diff:.3g}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run(main))

@@ -1,0 +1,67 @@
+"""MindIR export: the reloaded graph computes the Cell's logits; ONNX is refused in one line."""
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from mindcoat import create_model
+from mindcoat.export import check_export, export_model, main
+
+TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
+TINY_JSON = '{"embed_dims": [16, 16, 16, 16], "serial_depths": [1, 1, 1, 1]}'
+
+
+def test_mindir_reload_gives_the_cells_logits(tmp_path):
+    model = create_model('coat_lite_tiny', num_classes=7, **TINY)
+    model.set_train(False)
+    path = export_model(model, str(tmp_path / 'net.mindir'), image_size=64, dynamic_batch=True)
+    assert os.listdir(tmp_path) == ['net.mindir']  # no MindSpore suffix, no temporary left over
+    graph = ms.nn.GraphCell(ms.load(path))
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    expected = model(ms.Tensor(x)).asnumpy()
+    got = graph(ms.Tensor(x)).asnumpy()
+    assert got.shape == (3, 7)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_cli_exports_trained_weights_and_checks(tmp_path, capsys):
+    src = create_model('coat_lite_tiny', num_classes=5, **TINY)
+    ckpt = str(tmp_path / 'w.ckpt')
+    ms.save_checkpoint(src, ckpt)
+    out = str(tmp_path / 'sub' / 'model')  # the suffix is added
+    assert main(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--num_classes', '5',
+                 '--ckpt_path', ckpt, '--image_size', '32', '--batch_size', '2', '-o', out,
+                 '--check']) == 0
+    assert 'check: reloaded graph vs Cell' in capsys.readouterr().out
+    out += '.mindir'
+    assert os.path.isfile(out)
+    # the file holds the checkpoint's weights: compare with the source Cell itself
+    src.set_train(False)
+    assert check_export(src, out, 32, batch_size=2) < 1e-5
+
+
+def run_cli(argv):
+    from mindcoat.cli import run
+    with pytest.raises(SystemExit) as exc:
+        run(lambda: main(argv))
+    return exc.value.code
+
+
+def test_onnx_is_refused_in_one_line(tmp_path, capsys):
+    assert run_cli(['--model', 'coat_lite_tiny', '--format', 'onnx', '-o', 'x.onnx']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'ONNX' in err and 'PadV3' in err and 'MINDIR' in err
+    assert not os.path.exists('x.onnx')
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--model', 'coat_lite_tiny', '--image_size', '100'], 'multiple of 32'),
+    (['--model', 'coat_nano'], 'unknown model'),
+    (['--model', 'coat_lite_tiny', '--ckpt_path', 'missing.ckpt', '--image_size', '32'],
+     'missing.ckpt'),
+])
+def test_bad_input_is_one_line(argv, words, capsys):
+    assert run_cli(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
