@@ -1,0 +1,193 @@
+// Channels-last multi-group depthwise 'same' convolution (stride 1, odd kernels) for CoaT on the
+// CPU, called from MindSpore through ops.Custom(func_type="aot").
+//
+// Layout: x, y are (B, H, W, C) float32. The channels are split into consecutive groups, each
+// with its own PyTorch-layout kernel (C_g, 1, k_g, k_g) and bias (C_g,). Channels-last keeps
+// the innermost loop over contiguous channels, so it vectorises without any transposes.
+//
+// Entry points follow MindSpore's AOT ABI: params = inputs..., outputs...; the group count is
+// recovered from nparam, the shapes from `shapes`.
+//   DwFwd   (x, w_1..w_n, b_1..b_n)  -> y
+//   DwBwdX  (dy, w_1..w_n)           -> dx   (the same convolution with flipped kernels)
+//   DwBwdW  (x, dy, w_1..w_n)        -> flat [dw_1, ..., dw_n, db] (split again in Python)
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+struct Group {
+  int64_t c0, cg, k;
+  std::vector<float> taps;  // (k, k, cg): channel-contiguous per tap
+};
+
+int NumThreads() {
+  // OMP_NUM_THREADS wins (the OpenMP runtime reads it); otherwise one thread per core.
+  static const int n = [] {
+    const char *env = std::getenv("OMP_NUM_THREADS");
+    int v = env ? std::atoi(env) : 0;
+    return v > 0 ? v : omp_get_num_procs();
+  }();
+  return n;
+}
+
+bool IsF32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
+
+// Kernel (cg, 1, k, k) -> taps (k, k, cg); `flip` rotates by 180 degrees (for dL/dx).
+std::vector<Group> MakeGroups(void **params, int64_t **shapes, int first, int n, bool flip) {
+  std::vector<Group> groups(n);
+  int64_t c0 = 0;
+  for (int g = 0; g < n; ++g) {
+    const float *w = static_cast<const float *>(params[first + g]);
+    Group &gr = groups[g];
+    gr.c0 = c0;
+    gr.cg = shapes[first + g][0];
+    gr.k = shapes[first + g][3];
+    const int64_t kk = gr.k * gr.k;
+    gr.taps.resize(kk * gr.cg);
+    for (int64_t c = 0; c < gr.cg; ++c)
+      for (int64_t t = 0; t < kk; ++t) gr.taps[(flip ? kk - 1 - t : t) * gr.cg + c] = w[c * kk + t];
+    c0 += gr.cg;
+  }
+  return groups;
+}
+
+// y = bias + depthwise(x); rows (b, h) are independent, so they are split across threads.
+void Conv(const float *x, const std::vector<Group> &groups, const float *bias, float *y,
+          int64_t B, int64_t H, int64_t W, int64_t C) {
+#pragma omp parallel for schedule(static) num_threads(NumThreads())
+  for (int64_t row = 0; row < B * H; ++row) {
+    const int64_t b = row / H, h = row % H;
+    float *yrow = y + row * W * C;
+    for (int64_t w = 0; w < W; ++w) {
+      float *yp = yrow + w * C;
+      if (bias) std::memcpy(yp, bias, C * sizeof(float));
+      else std::memset(yp, 0, C * sizeof(float));
+    }
+    for (const Group &g : groups) {
+      const int64_t p = g.k / 2, cg = g.cg;
+      for (int64_t i = 0; i < g.k; ++i) {
+        const int64_t hin = h + i - p;
+        if (hin < 0 || hin >= H) continue;
+        const float *xrow = x + (b * H + hin) * W * C + g.c0;
+        for (int64_t j = 0; j < g.k; ++j) {
+          const int64_t dj = j - p;
+          const float *__restrict t = g.taps.data() + (i * g.k + j) * cg;
+          const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
+          for (int64_t w = w0; w < w1; ++w) {
+            const float *__restrict xp = xrow + (w + dj) * C;
+            float *__restrict yp = yrow + w * C + g.c0;
+#pragma omp simd
+            for (int64_t c = 0; c < cg; ++c) yp[c] += xp[c] * t[c];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int DwFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                     void *stream, void *extra) {
+  const int n = (nparam - 2) / 2;
+  if (n < 1 || ndims[0] != 4 || !IsF32(dtypes[0])) return 1;
+  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], C = shapes[0][3];
+  std::vector<Group> groups = MakeGroups(params, shapes, 1, n, false);
+  std::vector<float> bias(C);
+  for (int g = 0; g < n; ++g)
+    std::memcpy(bias.data() + groups[g].c0, params[1 + n + g], groups[g].cg * sizeof(float));
+  Conv(static_cast<const float *>(params[0]), groups, bias.data(),
+       static_cast<float *>(params[nparam - 1]), B, H, W, C);
+  return 0;
+}
+
+extern "C" int DwBwdX(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                      void *stream, void *extra) {
+  const int n = nparam - 2;
+  if (n < 1 || ndims[0] != 4 || !IsF32(dtypes[0])) return 1;
+  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], C = shapes[0][3];
+  std::vector<Group> groups = MakeGroups(params, shapes, 1, n, true);
+  Conv(static_cast<const float *>(params[0]), groups, nullptr,
+       static_cast<float *>(params[nparam - 1]), B, H, W, C);
+  return 0;
+}
+
+// dw[c, i, j] = sum_{b,h,w} dy[b,h,w,c] * x[b, h+i-p, w+j-p, c]; db[c] = sum dy[b,h,w,c].
+// Deterministic in parallel: the rows go into a fixed number of chunks (independent of the
+// thread count), each summed into its own buffer; the buffers are then added in chunk order.
+extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                      void *stream, void *extra) {
+  const int n = nparam - 3;
+  if (n < 1 || ndims[0] != 4 || !IsF32(dtypes[0])) return 1;
+  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], C = shapes[0][3];
+  const float *x = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  float *out = static_cast<float *>(params[nparam - 1]);
+  std::vector<Group> groups = MakeGroups(params, shapes, 2, n, false);
+  std::vector<int64_t> offset(n);  // where group g's (k, k, cg) accumulator starts
+  int64_t size = 0;
+  for (int g = 0; g < n; ++g) {
+    offset[g] = size;
+    size += groups[g].k * groups[g].k * groups[g].cg;
+  }
+  const int64_t bias_at = size;
+  size += C;
+  const int64_t rows = B * H, chunks = std::min<int64_t>(rows, 64);
+  std::vector<float> partial(chunks * size, 0.0f);
+#pragma omp parallel for schedule(static) num_threads(NumThreads())
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    float *acc = partial.data() + ch * size;
+    for (int64_t row = rows * ch / chunks; row < rows * (ch + 1) / chunks; ++row) {
+      const int64_t b = row / H, h = row % H;
+      const float *dyrow = dy + row * W * C;
+      for (int64_t w = 0; w < W; ++w) {
+        const float *__restrict d = dyrow + w * C;
+        float *__restrict a = acc + bias_at;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) a[c] += d[c];
+      }
+      for (int g = 0; g < n; ++g) {
+        const Group &gr = groups[g];
+        const int64_t p = gr.k / 2, cg = gr.cg;
+        for (int64_t i = 0; i < gr.k; ++i) {
+          const int64_t hin = h + i - p;
+          if (hin < 0 || hin >= H) continue;
+          const float *xrow = x + (b * H + hin) * W * C + gr.c0;
+          for (int64_t j = 0; j < gr.k; ++j) {
+            const int64_t dj = j - p;
+            float *__restrict a = acc + offset[g] + (i * gr.k + j) * cg;
+            const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
+            for (int64_t w = w0; w < w1; ++w) {
+              const float *__restrict xp = xrow + (w + dj) * C;
+              const float *__restrict d = dyrow + w * C + gr.c0;
+#pragma omp simd
+              for (int64_t c = 0; c < cg; ++c) a[c] += d[c] * xp[c];
+            }
+          }
+        }
+      }
+    }
+  }
+  // Sum the chunks in a fixed order (parallel over elements), then write PyTorch layout.
+  std::vector<float> total(size);
+#pragma omp parallel for schedule(static) num_threads(NumThreads())
+  for (int64_t e = 0; e < size; ++e) {
+    float s = 0.0f;
+    for (int64_t ch = 0; ch < chunks; ++ch) s += partial[ch * size + e];
+    total[e] = s;
+  }
+  int64_t o = 0;
+  for (int g = 0; g < n; ++g) {
+    const Group &gr = groups[g];
+    const int64_t kk = gr.k * gr.k;
+    for (int64_t c = 0; c < gr.cg; ++c)
+      for (int64_t t = 0; t < kk; ++t) out[o++] = total[offset[g] + t * gr.cg + c];
+  }
+  std::memcpy(out + o, total.data() + bias_at, C * sizeof(float));
+  return 0;
+}

@@ -1,0 +1,131 @@
+"""The compiled CPU depthwise kernel against MindSpore's native grouped Conv2D: forward, the
+gradients wrt input, every kernel and every bias (graph and PyNative), and the forced fallback."""
+import json
+import os
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+
+from mindcoat.ops import depthwise_nhwc, depthwise_nhwc_native, depthwise_path
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (B, H, W, [(channels, kernel), ...]): one and three groups, k = 3/5/7, H != W, B = 1 and > 1
+CASES = [
+    (1, 5, 7, [(16, 3)]),
+    (2, 8, 8, [(8, 5)]),
+    (3, 9, 6, [(8, 3), (12, 5), (12, 7)]),
+    (1, 4, 11, [(5, 7), (3, 3), (9, 5)]),
+]
+
+
+class DwNet(nn.Cell):
+    """Sum of squares of the conv output, so every gradient depends on the forward values."""
+
+    def __init__(self, groups, fn, seed):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.ws = ms.ParameterTuple(
+            [ms.Parameter(ms.Tensor(rng.normal(0, 0.3, (c, 1, k, k)).astype(np.float32)), name=f'w{i}')
+             for i, (c, k) in enumerate(groups)])
+        self.bs = ms.ParameterTuple(
+            [ms.Parameter(ms.Tensor(rng.normal(0, 1, (c,)).astype(np.float32)), name=f'b{i}')
+             for i, (c, _) in enumerate(groups)])
+        self.fn = fn
+
+    def construct(self, x):
+        y = self.fn(x, tuple(self.ws), tuple(self.bs))
+        return (y * y).sum(), y
+
+
+def _run(case, fn, mode):
+    ms.set_context(mode=mode)
+    b, h, w, groups = case
+    x = ms.Tensor(np.random.default_rng(1).normal(0, 1, (b, h, w, sum(c for c, _ in groups)))
+                  .astype(np.float32))
+    net = DwNet(groups, fn, seed=0)
+    grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(), has_aux=True)
+    (_, y), (dx, dparams) = grad_fn(x)
+    names = [p.name for p in net.trainable_params()]
+    return y.asnumpy(), dx.asnumpy(), dict(zip(names, (g.asnumpy() for g in dparams)))
+
+
+def _rel(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
+
+
+def test_custom_path_is_used_on_cpu():
+    assert depthwise_path() == 'custom'
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('case', CASES, ids=[f'{c[0]}x{c[1]}x{c[2]}-{len(c[3])}g' for c in CASES])
+def test_forward_and_grads_match_native(case, mode):
+    y, dx, dp = _run(case, depthwise_nhwc, mode)
+    y_ref, dx_ref, dp_ref = _run(case, depthwise_nhwc_native, mode)
+    assert y.shape == y_ref.shape == (*case[:3], sum(c for c, _ in case[3]))
+    assert np.abs(y - y_ref).max() < 1e-5
+    assert _rel(dx, dx_ref) < 1e-4
+    assert sorted(dp) == sorted(dp_ref) and len(dp) == 2 * len(case[3])
+    for name in dp:
+        assert dp[name].shape == dp_ref[name].shape
+        assert _rel(dp[name], dp_ref[name]) < 1e-4, name
+
+
+def test_weight_grad_is_deterministic():
+    case = CASES[2]
+    _, _, first = _run(case, depthwise_nhwc, ms.GRAPH_MODE)
+    _, _, second = _run(case, depthwise_nhwc, ms.GRAPH_MODE)
+    for name in first:
+        assert np.array_equal(first[name], second[name])
+
+
+def test_train_one_step_cell_updates_like_native():
+    """Inside TrainOneStepCell (graph mode) one SGD step moves the weights as the native op does."""
+    case = CASES[2]
+    x = ms.Tensor(np.random.default_rng(2).normal(0, 1, (3, 9, 6, 32)).astype(np.float32))
+    after = []
+    for fn in (depthwise_nhwc, depthwise_nhwc_native):
+        net = DwNet(case[3], fn, seed=3)
+        loss_net = _LossOnly(net)
+        step = nn.TrainOneStepCell(loss_net, nn.SGD(net.trainable_params(), learning_rate=0.01))
+        step(x)
+        after.append([p.asnumpy() for p in net.trainable_params()])
+    for a, b in zip(*after):
+        assert np.abs(a - b).max() < 1e-4
+
+
+class _LossOnly(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x):
+        return self.net(x)[0]
+
+
+def test_fallback_when_forced_by_env(tmp_path):
+    """MINDCOAT_NATIVE_DWCONV=1 selects MindSpore's Conv2D; the output is still the same."""
+    script = tmp_path / 'forced.py'
+    script.write_text(
+        'import json, numpy as np, mindspore as ms\n'
+        'ms.set_device("CPU")\n'
+        'from mindcoat.ops import depthwise_nhwc, depthwise_nhwc_native, depthwise_path\n'
+        'rng = np.random.default_rng(0)\n'
+        'x = ms.Tensor(rng.normal(size=(2, 6, 5, 8)).astype(np.float32))\n'
+        'w = (ms.Tensor(rng.normal(size=(8, 1, 3, 3)).astype(np.float32)),)\n'
+        'b = (ms.Tensor(rng.normal(size=(8,)).astype(np.float32)),)\n'
+        'diff = np.abs(depthwise_nhwc(x, w, b).asnumpy() - depthwise_nhwc_native(x, w, b).asnumpy())\n'
+        'print(json.dumps({"path": depthwise_path(), "diff": float(diff.max())}))\n')
+    env = dict(os.environ, MINDCOAT_NATIVE_DWCONV='1', GLOG_v='3',
+               PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out['path'] == 'native'
+    assert out['diff'] == 0.0
