@@ -8,6 +8,7 @@ transform is not part of it) and returns logits. ``--dynamic_batch`` leaves the 
 open; ``--check`` reloads the file through ``nn.GraphCell`` and compares its logits with the Cell.
 """
 import argparse
+import contextlib
 import os
 import sys
 
@@ -17,6 +18,27 @@ from .cli import UsageError, build_model, check_image_size, parse_model_kwargs, 
 
 ONNX_REFUSAL = ("ONNX export is not available: MindSpore 2.10 cannot export the PadV3 and Erf "
                 "operators CoaT uses to ONNX; export --format MINDIR instead")
+
+
+@contextlib.contextmanager
+def native_depthwise():
+    """Builds graphs with MindSpore's own depthwise Conv2D instead of mindcoat's compiled CPU
+    kernel: a MindIR holding that Custom AOT op could not be reloaded (its shape inference lives
+    in Python) nor run by MindSpore Lite or on Ascend. Same weights, same numbers."""
+    from .ops import depthwise as dw
+    saved_env = os.environ.get('MINDCOAT_NATIVE_DWCONV')
+    saved = dict(dw._DISPATCH._decided)
+    os.environ['MINDCOAT_NATIVE_DWCONV'] = '1'
+    dw._DISPATCH._decided.clear()  # re-decide (now: native) when the export graph is parsed
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop('MINDCOAT_NATIVE_DWCONV', None)
+        else:
+            os.environ['MINDCOAT_NATIVE_DWCONV'] = saved_env
+        dw._DISPATCH._decided.clear()
+        dw._DISPATCH._decided.update(saved)
 
 
 def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_channels=3,
@@ -38,7 +60,8 @@ def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, f'.{os.getpid()}.partial')
     model.set_train(False)
-    ms.export(model, spec, file_name=tmp, file_format=file_format.upper())
+    with native_depthwise():
+        ms.export(model, spec, file_name=tmp, file_format=file_format.upper())
     os.replace(tmp + suffix, path)
     return path
 
