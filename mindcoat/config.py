@@ -1,0 +1,234 @@
+"""The trainer's configuration: one argparse parser whose groups mirror the YAML files.
+
+MindCV's key names, so its users' YAML files and command lines work unchanged, plus what the
+official CoaT recipe needs (warmup_lr, cooldown_epochs, lr_base_batch, resume, model_kwargs).
+Precedence: parser defaults < YAML (``-c/--config``) < command line. Every key is a flag;
+booleans take a value (``--distribute False``). An unknown key, in the YAML or on the command
+line, is an error naming the closest valid key.
+
+    from mindcoat.config import parse_config
+    cfg = parse_config(['-c', 'configs/coat/coat_lite_tiny_ascend.yaml', '--data_dir', '/data'])
+"""
+import argparse
+import ast
+import difflib
+import sys
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line."""
+
+
+def str2bool(value):
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ('true', '1', 'yes', 'y', 'on'):
+        return True
+    if low in ('false', '0', 'no', 'n', 'off'):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
+
+
+def literal(value):
+    """Lists, tuples, dicts, numbers and None from the command line (``--scale 0.08,1.0`` and
+    ``--scale "[0.08, 1.0]"`` both work); anything else stays a string."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in ('none', 'null', '~'):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    if ',' in text:
+        return tuple(literal(part) for part in text.split(','))
+    return value
+
+
+def optional(kind):
+    """``kind``, or None for 'none'/'null'."""
+    def convert(value):
+        if value is None or str(value).strip().lower() in ('none', 'null', '~', ''):
+            return None
+        return kind(value)
+    convert.__name__ = kind.__name__
+    return convert
+
+
+# (group, [(key, type, default, help), ...]); the order of the YAML files.
+SCHEMA = [
+    ('system', [
+        ('mode', int, 0, '0: GRAPH_MODE, 1: PYNATIVE_MODE'),
+        ('device_target', str, 'auto', 'Ascend, GPU, CPU, or auto (what MindSpore finds)'),
+        ('jit_level', optional(str), None, 'graph kernel level; default O2 on Ascend, O0 elsewhere'),
+        ('distribute', str2bool, False, 'data parallel over the msrun workers'),
+        ('val_while_train', str2bool, True, 'validate every val_interval epochs'),
+        ('val_interval', int, 1, 'epochs between validations'),
+        ('log_interval', int, 100, 'steps between progress-bar updates and log lines'),
+        ('seed', int, 42, 'seeds weights (same on every rank), data order and augmentation'),
+    ]),
+    ('dataset', [
+        ('dataset', str, 'imagenet', 'imagenet or imagefolder: DATA_DIR/<split>/<class>/<image>'),
+        ('data_dir', optional(str), None, 'root holding the train and val folders'),
+        ('train_split', str, 'train', 'training folder under data_dir'),
+        ('val_split', str, 'val', 'validation folder under data_dir'),
+        ('num_parallel_workers', int, 8, 'dataset workers per process'),
+        ('shuffle', str2bool, True, 'shuffle the training set every epoch'),
+        ('batch_size', int, 128, 'images per device per step'),
+        ('drop_remainder', str2bool, True, 'drop the last incomplete training batch'),
+    ]),
+    ('augmentation', [
+        ('image_resize', optional(int), None, 'input size; default: the model\'s (224 or 384)'),
+        ('scale', literal, (0.08, 1.0), 'RandomResizedCrop area range'),
+        ('ratio', literal, (0.75, 1.3333333), 'RandomResizedCrop aspect range'),
+        ('hflip', float, 0.5, 'horizontal flip probability'),
+        ('color_jitter', optional(float), 0.4, 'ColorJitter strength, used when auto_augment is off'),
+        ('interpolation', optional(str), None, 'bicubic/bilinear/nearest; default: the model\'s'),
+        ('auto_augment', optional(str), 'rand-m9-mstd0.5-inc1', 'timm-style RandAugment spec or none'),
+        ('re_prob', float, 0.25, 'random erasing probability'),
+        ('mean', literal, None, 'normalisation mean (0-1 or 0-255 scale); default: the model\'s'),
+        ('std', literal, None, 'normalisation std (0-1 or 0-255 scale); default: the model\'s'),
+        ('crop_pct', optional(float), None, 'eval center-crop fraction; default: the model\'s'),
+        ('mixup', float, 0.8, 'Mixup alpha (0: off)'),
+        ('cutmix', float, 1.0, 'CutMix alpha (0: off)'),
+        ('cutmix_prob', float, 1.0, 'probability that a batch is mixed at all (Mixup or CutMix)'),
+        ('mixup_switch_prob', float, 0.5, 'probability of CutMix rather than Mixup (only 0.5)'),
+        ('aug_repeats', int, 0, 'repeated augmentation: copies of each image across ranks (0/1: off)'),
+    ]),
+    ('model', [
+        ('model', str, 'coat_lite_tiny', 'variant name (mindcoat.list_models())'),
+        ('num_classes', int, 1000, 'classifier size'),
+        ('in_channels', int, 3, 'image channels'),
+        ('drop_rate', float, 0.0, 'dropout rate'),
+        ('drop_path_rate', float, 0.1, 'stochastic depth rate'),
+        ('model_kwargs', literal, None, 'architecture overrides, e.g. {embed_dims: [16,16,16,16]}'),
+        ('pretrained', literal, False, 'a local weights file (as ckpt_path); nothing is downloaded'),
+        ('ckpt_path', optional(str), None, 'weights to start from (fine-tuning): any format the '
+                                           'converter reads; weights only'),
+        ('ckpt_use_ema', str2bool, False, 'take the EMA weights from ckpt_path'),
+        ('resume', optional(str), None, 'a mindcoat training checkpoint to continue exactly'),
+        ('keep_checkpoint_max', int, 10, 'epoch checkpoints kept'),
+        ('ckpt_save_dir', str, './ckpt', 'checkpoints and the JSON-lines log go here'),
+        ('ckpt_save_interval', int, 1, 'epochs between epoch checkpoints'),
+        ('ckpt_save_policy', str, 'latest_k', 'latest_k or top_k (by val top-1)'),
+        ('epoch_size', int, 300, 'epochs'),
+        ('dataset_sink_mode', str2bool, False, 'accepted for MindCV compatibility; the loop feeds '
+                                               'steps itself'),
+        ('ema', str2bool, False, 'keep an exponential moving average of the weights'),
+        ('ema_decay', float, 0.9999, 'EMA decay per step'),
+    ]),
+    ('optimizer', [
+        ('opt', str, 'adamw', 'adamw'),
+        ('weight_decay', float, 0.05, 'decoupled weight decay'),
+        ('filter_bias_and_bn', str2bool, True, 'no decay on class tokens, norms and biases'),
+        ('betas', literal, (0.9, 0.999), 'Adam betas'),
+        ('eps', float, 1e-8, 'Adam epsilon'),
+        ('clip_grad', str2bool, False, 'clip gradients by global norm'),
+        ('clip_value', float, 5.0, 'max global gradient norm'),
+    ]),
+    ('scheduler', [
+        ('scheduler', str, 'cosine_decay', 'cosine_decay (alias warmup_cosine_decay) or constant'),
+        ('lr', float, 5e-4, 'peak learning rate (per lr_base_batch images when that is set)'),
+        ('lr_base_batch', optional(int), 512, 'lr is scaled by global batch / this (None: as is)'),
+        ('min_lr', float, 1e-5, 'cosine floor'),
+        ('warmup_epochs', float, 5, 'linear warmup epochs'),
+        ('warmup_lr', optional(float), 1e-6, 'warmup start lr (None: warmup_factor * lr)'),
+        ('warmup_factor', float, 0.0, 'warmup start as a fraction of lr, if warmup_lr is None'),
+        ('decay_epochs', optional(float), None, 'cosine length; default epoch_size - warmup - '
+                                                'cooldown'),
+        ('cooldown_epochs', float, 0, 'final epochs held at min_lr'),
+    ]),
+    ('loss', [
+        ('loss', str, 'ce', 'ce: soft-target cross entropy (targets carry smoothing and mixing)'),
+        ('label_smoothing', float, 0.1, 'label smoothing'),
+    ]),
+    ('amp', [
+        ('amp_level', str, 'O2', 'O0/O2/O3 on Ascend and GPU; the CPU always runs O0 (float32)'),
+        ('loss_scale_type', str, 'dynamic', 'dynamic, fixed or none'),
+        ('loss_scale', float, 65536.0, 'initial (dynamic) or constant (fixed) loss scale'),
+        ('drop_overflow_update', str2bool, True, 'skip steps whose gradients overflow'),
+    ]),
+]
+
+KEYS = {key: (typ, default) for _, entries in SCHEMA for key, typ, default, _ in entries}
+
+
+def create_parser():
+    """The full parser (also used by validate.py): ``-c/--config`` plus one flag per key, all
+    defaulting to SUPPRESS so that only what the user typed overrides the YAML."""
+    parser = argparse.ArgumentParser(
+        description='Train CoaT with MindSpore', allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('-c', '--config', default=None, help='YAML file; flags override it')
+    for group_name, entries in SCHEMA:
+        group = parser.add_argument_group(group_name)
+        for key, typ, default, text in entries:
+            group.add_argument('--' + key, type=typ, default=argparse.SUPPRESS,
+                               help=f'{text} (default: {default})')
+    return parser
+
+
+def closest_key(key):
+    match = difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.0)
+    return match[0] if match else None
+
+
+def _unknown(key, where):
+    return ConfigError(f"unknown config key '{key}' in {where}; did you mean '{closest_key(key)}'?")
+
+
+def coerce(key, value):
+    """A YAML value converted like the same value typed on the command line."""
+    typ = KEYS[key][0]
+    if value is None or (typ is literal and not isinstance(value, str)):
+        return value
+    return typ(value)
+
+
+def load_yaml(path):
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") \
+            from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    out = {}
+    for key, value in data.items():
+        if key not in KEYS:
+            raise _unknown(key, path)
+        try:
+            out[key] = coerce(key, value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise ConfigError(f"bad value for '{key}' in {path}: {e}") from None
+    return out
+
+
+def parse_config(argv=None, parser=None):
+    """Parses ``argv`` (default: sys.argv[1:]) into an ``argparse.Namespace`` holding every key.
+    Raises ConfigError with a one-line message on an unknown key or a bad value."""
+    parser = parser or create_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:
+        if arg.startswith('--') and arg[2:].split('=')[0] not in KEYS and \
+                arg[2:].split('=')[0] not in ('config', 'help'):
+            raise _unknown(arg[2:].split('=')[0], 'the command line')
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        if e.code == 0:  # --help
+            raise
+        raise ConfigError('bad command line (see the message above)') from None
+    values = {key: default for key, (_, default) in KEYS.items()}
+    if args.config:
+        values.update(load_yaml(args.config))
+    values.update({k: v for k, v in vars(args).items() if k != 'config'})
+    values['config'] = args.config
+    return argparse.Namespace(**values)
