@@ -1,0 +1,203 @@
+"""validate.py on a small image folder equals a direct computation (the model applied to the same
+images, preprocessed here step by step), for weights in every format the converter reads, EMA
+included; sharded evaluation sums to the single-device numbers; bad input is one line."""
+import importlib.util
+import json
+import os
+
+import mindspore as ms
+import mindspore.dataset.vision as vision
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import save_file
+
+from mindcoat import create_model
+from weight_files import mindcv_style, state_dict, write_torch_zip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
+TINY_ARGS = ['--model', 'coat_lite_tiny', '--model_kwargs', '{"embed_dims": [16, 16, 16, 16], '
+             '"serial_depths": [1, 1, 1, 1]}', '--image_resize', '32', '--num_classes', '7',
+             '--batch_size', '4', '--num_parallel_workers', '1']
+CLASSES = [f'c{i}' for i in range(7)]
+SIZE, CROP_PCT = 32, 0.9
+
+
+def load_validate():
+    spec = importlib.util.spec_from_file_location('validate', os.path.join(ROOT, 'validate.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+validate = load_validate()
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    """data/{train,val}/c0..c6: 3 val images per class (JPEG and PNG, assorted sizes: 21, so
+    the last batch of 4 is short) plus one corrupt file that must be skipped."""
+    root = tmp_path_factory.mktemp('data')
+    rng = np.random.default_rng(7)
+    for split, n in (('train', 1), ('val', 3)):
+        for c in CLASSES:
+            os.makedirs(root / split / c)
+            for j in range(n):
+                h, w = rng.integers(28, 70, size=2)
+                img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                img.save(root / split / c / (f'{j}.png' if j % 2 else f'{j}.jpg'), quality=92)
+    (root / 'val' / 'c3' / 'z_corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 not an image')
+    return str(root)
+
+
+def val_files(folder):
+    return [(os.path.join(folder, 'val', c, f), i) for i, c in enumerate(CLASSES)
+            for f in sorted(os.listdir(os.path.join(folder, 'val', c))) if 'corrupt' not in f]
+
+
+def direct_numbers(model, folder):
+    """Loss / Acc@1 / Acc@5 computed here: decode, resize short side to SIZE/CROP_PCT (bicubic),
+    center crop, normalise, one image at a time through the model, numpy cross entropy."""
+    mean = [v * 255 for v in (0.485, 0.456, 0.406)]
+    std = [v * 255 for v in (0.229, 0.224, 0.225)]
+    ops = [vision.Resize(int(SIZE / CROP_PCT), vision.Inter.BICUBIC), vision.CenterCrop(SIZE),
+           vision.Normalize(mean, std), vision.HWC2CHW()]
+    model.set_train(False)
+    losses, top1, top5 = [], [], []
+    for path, label in val_files(folder):
+        x = np.asarray(Image.open(path).convert('RGB'))
+        for op in ops:
+            x = op(x)
+        logits = model(ms.Tensor(x[None].astype(np.float32))).asnumpy()[0].astype(np.float64)
+        log_p = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        rank = int((logits > logits[label]).sum())
+        losses.append(-log_p[label])
+        top1.append(rank < 1)
+        top5.append(rank < 5)
+    return dict(loss=float(np.mean(losses)), top1=100 * np.mean(top1), top5=100 * np.mean(top5),
+                num_images=len(losses))
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    """A 7-class tiny model, a second one standing for its EMA, and their files in each format."""
+    out = tmp_path_factory.mktemp('weights')
+    ms.set_seed(1)
+    model = create_model('coat_lite_tiny', num_classes=7, **TINY)
+    ema = create_model('coat_lite_tiny', num_classes=7, **TINY)
+    sd, sd_ema = state_dict(model), state_dict(ema)
+    files = {}
+    files['mindcoat'] = str(out / 'mindcoat.ckpt')  # model by name, EMA under 'ema.<name>'
+    ms.save_checkpoint([{'name': k, 'data': ms.Tensor(v)} for k, v in sd.items()] +
+                       [{'name': 'ema.' + k, 'data': ms.Tensor(v)} for k, v in sd_ema.items()],
+                       files['mindcoat'])
+    files['official'] = str(out / 'official.pth')
+    write_torch_zip(files['official'], {'model': sd, 'model_ema': sd_ema, 'epoch': 299})
+    files['timm'] = str(out / 'timm.safetensors')
+    save_file(sd, files['timm'])
+    files['mindcv'] = str(out / 'mindcv.ckpt')
+    ms.save_checkpoint([{'name': k, 'data': ms.Tensor(v)} for k, v in mindcv_style(model).items()],
+                       files['mindcv'])
+    return model, ema, files
+
+
+def run_validate(argv, capsys):
+    code = validate.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err  # the last line is the JSON result
+
+
+def assert_same(result, expected):
+    assert result['num_images'] == expected['num_images']
+    assert result['top1'] == pytest.approx(expected['top1'], abs=1e-9)
+    assert result['top5'] == pytest.approx(expected['top5'], abs=1e-9)
+    assert result['loss'] == pytest.approx(expected['loss'], rel=1e-5)
+
+
+@pytest.mark.parametrize('fmt', ['mindcoat', 'official', 'timm', 'mindcv'])
+def test_validate_equals_direct_computation_for_each_format(folder, weights, fmt, capsys):
+    model, _, files = weights
+    expected = direct_numbers(model, folder)
+    assert 0 < expected['top5'] < 100 and expected['loss'] > 0  # a non-degenerate check
+    result, err = run_validate(TINY_ARGS + ['--data_dir', folder, '--ckpt_path', files[fmt],
+                                            '--json'], capsys)
+    assert_same(result, expected)
+    assert result['skipped_images'] == 1 and 'z_corrupt.jpg' in err
+
+
+@pytest.mark.parametrize('fmt', ['mindcoat', 'official'])
+def test_ema_weights_are_picked(folder, weights, fmt, capsys, tmp_path):
+    _, ema, files = weights
+    results = str(tmp_path / 'results.jsonl')
+    result, _ = run_validate(TINY_ARGS + ['--data_dir', folder, '--ckpt_path', files[fmt],
+                                          '--ema', '--results_file', results], capsys)
+    assert_same(result, direct_numbers(ema, folder))
+    assert result['ema'] is True
+    with open(results) as f:
+        assert json.loads(f.read().splitlines()[-1]) == result
+
+
+def test_shards_sum_to_the_single_device_numbers(folder, weights):
+    """What each msrun rank computes (its shard, no padding), summed, equals one pass."""
+    model, _, _ = weights
+    cfg = validate.parse_args(TINY_ARGS + ['--data_dir', folder])
+    from mindcoat.data import create_transforms
+    transforms = create_transforms(False, image_size=SIZE, crop_pct=CROP_PCT)
+    total = validate.Counts()
+    seen = 0
+    for rank in range(3):
+        data = validate.eval_data(cfg, transforms, rank=rank, world=3)
+        counts = validate.evaluate(model, data.loader.create_tuple_iterator(
+            num_epochs=1, output_numpy=True), cfg.batch_size)
+        total.values += counts.values
+        seen += counts.values[3]
+    assert seen == len(val_files(folder))
+    expected = direct_numbers(model, folder)
+    assert_same(total.summary(), expected)
+
+
+@pytest.mark.parametrize('extra, words', [
+    (['--data_dir', 'nowhere'], 'nowhere'),
+    (['--data_dir', '.', '--image_resize', '48'], 'multiple of 32'),
+    (['--data_dir', '.', '--batch_sise', '8'], "did you mean 'batch_size'"),
+])
+def test_bad_input_is_one_line(extra, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        validate.main(TINY_ARGS + extra)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+
+
+def test_msrun_two_ranks_equal_one_device(folder, weights, tmp_path, capsys):
+    """A real 2-worker msrun: each rank evaluates its shard, rank 0 prints the summed result."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    _, _, files = weights
+    args = TINY_ARGS + ['--data_dir', folder, '--ckpt_path', files['timm'], '--json']
+    single, _ = run_validate(args, capsys)
+    msrun = shutil.which('msrun', path=os.path.dirname(sys.executable)) or shutil.which('msrun')
+    assert msrun, 'msrun ships with mindspore'
+    with socket.socket() as s:  # a free port for the scheduler
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'],
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+    logs = tmp_path / 'logs'
+    proc = subprocess.run(
+        [msrun, '--worker_num', '2', '--local_worker_num', '2', '--master_addr', '127.0.0.1',
+         '--master_port', str(port), '--log_dir', str(logs), '--join', 'True',
+         os.path.join(ROOT, 'validate.py')] + args + ['--distribute', 'True'],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    worker_logs = {p: open(logs / p).read() for p in sorted(os.listdir(logs)) if 'worker' in p}
+    assert proc.returncode == 0, worker_logs
+    lines = [ln for ln in worker_logs['worker_0.log'].splitlines() if ln.startswith('{')]
+    result = json.loads(lines[-1])
+    assert result['ranks'] == 2
+    assert_same(result, single)
+    assert result['skipped_images'] == 1  # the corrupt file, met by exactly one rank
+    assert not any(ln.startswith('{') for ln in worker_logs['worker_1.log'].splitlines())
