@@ -8,9 +8,9 @@ import sys
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn
+from mindspore import nn, ops
 
-from mindcoat.ops import depthwise_nhwc, depthwise_nhwc_native, depthwise_path
+from mindcoat.ops import Gelu, depthwise_nhwc, depthwise_nhwc_native, depthwise_path, patch_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,6 +99,55 @@ def test_train_one_step_cell_updates_like_native():
         assert np.abs(a - b).max() < 1e-4
 
 
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+def test_gelu_matches_native(mode):
+    """The vectorised exact GELU and its gradient against nn.GELU(approximate=False), including
+    the tails (|x| up to 12) where erf saturates."""
+    ms.set_context(mode=mode)
+    x = np.concatenate([np.linspace(-12, 12, 4001), np.random.default_rng(0).normal(0, 3, 5000)])
+    x = ms.Tensor(x.astype(np.float32).reshape(9001, 1))
+    dy = ms.Tensor(np.random.default_rng(1).normal(size=(9001, 1)).astype(np.float32))
+    results = []
+    for act in (Gelu(), nn.GELU(approximate=False)):
+        y, vjp = ms.vjp(act, x)
+        results.append((y.asnumpy(), vjp(dy)[0].asnumpy()))
+    (y, dx), (y_ref, dx_ref) = results
+    assert Gelu().kernel is not None  # the compiled path really ran
+    assert np.abs(y - y_ref).max() < 2e-6
+    assert np.abs(dx - dx_ref).max() < 2e-6
+
+
+class _PatchNet(nn.Cell):
+    def __init__(self, fn):
+        super().__init__()
+        rng = np.random.default_rng(4)
+        self.w = ms.Parameter(ms.Tensor(rng.normal(size=(6, 3, 4, 4)).astype(np.float32)), name='w')
+        self.b = ms.Parameter(ms.Tensor(rng.normal(size=(6,)).astype(np.float32)), name='b')
+        self.fn = fn
+
+    def construct(self, x):
+        return self.fn(x, self.w, self.b)
+
+
+def _conv_tokens(x, w, b):
+    y = ops.conv2d(x, w, b, w.shape[2])
+    return y.reshape(y.shape[0], y.shape[1], -1).transpose(0, 2, 1)
+
+
+def test_patch_matmul_matches_conv():
+    """Patch embedding as a matmul over patches == the strided Conv2D, forward and gradients."""
+    x = ms.Tensor(np.random.default_rng(5).normal(size=(2, 3, 8, 12)).astype(np.float32))
+    out = []
+    for fn in (patch_conv, _conv_tokens):
+        net = _PatchNet(fn)
+        y = net(x)
+        dx, (dw, db) = ms.grad(net, grad_position=0, weights=net.trainable_params())(x)
+        out.append([t.asnumpy() for t in (y, dx, dw, db)])
+    assert out[0][0].shape == (2, 6, 6)
+    for a, b in zip(*out):
+        assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(b).max())
+
+
 class _LossOnly(nn.Cell):
     def __init__(self, net):
         super().__init__()
@@ -108,8 +157,12 @@ class _LossOnly(nn.Cell):
         return self.net(x)[0]
 
 
-def test_fallback_when_forced_by_env(tmp_path):
-    """MINDCOAT_NATIVE_DWCONV=1 selects MindSpore's Conv2D; the output is still the same."""
+@pytest.mark.parametrize('env', [{'MINDCOAT_NATIVE_DWCONV': '1'}, {'MINDCOAT_NATIVE': '1'},
+                                 {'PATH': '/nonexistent', 'CXX': '', 'MINDCOAT_CACHE': 'empty'}],
+                         ids=['dwconv-flag', 'global-flag', 'no-compiler'])
+def test_fallback_to_native(tmp_path, env):
+    """Forced by env, or with no compiler (and an empty cache), MindSpore's Conv2D is used and
+    the output is unchanged."""
     script = tmp_path / 'forced.py'
     script.write_text(
         'import json, numpy as np, mindspore as ms\n'
@@ -121,8 +174,10 @@ def test_fallback_when_forced_by_env(tmp_path):
         'b = (ms.Tensor(rng.normal(size=(8,)).astype(np.float32)),)\n'
         'diff = np.abs(depthwise_nhwc(x, w, b).asnumpy() - depthwise_nhwc_native(x, w, b).asnumpy())\n'
         'print(json.dumps({"path": depthwise_path(), "diff": float(diff.max())}))\n')
-    env = dict(os.environ, MINDCOAT_NATIVE_DWCONV='1', GLOG_v='3',
+    env = dict(os.environ, GLOG_v='3', **env,
                PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    if env.get('MINDCOAT_CACHE') == 'empty':
+        env['MINDCOAT_CACHE'] = str(tmp_path / 'cache')
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -7,7 +7,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 """
 from mindspore import nn, ops
 
-from ..ops import depthwise_nhwc
+from ..ops import depthwise_nhwc, patch_conv
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, zeros, \
     uniform_fan_in
 
@@ -25,9 +25,8 @@ class PatchEmbed(nn.Cell):
         self.norm = LayerNorm(dim, eps=1e-5)
 
     def construct(self, x):
-        x = self.proj(x)
-        b, c, h, w = x.shape
-        return self.norm(x.reshape(b, c, h * w).transpose(0, 2, 1))
+        # kernel == stride: on the CPU patch_conv runs this conv as one matmul over patches
+        return self.norm(patch_conv(x, self.proj.weight, self.proj.bias))
 
 
 class ConvPosEnc(nn.Cell):

@@ -6,6 +6,8 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common import initializer as init
 
+from ..ops import Gelu
+
 
 def trunc_normal(shape, std=0.02):
     return Parameter(init.initializer(init.TruncatedNormal(sigma=std), shape, ms.float32))
@@ -63,7 +65,7 @@ class Mlp(nn.Cell):
     def __init__(self, dim, hidden, drop=0.0):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU(approximate=False)
+        self.act = Gelu()  # exact GELU; a vectorised kernel on the CPU
         self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 

@@ -8,19 +8,12 @@ convolutional relative position encoding needs (3x3 / 5x5 / 7x7 over consecutive
 On the CPU, MindSpore's grouped Conv2D has no depthwise fast path (20-60x slower than PyTorch), so
 float32 inputs there go through a compiled OpenMP kernel (``csrc/depthwise.cc``) wrapped in
 ``ops.Custom`` with its own backward. Everything else (Ascend, GPU, other dtypes, no compiler,
-``MINDCOAT_NATIVE_DWCONV=1``) uses ``depthwise_nhwc_native``. Both give the same numbers.
+``MINDCOAT_NATIVE=1`` or ``MINDCOAT_NATIVE_DWCONV=1``) uses ``depthwise_nhwc_native``. Both give the same numbers.
 """
-import logging
-import os
-
 import mindspore as ms
 from mindspore import nn, ops
 
-from .build import build
-
-logger = logging.getLogger(__name__)
-
-MAX_GROUPS = 4
+from .dispatch import AtParseTime, fast_path
 
 
 def depthwise_nhwc_native(x, weights, biases):
@@ -48,15 +41,22 @@ def _grad_w_shape(x, dy, *weights):
     return (sum(w[0] * w[2] * w[3] for w in weights) + x[3],)
 
 
-def _make_ops(lib, n):
-    """The forward Custom op for ``n`` channel groups, with a bprop made of two more Custom ops.
-    The graph compiler cannot take a bprop with *args, hence one explicit signature per ``n``."""
-    grad_x = ops.Custom(lib + ':DwBwdX', _same_as_first, _same_as_first, func_type='aot')
-    grad_w = ops.Custom(lib + ':DwBwdW', _grad_w_shape, _same_as_first, func_type='aot')
+class _DwKernel(nn.Cell):
+    """The compiled forward with its backward as a Cell ``bprop``. (A ``bprop`` given to
+    ``ops.Custom`` itself is not safe: in one graph, different Custom ops got each other's.)"""
 
-    def grads(x, weights, dout):
-        dx = grad_x(dout, *weights)
-        flat = grad_w(x, dout, *weights)  # [dw_1, ..., dw_n, db]
+    def __init__(self, lib):
+        super().__init__()
+        self.forward = ops.Custom(lib + ':DwFwd', _same_as_first, _same_as_first, func_type='aot')
+        self.grad_x = ops.Custom(lib + ':DwBwdX', _same_as_first, _same_as_first, func_type='aot')
+        self.grad_w = ops.Custom(lib + ':DwBwdW', _grad_w_shape, _same_as_first, func_type='aot')
+
+    def construct(self, x, weights, biases):
+        return self.forward(x, *weights, *biases)
+
+    def bprop(self, x, weights, biases, out, dout):
+        dx = self.grad_x(dout, *weights)  # the same convolution with flipped kernels
+        flat = self.grad_w(x, dout, *weights)  # [dw_1, ..., dw_n, db]
         dws = ()
         start = 0
         for w in weights:
@@ -67,80 +67,33 @@ def _make_ops(lib, n):
         for w in weights:
             dbs = dbs + (flat[start:start + w.shape[0]],)
             start = start + w.shape[0]
-        return (dx,) + dws + dbs
-
-    def bprop1(x, w1, b1, out, dout):
-        return grads(x, (w1,), dout)
-
-    def bprop2(x, w1, w2, b1, b2, out, dout):
-        return grads(x, (w1, w2), dout)
-
-    def bprop3(x, w1, w2, w3, b1, b2, b3, out, dout):
-        return grads(x, (w1, w2, w3), dout)
-
-    def bprop4(x, w1, w2, w3, w4, b1, b2, b3, b4, out, dout):
-        return grads(x, (w1, w2, w3, w4), dout)
-
-    bprop = (bprop1, bprop2, bprop3, bprop4)[n - 1]
-    return ops.Custom(lib + ':DwFwd', _same_as_first, _same_as_first, func_type='aot', bprop=bprop)
-
-
-class _AtParseTime:
-    """A plain descriptor (not a property): MindSpore's graph parser reads it through getattr, so
-    its Python body runs when the graph is built (after the device has been chosen). A property's
-    body would instead be compiled as graph code, where get_context, the build and logging are
-    not allowed."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __get__(self, obj, cls=None):
-        return self if obj is None else self.fn(obj)
+        return dx, dws, dbs
 
 
 class _Dispatch(nn.Cell):
-    """Picks the kernel once per device target and logs the choice once."""
+    """Runs the compiled kernel when the CPU fast path applies, else the native path."""
 
-    def __init__(self):
-        super().__init__()
-        self._decided = {}
-        self._ops = ()
+    def _kernel(self):
+        lib = fast_path('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', 'depthwise.cc')
+        if not lib:
+            return None
+        if lib not in _KERNELS:
+            _KERNELS[lib] = _DwKernel(lib)
+        return _KERNELS[lib]
 
-    def _decide(self):
-        target = ms.get_context('device_target')
-        if target in self._decided:
-            return self._decided[target]
-        reason = None
-        if os.environ.get('MINDCOAT_NATIVE_DWCONV', '0') not in ('', '0'):
-            reason = 'MINDCOAT_NATIVE_DWCONV is set'
-        elif target != 'CPU':
-            reason = f'device is {target}'
-        else:
-            lib = build('depthwise.cc')
-            if lib is None:
-                reason = 'the C++ kernel could not be built'
-            elif not self._ops:
-                self._ops = tuple(_make_ops(lib, n) for n in range(1, MAX_GROUPS + 1))
-        ops_ = self._ops if reason is None else ()
-        logger.info('mindcoat: depthwise convolution uses %s', 'the compiled CPU kernel'
-                    if ops_ else f"MindSpore's native Conv2D ({reason})")
-        self._decided[target] = ops_
-        return ops_
-
-    # the compiled ops for 1..MAX_GROUPS channel groups, or () when the native path is used
-    kernels = _AtParseTime(_decide)
+    kernel = AtParseTime(_kernel)  # a _DwKernel, or None for the native path
 
     def construct(self, x, weights, biases):
-        if len(self.kernels) >= len(weights) and x.dtype == ms.float32 \
-                and weights[0].dtype == ms.float32:
-            return self.kernels[len(weights) - 1](x, *weights, *biases)
+        if self.kernel is not None and x.dtype == ms.float32 and weights[0].dtype == ms.float32:
+            return self.kernel(x, weights, biases)
         return depthwise_nhwc_native(x, weights, biases)
 
 
 def depthwise_path():
     """'custom' or 'native': the path ``depthwise_nhwc`` takes (for float32) on this device."""
-    return 'custom' if _DISPATCH.kernels else 'native'
+    return 'native' if _DISPATCH.kernel is None else 'custom'
 
 
+_KERNELS = {}
 _DISPATCH = _Dispatch()
 depthwise_nhwc = _DISPATCH

@@ -1,0 +1,55 @@
+"""Choosing between MindSpore's native operators and the CPU fast paths of this package.
+
+A fast path is taken only on the CPU backend, and can be switched off with ``MINDCOAT_NATIVE=1``
+(all of them) or its own variable (e.g. ``MINDCOAT_NATIVE_DWCONV=1``). Each choice is logged once.
+"""
+import logging
+import os
+
+import mindspore as ms
+
+from .build import build
+
+logger = logging.getLogger('mindcoat.ops')
+
+_choices = {}  # (feature, device target) -> library path / True, or None for the native path
+
+
+class AtParseTime:
+    """A plain descriptor (not a property): MindSpore's graph parser reads it through getattr, so
+    its Python body runs when the graph is built (after the device has been chosen). A property's
+    body would instead be compiled as graph code, where get_context, the build and logging are
+    not allowed. In PyNative mode it runs on every access (a dict lookup after the first)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __get__(self, obj, cls=None):
+        return self if obj is None else self.fn(obj)
+
+
+def _flag(name):
+    return os.environ.get(name, '0') not in ('', '0')
+
+
+def fast_path(feature, env_flag, source=None):
+    """For ``feature``: the compiled library of ``csrc/<source>`` (or True when ``source`` is None)
+    if the CPU fast path applies, else None."""
+    target = ms.get_context('device_target')
+    key = (feature, target)
+    if key in _choices:
+        return _choices[key]
+    reason = None
+    if _flag('MINDCOAT_NATIVE') or _flag(env_flag):
+        reason = f'MINDCOAT_NATIVE or {env_flag} is set'
+    elif target != 'CPU':
+        reason = f'device is {target}'
+    choice = None
+    if reason is None:
+        choice = build(source) if source else True
+        if choice is None:
+            reason = f'csrc/{source} could not be built'
+    logger.info('mindcoat: %s uses %s', feature,
+                'the CPU fast path' if choice else f"MindSpore's native operators ({reason})")
+    _choices[key] = choice
+    return choice

@@ -1,0 +1,51 @@
+"""Exact (erf) GELU. On the CPU, float32 goes through a vectorised kernel (``csrc/gelu.cc``): the
+backend's scalar erf made GELU the largest cost of CoaT's MLPs. Elsewhere ``nn.GELU``."""
+import mindspore as ms
+from mindspore import nn, ops
+
+from .dispatch import AtParseTime, fast_path
+
+
+def _same(x, *_):
+    return x
+
+
+class _GeluKernel(nn.Cell):
+    """The compiled forward; its gradient as a Cell ``bprop`` (see depthwise._DwKernel)."""
+
+    def __init__(self, lib):
+        super().__init__()
+        self.forward = ops.Custom(lib + ':GeluFwd', _same, _same, func_type='aot')
+        self.grad = ops.Custom(lib + ':GeluBwd', _same, _same, func_type='aot')
+
+    def construct(self, x):
+        return self.forward(x)
+
+    def bprop(self, x, out, dout):
+        return (self.grad(x, dout),)
+
+
+class Gelu(nn.Cell):
+    """Drop-in for ``nn.GELU(approximate=False)``; no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.native = nn.GELU(approximate=False)
+
+    def _kernel(self):
+        lib = fast_path('GELU', 'MINDCOAT_NATIVE_GELU', 'gelu.cc')
+        if not lib:
+            return None
+        if lib not in _KERNELS:
+            _KERNELS[lib] = _GeluKernel(lib)
+        return _KERNELS[lib]
+
+    kernel = AtParseTime(_kernel)  # a _GeluKernel, or None for the native path
+
+    def construct(self, x):
+        if self.kernel is not None and x.dtype == ms.float32:
+            return self.kernel(x)
+        return self.native(x)
+
+
+_KERNELS = {}
