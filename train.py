@@ -5,6 +5,9 @@
     python train.py -c configs/coat/coat_lite_medium_384_ascend.yaml --data_dir DIR \
         --distribute False --ckpt_path coat_lite_medium.pth
     python train.py -c ... --resume ckpt/coat_lite_tiny-latest.ckpt     # continue exactly
+
+Debug hook: with MINDCOAT_RANK_WEIGHTS_DIR set, every rank also writes its final weights to
+DIR/rank_<N>.ckpt (to check that data-parallel ranks stay identical).
 """
 import json
 import os
@@ -220,6 +223,9 @@ def train(cfg):
             keeper.save_epoch(epoch + 1, top1, save)
             with open(log_path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
+    if os.environ.get('MINDCOAT_RANK_WEIGHTS_DIR'):
+        save_checkpoint(os.path.join(os.environ['MINDCOAT_RANK_WEIGHTS_DIR'],
+                                     f'rank_{run.rank}.ckpt'), state, cfg.epoch_size, 0, best, {})
     return model
 
 
