@@ -1,0 +1,65 @@
+"""The per-step LR schedule and the AdamW cell against the PyTorch AdamW update rule."""
+import math
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from mindcoat.optim import AdamW, EMA, create_lr_schedule, scaled_lr
+
+
+def test_warmup_then_cosine_per_step():
+    steps, epochs = 10, 20
+    lrs = create_lr_schedule('cosine_decay', 1e-3, steps, epochs, min_lr=1e-5, warmup_epochs=2,
+                             warmup_lr=1e-6)
+    assert len(lrs) == steps * epochs
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[10] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 10 / 20)  # per step, mid-warmup
+    assert lrs[20] == pytest.approx(1e-3)                             # peak right after warmup
+    for s in (20, 57, 110, 199):
+        t = (s - 20) / 180
+        assert lrs[s] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * t)))
+    assert np.all(np.diff(lrs[:21]) > 0) and np.all(np.diff(lrs[20:]) < 0)
+    assert 1e-5 < lrs[-1] < 1.01e-5
+
+
+def test_cooldown_constant_and_scaling():
+    lrs = create_lr_schedule('cosine_decay', 1e-3, 4, 10, min_lr=1e-5, warmup_epochs=0,
+                             cooldown_epochs=2)
+    assert lrs[0] == pytest.approx(1e-3) and np.allclose(lrs[32:], 1e-5)
+    assert np.allclose(create_lr_schedule('constant', 5e-6, 3, 6), 5e-6)
+    assert scaled_lr(5e-4, 8 * 256, 512) == pytest.approx(2e-3)
+    assert scaled_lr(5e-4, 64, None) == 5e-4
+    with pytest.raises(ValueError, match='unknown scheduler'):
+        create_lr_schedule('polynomial', 1e-3, 1, 1)
+
+
+def test_adamw_matches_the_torch_update_rule():
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(3, 4)).astype(np.float32)
+    b0 = rng.normal(size=(4,)).astype(np.float32)
+    w, b = ms.Parameter(ms.Tensor(w0), name='w'), ms.Parameter(ms.Tensor(b0), name='b')
+    opt = AdamW([w, b], [0.05, 0.0], betas=(0.9, 0.999), eps=1e-8)
+    ema = EMA([w, b], 0.5)
+    ref = {'w': [w0.astype(np.float64), 0, 0, 0.05], 'b': [b0.astype(np.float64), 0, 0, 0.0]}
+    ema_ref = w0.astype(np.float64)
+    for t, lr in enumerate([1e-2, 5e-3, 2e-3], start=1):
+        grads = (rng.normal(size=(3, 4)).astype(np.float32),
+                 rng.normal(size=(4,)).astype(np.float32))
+        opt(tuple(ms.Tensor(g) for g in grads), ms.Tensor(lr, ms.float32))
+        ema()
+        for key, g in zip(('w', 'b'), grads):  # torch.optim.AdamW, written out
+            p, m, v, wd = ref[key]
+            p = p * (1 - lr * wd)
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g.astype(np.float64) ** 2
+            p = p - lr / (1 - 0.9 ** t) * m / (np.sqrt(v) / math.sqrt(1 - 0.999 ** t) + 1e-8)
+            ref[key] = [p, m, v, wd]
+        ema_ref = 0.5 * ema_ref + 0.5 * ref['w'][0]
+    np.testing.assert_allclose(w.asnumpy(), ref['w'][0], atol=1e-5)
+    np.testing.assert_allclose(b.asnumpy(), ref['b'][0], atol=1e-5)
+    np.testing.assert_allclose(ema.ema[0].asnumpy(), ema_ref, atol=1e-5)
+    assert [p.name for p in opt.state_params()] == ['optimizer.exp_avg.w', 'optimizer.exp_avg.b',
+                                                    'optimizer.exp_avg_sq.w',
+                                                    'optimizer.exp_avg_sq.b', 'optimizer.step']
+    assert [p.name for p in ema.ema] == ['ema.w', 'ema.b']
