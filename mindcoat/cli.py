@@ -57,10 +57,36 @@ def build_model(name, ckpt_path=None, num_classes=1000, in_channels=3, use_ema=F
     return model
 
 
+# training-config keys a tool can take from a YAML file -> the tool's own argument names
+CONFIG_KEYS = {'model': 'model', 'num_classes': 'num_classes', 'in_channels': 'in_channels',
+               'model_kwargs': 'model_kwargs', 'image_resize': 'image_size',
+               'crop_pct': 'crop_pct', 'interpolation': 'interpolation', 'mean': 'mean',
+               'std': 'std'}
+
+
+def apply_config(args):
+    """``-c/--config`` for predict and export: the model and eval settings of a training YAML
+    (configs/...), for every argument not given on the command line (those default to None)."""
+    if getattr(args, 'config', None):
+        from .config import load_yaml
+        values = load_yaml(args.config)  # ConfigError (a ValueError) names a bad key
+        for key, dest in CONFIG_KEYS.items():
+            if values.get(key) is not None and getattr(args, dest, None) is None:
+                setattr(args, dest, values[key])
+    if not getattr(args, 'model', None):
+        raise UsageError("say which model: --model NAME (or -c CONFIG.yaml)")
+    return args
+
+
 def run(main):
     """Runs ``main()``; known user errors become one line on stderr and a non-zero exit."""
     from .convert import CheckpointError
     try:
         return main()
     except (UsageError, CheckpointError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except ValueError as exc:  # e.g. ConfigError from a YAML file
+        from .config import ConfigError
+        if not isinstance(exc, ConfigError):
+            raise
         fail(str(exc))

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -103,3 +104,71 @@ def materialise_mnist(root=None, val_fraction=0.2, seed=0, log=print):
         return out
     log(f"wrote {len(train)} train / {len(val)} val MNIST digits (28x28 PNG) to {out}")
     return out
+
+
+def repo_root():
+    """The checkout holding train.py, validate.py and configs/ (the demo runs those files)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, 'train.py')):
+        raise UsageError(f"the demo runs train.py and validate.py from a mindcoat checkout; none "
+                         f"next to {os.path.dirname(__file__)} (clone the repository and "
+                         f"pip install -e .)")
+    return root
+
+
+def _run(cmd, root, env):
+    """Runs one step as its own process and shows the command, so it can be pasted later."""
+    shown = ' '.join(cmd[1:]) if cmd[0] == sys.executable else ' '.join(cmd)
+    print(f"\n$ python {shown}", flush=True)
+    code = subprocess.call(cmd, cwd=root, env=env)
+    if code != 0:
+        raise UsageError(f"demo step failed (exit status {code}): python {shown}")
+
+
+def run_demo(config=None, out_dir=None, epochs=None, cache=None, per_class=1):
+    """Materialise the digits, then train, validate and predict as a user would. Returns the
+    validation result (the JSON validate.py prints) and the wall time in seconds."""
+    start = time.time()
+    root = repo_root()
+    config = os.path.abspath(config or os.path.join(root, 'configs', 'demo',
+                                                    'coat_lite_mnist.yaml'))
+    data = materialise_mnist(cache)
+    out_dir = os.path.abspath(out_dir or os.path.join(cache or cache_dir(), 'demo_run'))
+    shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, not a resume
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get('PYTHONPATH')) if p))
+    env.setdefault('GLOG_v', '3')
+    from .config import load_yaml
+    model = load_yaml(config).get('model', 'coat_lite_tiny')
+    py = sys.executable
+    train = [py, 'train.py', '-c', config, '--data_dir', data, '--ckpt_save_dir', out_dir]
+    _run(train + (['--epoch_size', str(epochs)] if epochs else []), root, env)
+    ckpt = os.path.join(out_dir, f'{model}-latest.ckpt')
+    results = os.path.join(out_dir, 'validate.jsonl')
+    _run([py, 'validate.py', '-c', config, '--data_dir', data, '--ckpt_path', ckpt,
+          '--results_file', results], root, env)
+    with open(results) as f:
+        result = json.loads(f.read().splitlines()[-1])
+    val = os.path.join(data, 'val')
+    images = [os.path.join(val, c, sorted(os.listdir(os.path.join(val, c)))[i])
+              for c in sorted(os.listdir(val)) for i in range(per_class)]
+    _run([py, '-m', 'mindcoat.predict', '-c', config, '--ckpt_path', ckpt, '--labels',
+          os.path.join(data, 'classes.txt'), '--topk', '3'] + images, root, env)
+    return result, time.time() - start
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog='python -m mindcoat.demo', description=__doc__.split('\n')[0])
+    p.add_argument('-c', '--config', help='default: configs/demo/coat_lite_mnist.yaml')
+    p.add_argument('--epochs', type=int, help="override the config's epoch_size")
+    p.add_argument('--output', help='checkpoints and logs (default: $MINDCOAT_CACHE/demo_run)')
+    args = p.parse_args(argv)
+    result, seconds = run_demo(args.config, args.output, args.epochs)
+    print(f"\ndemo: {result['model']} reached Acc@1 {result['top1']:.2f}% (Acc@5 "
+          f"{result['top5']:.2f}%) on {result['num_images']} held-out MNIST digits; "
+          f"{seconds / 60:.1f} min in all, weights in {os.path.dirname(result['ckpt_path'])}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run(main))

@@ -14,31 +14,33 @@ import sys
 
 import numpy as np
 
-from .cli import UsageError, build_model, check_image_size, parse_model_kwargs, run
+from .cli import UsageError, apply_config, build_model, check_image_size, parse_model_kwargs, run
 
 ONNX_REFUSAL = ("ONNX export is not available: MindSpore 2.10 cannot export the PadV3 and Erf "
                 "operators CoaT uses to ONNX; export --format MINDIR instead")
 
 
 @contextlib.contextmanager
-def native_depthwise():
-    """Builds graphs with MindSpore's own depthwise Conv2D instead of mindcoat's compiled CPU
-    kernel: a MindIR holding that Custom AOT op could not be reloaded (its shape inference lives
-    in Python) nor run by MindSpore Lite or on Ascend. Same weights, same numbers."""
-    from .ops import depthwise as dw
-    saved_env = os.environ.get('MINDCOAT_NATIVE_DWCONV')
-    saved = dict(dw._DISPATCH._decided)
-    os.environ['MINDCOAT_NATIVE_DWCONV'] = '1'
-    dw._DISPATCH._decided.clear()  # re-decide (now: native) when the export graph is parsed
+def native_ops():
+    """Builds graphs from MindSpore's own operators only, not mindcoat's compiled CPU kernels
+    (depthwise conv, GELU): a MindIR holding those Custom AOT ops could not be reloaded (their
+    shape inference lives in Python) nor run by MindSpore Lite or on Ascend. Same numbers.
+    The fast-path choice is cached per process (mindcoat.ops.dispatch), so it is cleared on the
+    way in and restored on the way out."""
+    from .ops import dispatch
+    saved_env = os.environ.get('MINDCOAT_NATIVE')
+    saved = dict(dispatch._choices)
+    os.environ['MINDCOAT_NATIVE'] = '1'
+    dispatch._choices.clear()  # re-decided (now: native) when the export graph is parsed
     try:
         yield
     finally:
         if saved_env is None:
-            os.environ.pop('MINDCOAT_NATIVE_DWCONV', None)
+            os.environ.pop('MINDCOAT_NATIVE', None)
         else:
-            os.environ['MINDCOAT_NATIVE_DWCONV'] = saved_env
-        dw._DISPATCH._decided.clear()
-        dw._DISPATCH._decided.update(saved)
+            os.environ['MINDCOAT_NATIVE'] = saved_env
+        dispatch._choices.clear()
+        dispatch._choices.update(saved)
 
 
 def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_channels=3,
@@ -60,7 +62,7 @@ def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, f'.{os.getpid()}.partial')
     model.set_train(False)
-    with native_depthwise():
+    with native_ops():
         ms.export(model, spec, file_name=tmp, file_format=file_format.upper())
     os.replace(tmp + suffix, path)
     return path
@@ -78,11 +80,12 @@ def check_export(model, path, image_size, batch_size=1, in_channels=3, seed=0):
 def build_parser():
     p = argparse.ArgumentParser(prog='python -m mindcoat.export',
                                 description='Export a CoaT model to MindIR.')
-    p.add_argument('--model', '-m', required=True, help='variant, e.g. coat_lite_tiny')
+    p.add_argument('-c', '--config', help='training YAML to take the model settings from')
+    p.add_argument('--model', '-m', help='variant, e.g. coat_lite_tiny')
     p.add_argument('--ckpt_path', help='weights in any format mindcoat.convert reads')
     p.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
-    p.add_argument('--num_classes', type=int, default=1000)
-    p.add_argument('--in_channels', type=int, default=3)
+    p.add_argument('--num_classes', type=int, help='default: 1000')
+    p.add_argument('--in_channels', type=int, help='default: 3')
     p.add_argument('--model_kwargs', help='JSON architecture overrides for create_model')
     p.add_argument('--image_size', type=int, help="default: the variant's input size")
     p.add_argument('--batch_size', type=int, default=1, help='fixed batch size of the graph')
@@ -101,6 +104,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.format == 'ONNX':
         raise UsageError(ONNX_REFUSAL)  # before anything is built
+    args.crop_pct = args.interpolation = args.mean = args.std = None  # not used by export
+    apply_config(args)
+    args.num_classes = args.num_classes or 1000
+    args.in_channels = args.in_channels or 3
     if args.format not in ('MINDIR', 'AIR'):
         raise UsageError(f"unknown --format {args.format}; use MINDIR")
     if args.image_size:
@@ -116,7 +123,7 @@ def main(argv=None):
     size = args.image_size or model.default_cfg['input_size'][-1]
     out = args.output or f'{args.model}.{args.format.lower()}'
     out = export_model(model, out, size, args.batch_size, args.dynamic_batch, args.in_channels,
-                 args.format)
+                       args.format)
     batch = 'dynamic' if args.dynamic_batch else args.batch_size
     print(f"wrote {out} ({args.format}, input batch {batch} x {args.in_channels} x {size} x "
           f"{size}, float32, normalised)")

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .cli import UsageError, build_model, check_image_size, parse_model_kwargs, run
+from .cli import UsageError, apply_config, build_model, check_image_size, parse_model_kwargs, run
 
 IMAGENET_CLASSES = os.path.join(os.path.dirname(__file__), 'data', 'imagenet_classes.txt')
 
@@ -60,7 +60,8 @@ def preprocess(images, transforms):
     return np.stack(out)
 
 
-def eval_transforms_for(model, image_size=None, crop_pct=None, interpolation=None):
+def eval_transforms_for(model, image_size=None, crop_pct=None, interpolation=None, mean=None,
+                        std=None):
     """The variant's eval transform (its default_cfg, with optional overrides): the trainer's
     own eval pipeline, so predict sees images exactly as validate.py does."""
     from .data.transforms import create_transforms
@@ -71,8 +72,8 @@ def eval_transforms_for(model, image_size=None, crop_pct=None, interpolation=Non
         return create_transforms(
             False, image_size=size, crop_pct=cfg['crop_pct'] if crop_pct is None else crop_pct,
             crop_mode=cfg.get('crop_mode', 'center'),
-            interpolation=interpolation or cfg['interpolation'], mean=cfg['mean'],
-            std=cfg['std'])
+            interpolation=interpolation or cfg['interpolation'], mean=mean or cfg['mean'],
+            std=std or cfg['std'])
     except ValueError as exc:  # e.g. an unknown interpolation
         raise UsageError(str(exc)) from None
 
@@ -122,16 +123,18 @@ def build_parser():
     p = argparse.ArgumentParser(prog='python -m mindcoat.predict',
                                 description='Top-k classes of image files with a CoaT model.')
     p.add_argument('images', nargs='+', help='image files (JPEG, PNG, BMP, ...)')
-    p.add_argument('--model', '-m', required=True, help='variant, e.g. coat_lite_tiny')
+    p.add_argument('-c', '--config', help='training YAML to take the model and eval settings from')
+    p.add_argument('--model', '-m', help='variant, e.g. coat_lite_tiny')
     p.add_argument('--ckpt_path', help='weights in any format mindcoat.convert reads')
     p.add_argument('--ema', action='store_true', help="use the checkpoint's EMA weights")
     p.add_argument('--labels', help='class names, one per line (default: ImageNet-1k)')
     p.add_argument('--num_classes', type=int, help='default: number of --labels, else 1000')
-    p.add_argument('--in_channels', type=int, default=3)
+    p.add_argument('--in_channels', type=int, help='default: 3')
     p.add_argument('--model_kwargs', help='JSON architecture overrides for create_model')
     p.add_argument('--image_size', type=int, help="default: the variant's input size")
     p.add_argument('--crop_pct', type=float, help="default: the variant's crop_pct")
     p.add_argument('--interpolation', help="default: the variant's (bicubic)")
+    p.set_defaults(mean=None, std=None)  # only from -c CONFIG
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--device_target', help='CPU / GPU / Ascend (default: what MindSpore finds)')
@@ -140,7 +143,8 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = apply_config(build_parser().parse_args(argv))
+    args.in_channels = args.in_channels or 3
     import mindspore as ms
     if args.device_target:
         ms.set_device(args.device_target)
@@ -150,7 +154,8 @@ def main(argv=None):
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     model = build_model(args.model, args.ckpt_path, num_classes, args.in_channels, args.ema,
                         parse_model_kwargs(args.model_kwargs), log=log)
-    transforms = eval_transforms_for(model, args.image_size, args.crop_pct, args.interpolation)
+    transforms = eval_transforms_for(model, args.image_size, args.crop_pct, args.interpolation,
+                                     args.mean, args.std)
     failed = []
 
     def on_error(path, exc):
