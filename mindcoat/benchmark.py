@@ -66,11 +66,54 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def measure(model='coat_lite_tiny', batch_size=16, image_size=224, mode='infer', amp_level='O0',
-            steps=5, warmup=2, device=None, graph=True, num_classes=1000, seed=0):
-    """Builds the model and times it; returns a dict of the figures (see ``main`` for fields)."""
+def time_steps(step, steps=5, warmup=2):
+    """Calls ``step`` once (compiles), ``warmup`` more times, then times ``steps`` calls.
+    Returns (first call seconds, [timed seconds])."""
+    first = _timed(step)
+    for _ in range(warmup):
+        step()
+    return first, [_timed(step) for _ in range(max(steps, 1))]
+
+
+def make_step(net, mode, batch_size, image_size, num_classes=1000, no_decay=(), seed=0):
+    """A zero-argument callable running one inference or training step of a MindSpore ``net``
+    on synthetic data and waiting for its result. Works for any classifier Cell (also MindCV's)."""
     import mindspore as ms
     from mindspore import nn
+
+    rng = np.random.default_rng(seed)
+    x = ms.Tensor(rng.normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
+    if mode == 'infer':
+        net.set_train(False)
+        return lambda: net(x).asnumpy()  # asnumpy waits for the device
+    if mode != 'train':
+        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
+    SoftTargetCE, TrainStep = _cells()
+    labels = rng.integers(0, num_classes, batch_size)
+    target = np.full((batch_size, num_classes), 0.1 / num_classes, np.float32)
+    target[np.arange(batch_size), labels] += 0.9
+    target = ms.Tensor(target)
+    params = [{'params': [p for p in net.trainable_params() if p.name not in no_decay],
+               'weight_decay': 0.05},
+              {'params': [p for p in net.trainable_params() if p.name in no_decay],
+               'weight_decay': 0.0}]
+    train = TrainStep(net, SoftTargetCE(), nn.AdamWeightDecay(params, learning_rate=1e-4))
+    train.set_train(True)
+    return lambda: train(x, target).asnumpy()
+
+
+def summarize(first, times, batch_size):
+    median = statistics.median(times)
+    return {'images_per_s': batch_size / median, 'ms_per_step': median * 1000.0,
+            'compile_s': max(first - median, 0.0), 'first_step_s': first,
+            'peak_rss_mb': peak_rss_mb(), 'steps': len(times),
+            'step_times_ms': [t * 1000.0 for t in times]}
+
+
+def measure(model='coat_lite_tiny', batch_size=16, image_size=224, mode='infer', amp_level='O0',
+            steps=5, warmup=2, device=None, graph=True, num_classes=1000, seed=0):
+    """Builds a mindcoat model and times it; returns a dict of the figures."""
+    import mindspore as ms
 
     from mindcoat.models import create_model
     from mindcoat.ops import depthwise_path
@@ -79,55 +122,20 @@ def measure(model='coat_lite_tiny', batch_size=16, image_size=224, mode='infer',
         ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
     ms.set_seed(seed)
-    rng = np.random.default_rng(seed)
-    x = ms.Tensor(rng.normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
     net = create_model(model, num_classes=num_classes)
+    no_decay = net.no_weight_decay_names()
     if amp_level != 'O0':
         net = ms.amp.auto_mixed_precision(net, amp_level)
-    if mode == 'infer':
-        net.set_train(False)
-
-        def step():
-            net(x).asnumpy()  # asnumpy waits for the device
-    elif mode == 'train':
-        SoftTargetCE, TrainStep = _cells()
-        labels = rng.integers(0, num_classes, batch_size)
-        target = np.full((batch_size, num_classes), 0.1 / num_classes, np.float32)
-        target[np.arange(batch_size), labels] += 0.9
-        target = ms.Tensor(target)
-        decay = net.no_weight_decay_names()
-        params = [{'params': [p for p in net.trainable_params() if p.name not in decay],
-                   'weight_decay': 0.05},
-                  {'params': [p for p in net.trainable_params() if p.name in decay],
-                   'weight_decay': 0.0}]
-        train = TrainStep(net, SoftTargetCE(), nn.AdamWeightDecay(params, learning_rate=1e-4))
-        train.set_train(True)
-
-        def step():
-            train(x, target).asnumpy()
-    else:
-        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
-
-    first = _timed(step)
-    for _ in range(warmup):
-        step()
-    times = [_timed(step) for _ in range(max(steps, 1))]
-    median = statistics.median(times)
-    return {
+    step = make_step(net, mode, batch_size, image_size, num_classes, no_decay, seed)
+    first, times = time_steps(step, steps, warmup)
+    return dict({
         'model': model, 'mode': mode, 'batch_size': batch_size, 'image_size': image_size,
         'amp_level': amp_level, 'graph_mode': graph,
         'device': ms.get_context('device_target'),
         'depthwise_kernel': depthwise_path(),
-        'images_per_s': batch_size / median,
-        'ms_per_step': median * 1000.0,
-        'compile_s': max(first - median, 0.0),
-        'first_step_s': first,
-        'peak_rss_mb': peak_rss_mb(),
-        'steps': len(times), 'warmup': warmup,
-        'step_times_ms': [t * 1000.0 for t in times],
-        'mindspore': ms.__version__,
-        'threads': os.environ.get('OMP_NUM_THREADS') or os.cpu_count(),
-    }
+        'warmup': warmup, 'mindspore': ms.__version__,
+        'threads': int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count()),
+    }, **summarize(first, times, batch_size))
 
 
 def main(argv=None):
