@@ -127,6 +127,18 @@ def test_validate_equals_direct_computation_for_each_format(folder, weights, fmt
     assert result['skipped_images'] == 1 and 'z_corrupt.jpg' in err
 
 
+def test_a_recipe_yaml_runs_on_one_device(folder, weights, capsys):
+    """The README's line: a configs/coat recipe (distribute: True, 8 workers, 224 px) works
+    outside msrun; flags override its values."""
+    model, _, files = weights
+    result, err = run_validate(['--config', os.path.join(ROOT, 'configs', 'coat',
+                                                         'coat_lite_tiny_ascend.yaml')]
+                               + TINY_ARGS + ['--data_dir', folder, '--ckpt_path', files['timm']],
+                               capsys)
+    assert 'not started by msrun' in err and result['ranks'] == 1
+    assert_same(result, direct_numbers(model, folder))
+
+
 @pytest.mark.parametrize('fmt', ['mindcoat', 'official'])
 def test_ema_weights_are_picked(folder, weights, fmt, capsys, tmp_path):
     _, ema, files = weights
