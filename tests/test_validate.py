@@ -96,6 +96,8 @@ def weights(tmp_path_factory):
     write_torch_zip(files['official'], {'model': sd, 'model_ema': sd_ema, 'epoch': 299})
     files['timm'] = str(out / 'timm.safetensors')
     save_file(sd, files['timm'])
+    files['timm_pth'] = str(out / 'timm.pth')  # a flat state dict, torch.save'd
+    write_torch_zip(files['timm_pth'], sd)
     files['mindcv'] = str(out / 'mindcv.ckpt')
     ms.save_checkpoint([{'name': k, 'data': ms.Tensor(v)} for k, v in mindcv_style(model).items()],
                        files['mindcv'])
@@ -116,7 +118,7 @@ def assert_same(result, expected):
     assert result['loss'] == pytest.approx(expected['loss'], rel=1e-5)
 
 
-@pytest.mark.parametrize('fmt', ['mindcoat', 'official', 'timm', 'mindcv'])
+@pytest.mark.parametrize('fmt', ['mindcoat', 'official', 'timm', 'timm_pth', 'mindcv'])
 def test_validate_equals_direct_computation_for_each_format(folder, weights, fmt, capsys):
     model, _, files = weights
     expected = direct_numbers(model, folder)
