@@ -34,6 +34,7 @@ def train_one_epoch(step, loader, lrs, epoch, steps_per_epoch, show=True, log_in
                     f'{np.mean(losses[-log_interval:]):.4f} lr {lr:.3e} {speed:.1f} img/s')
         bar.update(1)
     bar.close()
+    ms.runtime.synchronize()  # the last step's weight updates have landed (checkpoints read them)
     elapsed = time.time() - start
     return {'train_loss': float(np.mean(losses)), 'lr': lr, 'epoch_time': elapsed,
             'images_per_sec': steps_per_epoch * loader.batch_size / elapsed,
