@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from mindcoat.ops import Gelu, depthwise_nhwc, depthwise_nhwc_native, depthwise_path, patch_conv
+from mindcoat.ops import Gelu, depthwise_nhwc, depthwise_nhwc_native, depthwise_path, \
+    depthwise_tokens, depthwise_tokens_native, factor_attention, factor_attention_native, \
+    patch_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,3 +186,70 @@ def test_fallback_to_native(tmp_path, env):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out['path'] == 'native'
     assert out['diff'] == 0.0
+
+
+class TokNet(DwNet):
+    def __init__(self, groups, fn, seed, h, w, residual):
+        super().__init__(groups, fn, seed)
+        self.h, self.w, self.residual = h, w, residual
+
+    def construct(self, x):
+        y = self.fn(x, self.h, self.w, tuple(self.ws), tuple(self.bs), self.residual)
+        return (y * y).sum(), y
+
+
+@pytest.mark.parametrize('residual', [False, True], ids=['plain', 'residual'])
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('case', CASES[1:3], ids=['1g', '3g'])
+def test_tokens_layout_matches_native(case, mode, residual):
+    """depthwise_tokens on (B, 1 + H*W, C): class-token row zero (or passed on with the residual),
+    forward and all gradients equal to the split/conv/concat reference."""
+    ms.set_context(mode=mode)
+    b, h, w, groups = case
+    x = ms.Tensor(np.random.default_rng(1).normal(0, 1, (b, 1 + h * w, sum(c for c, _ in groups)))
+                  .astype(np.float32))
+    res = []
+    for fn in (depthwise_tokens, depthwise_tokens_native):
+        net = TokNet(groups, fn, 0, h, w, residual)
+        grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
+                                    has_aux=True)
+        (_, y), (dx, dp) = grad_fn(x)
+        res.append([y.asnumpy(), dx.asnumpy()] + [g.asnumpy() for g in dp])
+    (y, dx, *dp), (y_ref, dx_ref, *dp_ref) = res
+    assert y.shape == x.shape
+    assert np.abs(y - y_ref).max() < 1e-5
+    assert np.array_equal(y[:, 0], x.asnumpy()[:, 0] if residual else np.zeros_like(y[:, 0]))
+    assert _rel(dx, dx_ref) < 1e-4
+    assert len(dp) == 2 * len(groups)
+    for g, g_ref in zip(dp, dp_ref):
+        assert _rel(g, g_ref) < 1e-4
+
+
+class _AttNet(nn.Cell):
+    def __init__(self, fn, heads):
+        super().__init__()
+        self.fn, self.heads = fn, heads
+
+    def construct(self, qkv, crpe):
+        y = self.fn(qkv, crpe, self.heads)
+        return (y * y).sum(), y
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('shape', [(2, 17, 8, 1), (3, 50, 24, 8), (1, 5, 38, 2)],
+                         ids=['1head', '8heads', 'odd'])
+def test_factor_attention_matches_native(shape, mode):
+    """Fused factorized attention on qkv (B, N, 3C): output and gradients wrt qkv and crpe."""
+    ms.set_context(mode=mode)
+    b, n, c, heads = shape
+    rng = np.random.default_rng(7)
+    qkv = ms.Tensor(rng.normal(0, 2, (b, n, 3 * c)).astype(np.float32))
+    crpe = ms.Tensor(rng.normal(0, 1, (b, n, c)).astype(np.float32))
+    res = []
+    for fn in (factor_attention, factor_attention_native):
+        grad_fn = ms.value_and_grad(_AttNet(fn, heads), grad_position=(0, 1), has_aux=True)
+        (_, y), (dqkv, dcrpe) = grad_fn(qkv, crpe)
+        res.append([y.asnumpy(), dqkv.asnumpy(), dcrpe.asnumpy()])
+    for a, b_ in zip(*res):
+        assert a.shape == b_.shape
+        assert _rel(a, b_) < 1e-5

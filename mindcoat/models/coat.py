@@ -7,7 +7,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 """
 from mindspore import nn, ops
 
-from ..ops import depthwise_nhwc, patch_conv
+from ..ops import depthwise_tokens, factor_attention, patch_conv
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, zeros, \
     uniform_fan_in
 
@@ -37,10 +37,8 @@ class ConvPosEnc(nn.Cell):
         self.proj = DepthwiseKernel(dim, kernel_size)
 
     def construct(self, x, h, w):
-        b, n, c = x.shape
-        cls_tok, feat = ops.split(x, (1, n - 1), axis=1)
-        conv = depthwise_nhwc(feat.reshape(b, h, w, c), (self.proj.weight,), (self.proj.bias,))
-        return ops.cat((cls_tok, conv.reshape(b, n - 1, c) + feat), axis=1)
+        # residual=True: x + conv(image tokens), class token passed on (no split/concat)
+        return depthwise_tokens(x, h, w, (self.proj.weight,), (self.proj.bias,), True)
 
 
 class ConvRelPosEnc(nn.Cell):
@@ -57,16 +55,13 @@ class ConvRelPosEnc(nn.Cell):
                                       for k, heads in window.items()])
 
     def construct(self, q, v, h, w):
-        b, n, c = q.shape
         weights = ()
         biases = ()
         for conv in self.conv_list:
             weights = weights + (conv.weight,)
             biases = biases + (conv.bias,)
-        v_img = ops.split(v, (1, n - 1), axis=1)[1].reshape(b, h, w, c)
-        conv_v = depthwise_nhwc(v_img, weights, biases).reshape(b, n - 1, c)
-        q_img = ops.split(q, (1, n - 1), axis=1)[1]
-        return ops.pad(q_img * conv_v, (0, 0, 1, 0))
+        # conv_v's class-token row is 0, so the product's is too (no split/pad)
+        return q * depthwise_tokens(v, h, w, weights, biases)
 
 
 class FactorAttnConvRelPosEnc(nn.Cell):
@@ -83,16 +78,12 @@ class FactorAttnConvRelPosEnc(nn.Cell):
         self.crpe = crpe  # shared by the stage
 
     def construct(self, x, h, w):
-        b, n, c = x.shape
-        heads = self.num_heads
-        q, k, v = ops.split(self.qkv(x), c, axis=2)
+        c = x.shape[2]
+        qkv = self.qkv(x)
+        q, _, v = ops.split(qkv, c, axis=2)
         crpe = self.crpe(q, v, h, w)
-        # softmax over tokens, taken on the last axis: k as (B, heads, Ch, N)
-        k_soft = ops.softmax(k.reshape(b, n, heads, c // heads).transpose(0, 2, 3, 1), axis=-1)
-        q = q.reshape(b, n, heads, c // heads).transpose(0, 2, 1, 3)
-        v = v.reshape(b, n, heads, c // heads).transpose(0, 2, 1, 3)
-        factor_att = ops.matmul(q, ops.matmul(k_soft, v))
-        x = self.scale * factor_att.transpose(0, 2, 1, 3).reshape(b, n, c) + crpe
+        # scale * q (softmax over tokens of k)^T v + crpe; on the CPU one kernel on qkv's layout
+        x = factor_attention(qkv, crpe, self.num_heads)
         return self.proj_drop(self.proj(x))
 
 

@@ -75,7 +75,7 @@ class Mlp(nn.Cell):
 
 class DepthwiseKernel(nn.Cell):
     """Holds a depthwise 'same' convolution's weight (C, 1, k, k) and bias (C,), PyTorch-style.
-    The convolution itself runs in ``mindcoat.ops.depthwise_nhwc`` so that several kernels can be
+    The convolution itself runs in ``mindcoat.ops.depthwise_tokens`` so that several kernels can be
     applied to one channels-last map in a single call."""
 
     def __init__(self, channels, kernel_size):

@@ -30,6 +30,16 @@ def depthwise_nhwc_native(x, weights, biases):
     return out.transpose(0, 2, 3, 1)
 
 
+def depthwise_tokens_native(x, h, w, weights, biases, residual=False):
+    """Reference for ``depthwise_tokens`` through ``depthwise_nhwc_native``."""
+    b, n, c = x.shape
+    cls_tok, img = ops.split(x, (1, n - 1), axis=1)
+    conv = depthwise_nhwc_native(img.reshape(b, h, w, c), weights, biases).reshape(b, n - 1, c)
+    if residual:
+        return ops.cat((cls_tok, conv + img), axis=1)
+    return ops.cat((ops.zeros_like(cls_tok), conv), axis=1)
+
+
 # ---- the compiled CPU kernel -------------------------------------------------------------------
 
 def _same_as_first(first, *_):
@@ -41,9 +51,24 @@ def _grad_w_shape(x, dy, *weights):
     return (sum(w[0] * w[2] * w[3] for w in weights) + x[3],)
 
 
+def _split_grads(flat, weights):
+    """[dw_1, ..., dw_n, db] -> ((dw_1, ...), (db_1, ...)) in the weights' shapes."""
+    dws = ()
+    start = 0
+    for w in weights:
+        size = w.shape[0] * w.shape[2] * w.shape[3]
+        dws = dws + (flat[start:start + size].reshape(w.shape),)
+        start = start + size
+    dbs = ()
+    for w in weights:
+        dbs = dbs + (flat[start:start + w.shape[0]],)
+        start = start + w.shape[0]
+    return dws, dbs
+
+
 class _DwKernel(nn.Cell):
-    """The compiled forward with its backward as a Cell ``bprop``. (A ``bprop`` given to
-    ``ops.Custom`` itself is not safe: in one graph, different Custom ops got each other's.)"""
+    """The compiled forward on (B, H, W, C), its backward as a Cell ``bprop``. (A ``bprop`` given
+    to ``ops.Custom`` itself is not safe: in one graph, different Custom ops got each other's.)"""
 
     def __init__(self, lib):
         super().__init__()
@@ -56,44 +81,84 @@ class _DwKernel(nn.Cell):
 
     def bprop(self, x, weights, biases, out, dout):
         dx = self.grad_x(dout, *weights)  # the same convolution with flipped kernels
-        flat = self.grad_w(x, dout, *weights)  # [dw_1, ..., dw_n, db]
-        dws = ()
-        start = 0
-        for w in weights:
-            size = w.shape[0] * w.shape[2] * w.shape[3]
-            dws = dws + (flat[start:start + size].reshape(w.shape),)
-            start = start + size
-        dbs = ()
-        for w in weights:
-            dbs = dbs + (flat[start:start + w.shape[0]],)
-            start = start + w.shape[0]
+        dws, dbs = _split_grads(self.grad_w(x, dout, *weights), weights)
         return dx, dws, dbs
 
 
+def _grad_w_shape_tokens(x, dy, hw, *weights):
+    return (sum(w[0] * w[2] * w[3] for w in weights) + x[2],)
+
+
+class _DwTokensKernel(nn.Cell):
+    """The compiled forward on tokens (B, 1 + H*W, C); ``hw`` is a tensor of shape (H, W) that
+    tells the kernel the grid. ``residual``: y = x + conv(x) with the class token passed on."""
+
+    def __init__(self, lib, residual):
+        super().__init__()
+        fwd, bwd = ('DwResFwd', 'DwResBwdX') if residual else ('DwFwd', 'DwBwdX')
+        self.forward = ops.Custom(f'{lib}:{fwd}', _same_as_first, _same_as_first, func_type='aot')
+        self.grad_x = ops.Custom(f'{lib}:{bwd}', _same_as_first, _same_as_first, func_type='aot')
+        self.grad_w = ops.Custom(lib + ':DwBwdW', _grad_w_shape_tokens, _same_as_first,
+                                 func_type='aot')
+
+    def construct(self, x, hw, weights, biases):
+        return self.forward(x, hw, *weights, *biases)
+
+    def bprop(self, x, hw, weights, biases, out, dout):
+        dx = self.grad_x(dout, hw, *weights)
+        dws, dbs = _split_grads(self.grad_w(x, dout, hw, *weights), weights)
+        return dx, ops.zeros_like(hw), dws, dbs
+
+
+def _kernels():
+    """{'nhwc': ..., 'tokens': ..., 'tokens_res': ...} when the CPU fast path applies, else None."""
+    lib = fast_path('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', 'depthwise.cc')
+    if not lib:
+        return None
+    if lib not in _KERNELS:
+        _KERNELS[lib] = {'nhwc': _DwKernel(lib), 'tokens': _DwTokensKernel(lib, False),
+                         'tokens_res': _DwTokensKernel(lib, True)}
+    return _KERNELS[lib]
+
+
+def _usable(x, weights):
+    return x.dtype == ms.float32 and weights[0].dtype == ms.float32
+
+
 class _Dispatch(nn.Cell):
-    """Runs the compiled kernel when the CPU fast path applies, else the native path."""
+    """depthwise_nhwc: the compiled kernel when the CPU fast path applies, else native."""
 
-    def _kernel(self):
-        lib = fast_path('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', 'depthwise.cc')
-        if not lib:
-            return None
-        if lib not in _KERNELS:
-            _KERNELS[lib] = _DwKernel(lib)
-        return _KERNELS[lib]
-
-    kernel = AtParseTime(_kernel)  # a _DwKernel, or None for the native path
+    kernel = AtParseTime(lambda self: (_kernels() or {}).get('nhwc'))  # None: native path
 
     def construct(self, x, weights, biases):
-        if self.kernel is not None and x.dtype == ms.float32 and weights[0].dtype == ms.float32:
+        if self.kernel is not None and _usable(x, weights):
             return self.kernel(x, weights, biases)
         return depthwise_nhwc_native(x, weights, biases)
 
 
+class _TokensDispatch(nn.Cell):
+    """depthwise_tokens(x, h, w, weights, biases, residual=False): the depthwise convolution of
+    the image tokens of ``x`` (B, 1 + H*W, C) -> (B, 1 + H*W, C). Row 0 (class token) of the
+    result is 0, or with ``residual`` the output is ``x + conv`` with the class token unchanged:
+    CoaT's conv position encoding, without splitting off and re-attaching the class token."""
+
+    plain = AtParseTime(lambda self: (_kernels() or {}).get('tokens'))  # None: native path
+    with_residual = AtParseTime(lambda self: (_kernels() or {}).get('tokens_res'))
+
+    def construct(self, x, h, w, weights, biases, residual=False):
+        if self.plain is not None and _usable(x, weights):
+            hw = ops.zeros((h, w), ms.float32)  # only its shape is read
+            if residual:
+                return self.with_residual(x, hw, weights, biases)
+            return self.plain(x, hw, weights, biases)
+        return depthwise_tokens_native(x, h, w, weights, biases, residual)
+
+
 def depthwise_path():
-    """'custom' or 'native': the path ``depthwise_nhwc`` takes (for float32) on this device."""
-    return 'native' if _DISPATCH.kernel is None else 'custom'
+    """'custom' or 'native': the path the depthwise convolutions take (float32) on this device."""
+    return 'native' if _kernels() is None else 'custom'
 
 
 _KERNELS = {}
-_DISPATCH = _Dispatch()
-depthwise_nhwc = _DISPATCH
+depthwise_nhwc = _Dispatch()
+depthwise_tokens = _TokensDispatch()

@@ -1,4 +1,4 @@
-"""Exact (erf) GELU. On the CPU, float32 goes through a vectorised kernel (``csrc/gelu.cc``): the
+"""Exact (erf) GELU. On the CPU, float32 goes through a vectorised kernel (``csrc/transformer.cc``): the
 backend's scalar erf made GELU the largest cost of CoaT's MLPs. Elsewhere ``nn.GELU``."""
 import mindspore as ms
 from mindspore import nn, ops
@@ -33,7 +33,7 @@ class Gelu(nn.Cell):
         self.native = nn.GELU(approximate=False)
 
     def _kernel(self):
-        lib = fast_path('GELU', 'MINDCOAT_NATIVE_GELU', 'gelu.cc')
+        lib = fast_path('GELU', 'MINDCOAT_NATIVE_GELU', 'transformer.cc')
         if not lib:
             return None
         if lib not in _KERNELS:

@@ -5,11 +5,17 @@
 // with its own PyTorch-layout kernel (C_g, 1, k_g, k_g) and bias (C_g,). Channels-last keeps
 // the innermost loop over contiguous channels, so it vectorises without any transposes.
 //
+// Two layouts: x of rank 4 is an image (B, H, W, C); x of rank 3 is CoaT's token sequence
+// (B, 1 + H*W, C) whose row 0 is the class token, followed by an extra input `hw` whose *shape*
+// is (H, W) (its values are unused). On tokens the convolution covers rows 1..H*W; row 0 of the
+// result is 0, or the class token itself for the residual variants (y = x + conv(x), CoaT's
+// position encoding), which fold the identity into the centre tap. No split/pad/concat needed.
+//
 // Entry points follow MindSpore's AOT ABI: params = inputs..., outputs...; the group count is
-// recovered from nparam, the shapes from `shapes`.
-//   DwFwd   (x, w_1..w_n, b_1..b_n)  -> y
-//   DwBwdX  (dy, w_1..w_n)           -> dx   (the same convolution with flipped kernels)
-//   DwBwdW  (x, dy, w_1..w_n)        -> flat [dw_1, ..., dw_n, db] (split again in Python)
+// recovered from nparam, the shapes from `shapes`. [hw] only with tokens.
+//   DwFwd / DwResFwd    (x, [hw], w_1..w_n, b_1..b_n) -> y
+//   DwBwdX / DwResBwdX  (dy, [hw], w_1..w_n)          -> dx  (the convolution, kernels flipped)
+//   DwBwdW              (x, dy, [hw], w_1..w_n)       -> flat [dw_1, ..., dw_n, db]
 #include <omp.h>
 
 #include <algorithm>
@@ -25,6 +31,11 @@ struct Group {
   std::vector<float> taps;  // (k, k, cg): channel-contiguous per tap
 };
 
+// Where pixel (b, h, w) lives: x + b * batch + (off + h * W + w) * C.
+struct Layout {
+  int64_t B, H, W, C, off, batch;
+};
+
 int NumThreads() {
   // OMP_NUM_THREADS wins (the OpenMP runtime reads it); otherwise one thread per core.
   static const int n = [] {
@@ -37,8 +48,25 @@ int NumThreads() {
 
 bool IsF32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
 
-// Kernel (cg, 1, k, k) -> taps (k, k, cg); `flip` rotates by 180 degrees (for dL/dx).
-std::vector<Group> MakeGroups(void **params, int64_t **shapes, int first, int n, bool flip) {
+// Layout of params[i]; with tokens (rank 3) the (H, W) come from the shape of params[hw].
+bool GetLayout(int *ndims, int64_t **shapes, int i, int hw, Layout *l) {
+  if (ndims[i] == 4) {
+    *l = {shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], 0, 0};
+  } else if (ndims[i] == 3 && ndims[hw] == 2) {
+    *l = {shapes[i][0], shapes[hw][0], shapes[hw][1], shapes[i][2],
+          shapes[i][1] - shapes[hw][0] * shapes[hw][1], 0};
+    if (l->off != 0 && l->off != 1) return false;
+  } else {
+    return false;
+  }
+  l->batch = (l->off + l->H * l->W) * l->C;
+  return true;
+}
+
+// Kernel (cg, 1, k, k) -> taps (k, k, cg); `flip` rotates by 180 degrees (for dL/dx);
+// `identity` adds 1 to the centre tap (y = x + conv(x)).
+std::vector<Group> MakeGroups(void **params, int64_t **shapes, int first, int n, bool flip,
+                              float identity) {
   std::vector<Group> groups(n);
   int64_t c0 = 0;
   for (int g = 0; g < n; ++g) {
@@ -49,20 +77,29 @@ std::vector<Group> MakeGroups(void **params, int64_t **shapes, int first, int n,
     gr.k = shapes[first + g][3];
     const int64_t kk = gr.k * gr.k;
     gr.taps.resize(kk * gr.cg);
-    for (int64_t c = 0; c < gr.cg; ++c)
+    for (int64_t c = 0; c < gr.cg; ++c) {
       for (int64_t t = 0; t < kk; ++t) gr.taps[(flip ? kk - 1 - t : t) * gr.cg + c] = w[c * kk + t];
+      gr.taps[(kk / 2) * gr.cg + c] += identity;
+    }
     c0 += gr.cg;
   }
   return groups;
 }
 
-// y = bias + depthwise(x); rows (b, h) are independent, so they are split across threads.
+// y = bias + depthwise(x) on the image rows; rows (b, h) are independent, so they are split
+// across threads. The class-token row (off == 1) gets x's (cls_copy) or zeros.
 void Conv(const float *x, const std::vector<Group> &groups, const float *bias, float *y,
-          int64_t B, int64_t H, int64_t W, int64_t C) {
+          const Layout &l, bool cls_copy) {
+  const int64_t H = l.H, W = l.W, C = l.C;
 #pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t row = 0; row < B * H; ++row) {
+  for (int64_t row = 0; row < l.B * H; ++row) {
     const int64_t b = row / H, h = row % H;
-    float *yrow = y + row * W * C;
+    const float *xb = x + b * l.batch + l.off * C;
+    float *yrow = y + b * l.batch + (l.off + h * W) * C;
+    if (l.off && h == 0) {
+      if (cls_copy) std::memcpy(y + b * l.batch, x + b * l.batch, C * sizeof(float));
+      else std::memset(y + b * l.batch, 0, C * sizeof(float));
+    }
     for (int64_t w = 0; w < W; ++w) {
       float *yp = yrow + w * C;
       if (bias) std::memcpy(yp, bias, C * sizeof(float));
@@ -73,7 +110,7 @@ void Conv(const float *x, const std::vector<Group> &groups, const float *bias, f
       for (int64_t i = 0; i < g.k; ++i) {
         const int64_t hin = h + i - p;
         if (hin < 0 || hin >= H) continue;
-        const float *xrow = x + (b * H + hin) * W * C + g.c0;
+        const float *xrow = xb + hin * W * C + g.c0;
         for (int64_t j = 0; j < g.k; ++j) {
           const int64_t dj = j - p;
           const float *__restrict t = g.taps.data() + (i * g.k + j) * cg;
@@ -90,31 +127,55 @@ void Conv(const float *x, const std::vector<Group> &groups, const float *bias, f
   }
 }
 
+int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+            bool residual) {
+  Layout l;
+  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 0, 1, &l)) return 1;
+  const int first = ndims[0] == 3 ? 2 : 1;
+  const int n = (nparam - 1 - first) / 2;
+  if (n < 1) return 1;
+  std::vector<Group> groups = MakeGroups(params, shapes, first, n, false, residual ? 1.0f : 0.0f);
+  std::vector<float> bias(l.C);
+  for (int g = 0; g < n; ++g)
+    std::memcpy(bias.data() + groups[g].c0, params[first + n + g], groups[g].cg * sizeof(float));
+  Conv(static_cast<const float *>(params[0]), groups, bias.data(),
+       static_cast<float *>(params[nparam - 1]), l, residual);
+  return 0;
+}
+
+int BackwardX(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+              bool residual) {
+  Layout l;
+  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 0, 1, &l)) return 1;
+  const int first = ndims[0] == 3 ? 2 : 1;
+  const int n = nparam - 1 - first;
+  if (n < 1) return 1;
+  std::vector<Group> groups = MakeGroups(params, shapes, first, n, true, residual ? 1.0f : 0.0f);
+  Conv(static_cast<const float *>(params[0]), groups, nullptr,
+       static_cast<float *>(params[nparam - 1]), l, residual);
+  return 0;
+}
+
 }  // namespace
 
 extern "C" int DwFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                      void *stream, void *extra) {
-  const int n = (nparam - 2) / 2;
-  if (n < 1 || ndims[0] != 4 || !IsF32(dtypes[0])) return 1;
-  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], C = shapes[0][3];
-  std::vector<Group> groups = MakeGroups(params, shapes, 1, n, false);
-  std::vector<float> bias(C);
-  for (int g = 0; g < n; ++g)
-    std::memcpy(bias.data() + groups[g].c0, params[1 + n + g], groups[g].cg * sizeof(float));
-  Conv(static_cast<const float *>(params[0]), groups, bias.data(),
-       static_cast<float *>(params[nparam - 1]), B, H, W, C);
-  return 0;
+  return Forward(nparam, params, ndims, shapes, dtypes, false);
+}
+
+extern "C" int DwResFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                        const char **dtypes, void *stream, void *extra) {
+  return Forward(nparam, params, ndims, shapes, dtypes, true);
 }
 
 extern "C" int DwBwdX(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                       void *stream, void *extra) {
-  const int n = nparam - 2;
-  if (n < 1 || ndims[0] != 4 || !IsF32(dtypes[0])) return 1;
-  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], C = shapes[0][3];
-  std::vector<Group> groups = MakeGroups(params, shapes, 1, n, true);
-  Conv(static_cast<const float *>(params[0]), groups, nullptr,
-       static_cast<float *>(params[nparam - 1]), B, H, W, C);
-  return 0;
+  return BackwardX(nparam, params, ndims, shapes, dtypes, false);
+}
+
+extern "C" int DwResBwdX(int nparam, void **params, int *ndims, int64_t **shapes,
+                         const char **dtypes, void *stream, void *extra) {
+  return BackwardX(nparam, params, ndims, shapes, dtypes, true);
 }
 
 // dw[c, i, j] = sum_{b,h,w} dy[b,h,w,c] * x[b, h+i-p, w+j-p, c]; db[c] = sum dy[b,h,w,c].
@@ -122,13 +183,16 @@ extern "C" int DwBwdX(int nparam, void **params, int *ndims, int64_t **shapes, c
 // thread count), each summed into its own buffer; the buffers are then added in chunk order.
 extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                       void *stream, void *extra) {
-  const int n = nparam - 3;
-  if (n < 1 || ndims[0] != 4 || !IsF32(dtypes[0])) return 1;
-  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], C = shapes[0][3];
+  Layout l;
+  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 0, 2, &l)) return 1;
+  const int first = ndims[0] == 3 ? 3 : 2;
+  const int n = nparam - 1 - first;
+  if (n < 1) return 1;
+  const int64_t H = l.H, W = l.W, C = l.C;
   const float *x = static_cast<const float *>(params[0]);
   const float *dy = static_cast<const float *>(params[1]);
   float *out = static_cast<float *>(params[nparam - 1]);
-  std::vector<Group> groups = MakeGroups(params, shapes, 2, n, false);
+  std::vector<Group> groups = MakeGroups(params, shapes, first, n, false, 0.0f);
   std::vector<int64_t> offset(n);  // where group g's (k, k, cg) accumulator starts
   int64_t size = 0;
   for (int g = 0; g < n; ++g) {
@@ -137,14 +201,15 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
   }
   const int64_t bias_at = size;
   size += C;
-  const int64_t rows = B * H, chunks = std::min<int64_t>(rows, 64);
+  const int64_t rows = l.B * H, chunks = std::min<int64_t>(rows, 64);
   std::vector<float> partial(chunks * size, 0.0f);
 #pragma omp parallel for schedule(static) num_threads(NumThreads())
   for (int64_t ch = 0; ch < chunks; ++ch) {
     float *acc = partial.data() + ch * size;
     for (int64_t row = rows * ch / chunks; row < rows * (ch + 1) / chunks; ++row) {
       const int64_t b = row / H, h = row % H;
-      const float *dyrow = dy + row * W * C;
+      const float *xb = x + b * l.batch + l.off * C;
+      const float *dyrow = dy + b * l.batch + (l.off + h * W) * C;
       for (int64_t w = 0; w < W; ++w) {
         const float *__restrict d = dyrow + w * C;
         float *__restrict a = acc + bias_at;
@@ -157,7 +222,7 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
         for (int64_t i = 0; i < gr.k; ++i) {
           const int64_t hin = h + i - p;
           if (hin < 0 || hin >= H) continue;
-          const float *xrow = x + (b * H + hin) * W * C + gr.c0;
+          const float *xrow = xb + hin * W * C + gr.c0;
           for (int64_t j = 0; j < gr.k; ++j) {
             const int64_t dj = j - p;
             float *__restrict a = acc + offset[g] + (i * gr.k + j) * cg;

@@ -1,0 +1,77 @@
+"""CoaT's factorized attention, scale * q (softmax_N(k)^T v) + crpe, from the fused projection.
+
+On MindSpore's CPU backend the reference formulation spends most of its time outside the math:
+splitting qkv, transposing q, k and v into heads, a softmax over the token axis (after another
+transpose), batch matmuls with broadcasting, and transposing back. The compiled kernel
+(``csrc/transformer.cc``) works on the token layout (B, N, 3C) directly, one task per (batch,
+head). Elsewhere (or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_ATTENTION=1``) the reference.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+from .dispatch import AtParseTime, fast_path
+
+
+def factor_attention_native(qkv, crpe, num_heads):
+    """Reference: ``qkv`` (B, N, 3C) -> (B, N, C), heads of C // num_heads channels."""
+    b, n, c3 = qkv.shape
+    c = c3 // 3
+    ch = c // num_heads
+    q, k, v = ops.split(qkv, c, axis=2)
+    # softmax over tokens, taken on the last axis: k as (B, heads, Ch, N)
+    k_soft = ops.softmax(k.reshape(b, n, num_heads, ch).transpose(0, 2, 3, 1), axis=-1)
+    q = q.reshape(b, n, num_heads, ch).transpose(0, 2, 1, 3)
+    v = v.reshape(b, n, num_heads, ch).transpose(0, 2, 1, 3)
+    factor_att = ops.matmul(q, ops.matmul(k_soft, v))
+    return ch ** -0.5 * factor_att.transpose(0, 2, 1, 3).reshape(b, n, c) + crpe
+
+
+def _out_shape(qkv, crpe, heads):
+    return crpe
+
+
+def _grad_shape(qkv, dout, heads):
+    return qkv
+
+
+def _dtype(first, *_):
+    return first
+
+
+class _FactorAttKernel(nn.Cell):
+    """The compiled forward; gradient as a Cell ``bprop`` (d crpe is dout itself)."""
+
+    def __init__(self, lib):
+        super().__init__()
+        self.forward = ops.Custom(lib + ':FactorAttFwd', _out_shape, _dtype, func_type='aot')
+        self.grad = ops.Custom(lib + ':FactorAttBwd', _grad_shape, _dtype, func_type='aot')
+
+    def construct(self, qkv, crpe, heads):
+        return self.forward(qkv, crpe, heads)
+
+    def bprop(self, qkv, crpe, heads, out, dout):
+        return self.grad(qkv, dout, heads), dout, ops.zeros_like(heads)
+
+
+def _kernel(_):
+    lib = fast_path('factorized attention', 'MINDCOAT_NATIVE_ATTENTION', 'transformer.cc')
+    if not lib:
+        return None
+    if lib not in _KERNELS:
+        _KERNELS[lib] = _FactorAttKernel(lib)
+    return _KERNELS[lib]
+
+
+class _Dispatch(nn.Cell):
+    """factor_attention(qkv, crpe, num_heads) -> (B, N, C)."""
+
+    kernel = AtParseTime(_kernel)  # None: native path
+
+    def construct(self, qkv, crpe, num_heads):
+        if self.kernel is not None and qkv.dtype == ms.float32 and crpe.dtype == ms.float32:
+            return self.kernel(qkv, crpe, ops.zeros((num_heads,), ms.float32))  # shape only
+        return factor_attention_native(qkv, crpe, num_heads)
+
+
+_KERNELS = {}
+factor_attention = _Dispatch()
