@@ -139,8 +139,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference, tmp_path):
     proc.send_signal(signal.SIGKILL)  # mid-run, at whatever point epoch 3 has reached
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
-    done = len(read_log(out))
-    assert 2 <= done < EPOCHS
+    done = len(read_log(out))  # the log line of epoch 2 may or may not be written yet
+    assert 1 <= done < EPOCHS
     resumed = run_train(flags(reference['data'], out, extra=[
         '--resume', str(out / f'{NAME}-latest.ckpt')]), cwd=str(tmp_path))
     assert f'resumed from' in resumed.stdout
