@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from mindcoat.ops import Gelu, depthwise_nhwc, depthwise_nhwc_native, depthwise_path, \
+from mindcoat.ops import Gelu, LayerNormOp, depthwise_nhwc, depthwise_nhwc_native, depthwise_path, \
     depthwise_tokens, depthwise_tokens_native, factor_attention, factor_attention_native, \
     patch_conv
 
@@ -253,3 +253,45 @@ def test_factor_attention_matches_native(shape, mode):
     for a, b_ in zip(*res):
         assert a.shape == b_.shape
         assert _rel(a, b_) < 1e-5
+
+
+class _LnNet(nn.Cell):
+    def __init__(self, norm, c):
+        super().__init__()
+        rng = np.random.default_rng(9)
+        self.norm = norm
+        self.gamma = ms.Parameter(ms.Tensor(rng.normal(1, 0.2, (c,)).astype(np.float32)), name='g')
+        self.beta = ms.Parameter(ms.Tensor(rng.normal(0, 0.2, (c,)).astype(np.float32)), name='b')
+
+    def construct(self, x):
+        y = self.norm(x, self.gamma, self.beta)
+        return (y * y * y).sum(), y
+
+
+class _NativeLn(nn.Cell):
+    def __init__(self, eps):
+        super().__init__()
+        self.op = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x, gamma, beta):
+        return self.op(x, gamma, beta)[0]
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('shape,eps', [((4, 33, 64), 1e-6), ((2, 5, 7, 152), 1e-5)],
+                         ids=['3d', '4d'])
+def test_layer_norm_matches_native(shape, eps, mode):
+    """Compiled LayerNorm: output and gradients wrt x, gamma and beta against ops.LayerNorm."""
+    ms.set_context(mode=mode)
+    x = ms.Tensor(np.random.default_rng(8).normal(0.5, 2, shape).astype(np.float32))
+    res = []
+    for norm in (LayerNormOp(eps), _NativeLn(eps)):
+        net = _LnNet(norm, shape[-1])
+        grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
+                                    has_aux=True)
+        (_, y), (dx, (dg, db)) = grad_fn(x)
+        res.append([t.asnumpy() for t in (y, dx, dg, db)])
+    assert LayerNormOp(eps).kernel is not None
+    for a, b in zip(*res):
+        assert a.shape == b.shape
+        assert _rel(a, b) < 1e-5

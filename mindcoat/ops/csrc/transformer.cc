@@ -1,5 +1,5 @@
 // Transformer-side CPU kernels for CoaT, called through ops.Custom(func_type="aot"):
-// exact GELU and CoaT's factorized attention, forward and backward.
+// exact GELU, CoaT's factorized attention and LayerNorm, forward and backward.
 //
 // GELU:
 // MindSpore 2.10's CPU erf/GELU are scalar (~8 ns per element); CoaT's MLPs apply GELU to
@@ -115,11 +115,16 @@ extern "C" int GeluBwd(int nparam, void **params, int *ndims, int64_t **shapes, 
 }
 
 // ---- factorized attention --------------------------------------------------------------------
+// Work is split into tasks of (batch, block of heads); each task streams the token rows of its
+// batch in order (contiguous reads; walking one head's columns down the rows instead was
+// memory-bound), and owns its output columns, so no two tasks write alike. Softmax over tokens:
+// kv = (sum_n exp(k_n - max) v_n^T) / sum_n exp(k_n - max), the normalisation applied once.
 
 namespace {
 
 struct AttShape {
   int64_t B, N, C, heads, ch, row;  // row: floats per token in qkv (3C)
+  int64_t blocks, per_block;        // head blocks per batch, heads per block
 };
 
 bool GetAttShape(int *ndims, int64_t **shapes, const char **dtypes, int heads_at, AttShape *s) {
@@ -131,31 +136,46 @@ bool GetAttShape(int *ndims, int64_t **shapes, const char **dtypes, int heads_at
   s->heads = shapes[heads_at][0];
   if (s->C * 3 != s->row || s->heads < 1 || s->C % s->heads != 0) return false;
   s->ch = s->C / s->heads;
+  // enough tasks to keep every thread busy even at batch 1
+  const int64_t want = (2 * NumThreads() + s->B - 1) / s->B;
+  s->blocks = std::min<int64_t>(s->heads, std::max<int64_t>(1, want));
+  s->per_block = (s->heads + s->blocks - 1) / s->blocks;
+  s->blocks = (s->heads + s->per_block - 1) / s->per_block;
   return true;
 }
 
-// Column-wise softmax statistics of this head's k over the N tokens: max and sum of exp.
-void SoftmaxStats(const float *k, const AttShape &s, float *mx, float *sum) {
-  const int64_t ch = s.ch;
-  for (int64_t c = 0; c < ch; ++c) {
+// Softmax statistics over the tokens for columns [c0, c1) of k: max and 1 / sum of exp.
+void SoftmaxStats(const float *k, const AttShape &s, int64_t c0, int64_t c1, float *mx,
+                  float *inv) {
+  for (int64_t c = c0; c < c1; ++c) {
     mx[c] = -INFINITY;
-    sum[c] = 0.0f;
+    inv[c] = 0.0f;
   }
   for (int64_t n = 0; n < s.N; ++n) {
     const float *kn = k + n * s.row;
 #pragma omp simd
-    for (int64_t c = 0; c < ch; ++c) mx[c] = kn[c] > mx[c] ? kn[c] : mx[c];
+    for (int64_t c = c0; c < c1; ++c) mx[c] = kn[c] > mx[c] ? kn[c] : mx[c];
   }
   for (int64_t n = 0; n < s.N; ++n) {
     const float *kn = k + n * s.row;
 #pragma omp simd
-    for (int64_t c = 0; c < ch; ++c) sum[c] += ExpNeg(kn[c] - mx[c]);
+    for (int64_t c = c0; c < c1; ++c) inv[c] += ExpNeg(kn[c] - mx[c]);
   }
+  for (int64_t c = c0; c < c1; ++c) inv[c] = 1.0f / inv[c];
 }
 
-inline void SoftmaxRow(const float *kn, const float *mx, const float *sum, int64_t ch, float *ks) {
+// kv[h] (ch x ch, row ck) += a[h*ch + ck] * b[h*ch + cv] for heads [h0, h1).
+inline void OuterAcc(const float *a, const float *b, int64_t h0, int64_t h1, int64_t ch,
+                     float *kv) {
+  for (int64_t h = h0; h < h1; ++h) {
+    const float *bh = b + h * ch;
+    for (int64_t ck = 0; ck < ch; ++ck) {
+      const float x = a[h * ch + ck];
+      float *r = kv + (h * ch + ck) * ch;
 #pragma omp simd
-  for (int64_t c = 0; c < ch; ++c) ks[c] = ExpNeg(kn[c] - mx[c]) / sum[c];
+      for (int64_t cv = 0; cv < ch; ++cv) r[cv] += x * bh[cv];
+    }
+  }
 }
 
 }  // namespace
@@ -168,42 +188,47 @@ extern "C" int FactorAttFwd(int nparam, void **params, int *ndims, int64_t **sha
   const float *crpe = static_cast<const float *>(params[1]);
   float *out = static_cast<float *>(params[3]);
   const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
-  const int64_t ch = s.ch;
-  // One task per (batch, head): each owns its output columns, so no two tasks write alike.
+  const int64_t ch = s.ch, C = s.C;
 #pragma omp parallel for schedule(dynamic) num_threads(NumThreads())
-  for (int64_t task = 0; task < s.B * s.heads; ++task) {
-    const int64_t b = task / s.heads, h = task % s.heads;
-    const float *q = qkv + b * s.N * s.row + h * ch, *k = q + s.C, *v = q + 2 * s.C;
-    std::vector<float> mx(ch), sum(ch), ks(ch), kv(ch * ch, 0.0f), acc(ch);
-    SoftmaxStats(k, s, mx.data(), sum.data());
-    for (int64_t n = 0; n < s.N; ++n) {  // kv = softmax(k)^T v
-      SoftmaxRow(k + n * s.row, mx.data(), sum.data(), ch, ks.data());
-      const float *vn = v + n * s.row;
-      for (int64_t ck = 0; ck < ch; ++ck) {
-        float *kvr = kv.data() + ck * ch;
-        const float a = ks[ck];
+  for (int64_t task = 0; task < s.B * s.blocks; ++task) {
+    const int64_t b = task / s.blocks;
+    const int64_t h0 = (task % s.blocks) * s.per_block;
+    const int64_t h1 = std::min(s.heads, h0 + s.per_block);
+    const int64_t c0 = h0 * ch, c1 = h1 * ch;
+    const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
+    std::vector<float> mx(C), inv(C), e(C), kv(s.heads * ch * ch, 0.0f), acc(C);
+    SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
+    for (int64_t n = 0; n < s.N; ++n) {  // kv = softmax(k)^T v, per head
+      const float *kn = k + n * s.row;
 #pragma omp simd
-        for (int64_t cv = 0; cv < ch; ++cv) kvr[cv] += a * vn[cv];
-      }
+      for (int64_t c = c0; c < c1; ++c) e[c] = ExpNeg(kn[c] - mx[c]);
+      OuterAcc(e.data(), v + n * s.row, h0, h1, ch, kv.data());
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      float *r = kv.data() + c * ch;
+      for (int64_t cv = 0; cv < ch; ++cv) r[cv] *= inv[c];
     }
     for (int64_t n = 0; n < s.N; ++n) {  // out = scale * q kv + crpe
       const float *qn = q + n * s.row;
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t ck = 0; ck < ch; ++ck) {
-        const float a = qn[ck];
-        const float *kvr = kv.data() + ck * ch;
+      const int64_t at = (b * s.N + n) * C;
+      for (int64_t h = h0; h < h1; ++h) {
+        float *a = acc.data() + h * ch;
+        for (int64_t cv = 0; cv < ch; ++cv) a[cv] = 0.0f;
+        for (int64_t ck = 0; ck < ch; ++ck) {
+          const float x = qn[h * ch + ck];
+          const float *r = kv.data() + (h * ch + ck) * ch;
 #pragma omp simd
-        for (int64_t cv = 0; cv < ch; ++cv) acc[cv] += a * kvr[cv];
+          for (int64_t cv = 0; cv < ch; ++cv) a[cv] += x * r[cv];
+        }
       }
-      const int64_t at = (b * s.N + n) * s.C + h * ch;
 #pragma omp simd
-      for (int64_t cv = 0; cv < ch; ++cv) out[at + cv] = scale * acc[cv] + crpe[at + cv];
+      for (int64_t c = c0; c < c1; ++c) out[at + c] = scale * acc[c] + crpe[at + c];
     }
   }
   return 0;
 }
 
-// With G = scale * dout (this head's columns), kv = softmax(k)^T v, ks = softmax(k):
+// With G = scale * dout, kv = softmax(k)^T v, ks = softmax(k), per head:
 //   dq = G kv^T,  dkv = q^T G,  dv = ks dkv,  dks = v dkv^T,
 //   dk = ks * (dks - sum_n ks * dks)   (softmax backward along the token axis)
 extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **shapes,
@@ -214,59 +239,153 @@ extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **sha
   const float *dout = static_cast<const float *>(params[1]);
   float *dqkv = static_cast<float *>(params[3]);
   const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
-  const int64_t ch = s.ch;
+  const int64_t ch = s.ch, C = s.C;
 #pragma omp parallel for schedule(dynamic) num_threads(NumThreads())
-  for (int64_t task = 0; task < s.B * s.heads; ++task) {
-    const int64_t b = task / s.heads, h = task % s.heads;
-    const int64_t base = b * s.N * s.row + h * ch;
-    const float *q = qkv + base, *k = q + s.C, *v = q + 2 * s.C;
-    float *dq = dqkv + base, *dk = dq + s.C, *dv = dq + 2 * s.C;
-    const float *dy = dout + b * s.N * s.C + h * ch;
-    std::vector<float> mx(ch), sum(ch), ks(ch), g(ch), r(ch, 0.0f);
-    std::vector<float> kv(ch * ch, 0.0f), dkv(ch * ch, 0.0f);
-    SoftmaxStats(k, s, mx.data(), sum.data());
+  for (int64_t task = 0; task < s.B * s.blocks; ++task) {
+    const int64_t b = task / s.blocks;
+    const int64_t h0 = (task % s.blocks) * s.per_block;
+    const int64_t h1 = std::min(s.heads, h0 + s.per_block);
+    const int64_t c0 = h0 * ch, c1 = h1 * ch;
+    const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
+    float *dq = dqkv + b * s.N * s.row, *dk = dq + C, *dv = dq + 2 * C;
+    const float *dy = dout + b * s.N * C;
+    std::vector<float> mx(C), inv(C), ks(C), g(C), r(C, 0.0f);
+    std::vector<float> kv(s.heads * ch * ch, 0.0f), dkv(s.heads * ch * ch, 0.0f);
+    SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
     for (int64_t n = 0; n < s.N; ++n) {
-      SoftmaxRow(k + n * s.row, mx.data(), sum.data(), ch, ks.data());
-      const float *vn = v + n * s.row, *qn = q + n * s.row, *dyn = dy + n * s.C;
+      const float *kn = k + n * s.row, *dyn = dy + n * C;
 #pragma omp simd
-      for (int64_t c = 0; c < ch; ++c) g[c] = scale * dyn[c];
-      for (int64_t ck = 0; ck < ch; ++ck) {
-        float *kvr = kv.data() + ck * ch, *dkvr = dkv.data() + ck * ch;
-        const float a = ks[ck], qa = qn[ck];
-#pragma omp simd
-        for (int64_t cv = 0; cv < ch; ++cv) {
-          kvr[cv] += a * vn[cv];
-          dkvr[cv] += qa * g[cv];
-        }
+      for (int64_t c = c0; c < c1; ++c) {
+        ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
+        g[c] = scale * dyn[c];
       }
+      OuterAcc(ks.data(), v + n * s.row, h0, h1, ch, kv.data());
+      OuterAcc(q + n * s.row, g.data(), h0, h1, ch, dkv.data());
     }
     for (int64_t n = 0; n < s.N; ++n) {
-      SoftmaxRow(k + n * s.row, mx.data(), sum.data(), ch, ks.data());
-      const float *vn = v + n * s.row, *dyn = dy + n * s.C;
+      const float *kn = k + n * s.row, *vn = v + n * s.row, *dyn = dy + n * C;
       float *dqn = dq + n * s.row, *dkn = dk + n * s.row, *dvn = dv + n * s.row;
 #pragma omp simd
-      for (int64_t cv = 0; cv < ch; ++cv) dvn[cv] = 0.0f;
-      for (int64_t ck = 0; ck < ch; ++ck) {
-        const float *kvr = kv.data() + ck * ch, *dkvr = dkv.data() + ck * ch;
-        float sq = 0.0f, sk = 0.0f;
-        const float a = ks[ck];
+      for (int64_t c = c0; c < c1; ++c) {
+        ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
+        g[c] = scale * dyn[c];
+        dvn[c] = 0.0f;
+      }
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t ck = 0; ck < ch; ++ck) {
+          const float *kvr = kv.data() + (h * ch + ck) * ch, *dkvr = dkv.data() + (h * ch + ck) * ch;
+          const float *gh = g.data() + h * ch, *vh = vn + h * ch;
+          float *dvh = dvn + h * ch;
+          const float a = ks[h * ch + ck];
+          float sq = 0.0f, sk = 0.0f;
 #pragma omp simd reduction(+ : sq, sk)
-        for (int64_t cv = 0; cv < ch; ++cv) {
-          sq += scale * dyn[cv] * kvr[cv];
-          sk += vn[cv] * dkvr[cv];
-          dvn[cv] += a * dkvr[cv];
+          for (int64_t cv = 0; cv < ch; ++cv) {
+            sq += gh[cv] * kvr[cv];
+            sk += vh[cv] * dkvr[cv];
+            dvh[cv] += a * dkvr[cv];
+          }
+          dqn[h * ch + ck] = sq;
+          dkn[h * ch + ck] = sk;  // dks for now
+          r[h * ch + ck] += a * sk;
         }
-        dqn[ck] = sq;
-        dkn[ck] = sk;  // dks for now
-        r[ck] += a * sk;
       }
     }
     for (int64_t n = 0; n < s.N; ++n) {
-      SoftmaxRow(k + n * s.row, mx.data(), sum.data(), ch, ks.data());
+      const float *kn = k + n * s.row;
       float *dkn = dk + n * s.row;
 #pragma omp simd
-      for (int64_t c = 0; c < ch; ++c) dkn[c] = ks[c] * (dkn[c] - r[c]);
+      for (int64_t c = c0; c < c1; ++c) dkn[c] = ExpNeg(kn[c] - mx[c]) * inv[c] * (dkn[c] - r[c]);
     }
+  }
+  return 0;
+}
+
+// ---- layer norm over the last axis -----------------------------------------------------------
+//   LayerNormFwd (x, gamma, beta, eps[1]) -> y
+//   LayerNormBwd (x, dy, gamma, eps[1])   -> dx, dgb = [dgamma, dbeta]
+// Rows are independent (parallel); the two-pass mean/variance of each row stays in registers.
+// dgamma/dbeta reduce over rows deterministically: a fixed number of row chunks, each with its
+// own partial sums, added in chunk order.
+
+namespace {
+
+inline void RowStats(const float *x, int64_t C, float eps, float *mean, float *rstd) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < C; ++c) s += x[c];
+  const float m = s / static_cast<float>(C);
+  float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+  for (int64_t c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+  *mean = m;
+  *rstd = 1.0f / std::sqrt(v / static_cast<float>(C) + eps);
+}
+
+}  // namespace
+
+extern "C" int LayerNormFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  if (nparam != 5 || !IsF32(dtypes[0])) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1], rows = Numel(ndims[0], shapes[0]) / C;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+#pragma omp parallel for schedule(static) num_threads(NumThreads())
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * C;
+    float *yr = y + r * C;
+    float mean, rstd;
+    RowStats(xr, C, eps, &mean, &rstd);
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
+  }
+  return 0;
+}
+
+extern "C" int LayerNormBwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  if (nparam != 6 || !IsF32(dtypes[0])) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1], rows = Numel(ndims[0], shapes[0]) / C;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  const float *gamma = static_cast<const float *>(params[2]);
+  const float eps = *static_cast<const float *>(params[3]);
+  float *dx = static_cast<float *>(params[4]);
+  float *dgb = static_cast<float *>(params[5]);
+  const int64_t chunks = std::min<int64_t>(rows, 64);
+  std::vector<float> partial(chunks * 2 * C, 0.0f);
+#pragma omp parallel for schedule(static) num_threads(NumThreads())
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    float *pg = partial.data() + ch * 2 * C, *pb = pg + C;
+    std::vector<float> xhat(C);
+    for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
+      const float *xr = x + r * C, *dyr = dy + r * C;
+      float *dxr = dx + r * C;
+      float mean, rstd;
+      RowStats(xr, C, eps, &mean, &rstd);
+      float s1 = 0.0f, s2 = 0.0f;  // sums of dy*gamma and dy*gamma*xhat
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t c = 0; c < C; ++c) {
+        const float xh = (xr[c] - mean) * rstd;
+        const float dg = dyr[c] * gamma[c];
+        xhat[c] = xh;
+        s1 += dg;
+        s2 += dg * xh;
+        pg[c] += dyr[c] * xh;
+        pb[c] += dyr[c];
+      }
+      const float m1 = s1 / static_cast<float>(C), m2 = s2 / static_cast<float>(C);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) dxr[c] = rstd * (dyr[c] * gamma[c] - m1 - xhat[c] * m2);
+    }
+  }
+#pragma omp parallel for schedule(static) num_threads(NumThreads())
+  for (int64_t e = 0; e < 2 * C; ++e) {
+    float s = 0.0f;
+    for (int64_t ch = 0; ch < chunks; ++ch) s += partial[ch * 2 * C + e];
+    dgb[e] = s;
   }
   return 0;
 }

@@ -1,0 +1,65 @@
+"""LayerNorm over the last axis. On the CPU, float32 goes through a compiled kernel
+(``csrc/transformer.cc``; MindSpore 2.10's CPU LayerNorm took ~4x longer and CoaT has one per
+half-block); elsewhere MindSpore's ``ops.LayerNorm``."""
+import mindspore as ms
+from mindspore import nn, ops
+
+from .dispatch import AtParseTime, fast_path
+
+
+def _same(x, *_):
+    return x
+
+
+def _grad_shape(x, dy, gamma, eps):
+    return x, (2 * gamma[0],)
+
+
+def _grad_dtype(x, *_):
+    return x, x
+
+
+class _LayerNormKernel(nn.Cell):
+    """The compiled forward; gradients (x, gamma, beta) as a Cell ``bprop``."""
+
+    def __init__(self, lib):
+        super().__init__()
+        self.forward = ops.Custom(lib + ':LayerNormFwd', _same, _same, func_type='aot')
+        self.grad = ops.Custom(lib + ':LayerNormBwd', _grad_shape, _grad_dtype, func_type='aot')
+
+    def construct(self, x, gamma, beta, eps):
+        return self.forward(x, gamma, beta, eps)
+
+    def bprop(self, x, gamma, beta, eps, out, dout):
+        dx, dgb = self.grad(x, dout, gamma, eps)
+        c = gamma.shape[0]
+        return dx, dgb[:c], dgb[c:], ops.zeros_like(eps)
+
+
+def _kernel(_):
+    lib = fast_path('LayerNorm', 'MINDCOAT_NATIVE_LAYERNORM', 'transformer.cc')
+    if not lib:
+        return None
+    if lib not in _KERNELS:
+        _KERNELS[lib] = _LayerNormKernel(lib)
+    return _KERNELS[lib]
+
+
+class LayerNormOp(nn.Cell):
+    """``LayerNormOp(eps)(x, gamma, beta)`` == ``ops.LayerNorm(-1, -1, eps)(x, gamma, beta)[0]``.
+    Holds no parameters."""
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = float(eps)
+        self.native = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    kernel = AtParseTime(_kernel)  # None: native path
+
+    def construct(self, x, gamma, beta):
+        if self.kernel is not None and x.dtype == ms.float32 and gamma.dtype == ms.float32:
+            return self.kernel(x, gamma, beta, ops.full((1,), self.eps, dtype=ms.float32))
+        return self.native(x, gamma, beta)[0]
+
+
+_KERNELS = {}
