@@ -6,7 +6,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common import initializer as init
 
-from ..ops import Gelu, LayerNormOp
+from ..ops import BiasAdd, Gelu, LayerNormOp
 
 
 def trunc_normal(shape, std=0.02):
@@ -45,6 +45,8 @@ class Linear(nn.Dense):
     def __init__(self, in_dim, out_dim, has_bias=True):
         super().__init__(in_dim, out_dim, weight_init=init.TruncatedNormal(sigma=0.02),
                          bias_init='zeros', has_bias=has_bias)
+        if has_bias:
+            self.bias_add = BiasAdd()  # ops.BiasAdd with a fast bias gradient on the CPU
 
 
 class DropPath(nn.Cell):
