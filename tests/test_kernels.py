@@ -322,3 +322,19 @@ def test_bias_add_gradient_matches_native(mode):
     for a, b in zip(*res):
         assert a.shape == b.shape
         assert _rel(a, b) < 1e-5
+
+
+def test_concurrent_builds_are_safe(tmp_path):
+    """Two processes building into one empty cache at once (e.g. two msrun workers) both end up
+    with the same complete library, and no temporary file is left behind."""
+    code = ('import sys; from mindcoat.ops.build import build; lib = build("depthwise.cc"); '
+            'import ctypes; ctypes.CDLL(lib).DwFwd; print(lib)')
+    env = dict(os.environ, MINDCOAT_CACHE=str(tmp_path / 'cache'),
+               PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1000:] for _, err in outs]
+    libs = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(libs) == 1
+    assert sorted(os.listdir(tmp_path / 'cache')) == [os.path.basename(libs.pop())]
