@@ -17,14 +17,15 @@ class _PatchConv(nn.Cell):
 
     def construct(self, x, weight, bias):
         """x (B, Cin, H, W), weight (Cout, Cin, p, p), bias (Cout,) -> tokens (B, H/p * W/p, Cout)."""
-        b, cin, h, w = x.shape
+        _, cin, h, w = x.shape
         cout, p = weight.shape[0], weight.shape[2]
         if self.use_matmul:
-            rows = x.reshape(b, cin, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
-            rows = rows.reshape(b, (h // p) * (w // p), cin * p * p)
+            rows = x.reshape(-1, cin, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+            rows = rows.reshape(-1, (h // p) * (w // p), cin * p * p)
             return ops.matmul(rows, weight.reshape(cout, cin * p * p).T) + bias
         y = ops.conv2d(x, weight, bias, p)
-        return y.reshape(b, cout, -1).transpose(0, 2, 1)
+        # only the grid is static (the batch may be dynamic in an exported graph)
+        return y.reshape(-1, cout, (h // p) * (w // p)).transpose(0, 2, 1)
 
 
 patch_conv = _PatchConv()
