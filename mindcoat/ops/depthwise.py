@@ -1,14 +1,16 @@
-"""Depthwise 'same' convolution on channels-last (token-layout) feature maps.
+"""Depthwise 'same' convolution on channels-last feature maps and on CoaT's token layout.
 
-CoaT runs depthwise convolutions on token sequences (B, H*W, C). Working channels-last lets the
-model skip the NCHW transposes around every position encoding. ``depthwise_nhwc`` takes several
-channel groups at once, each with its own odd kernel size, which is exactly what the
-convolutional relative position encoding needs (3x3 / 5x5 / 7x7 over consecutive head groups).
+CoaT runs depthwise convolutions on token sequences (B, 1 + H*W, C). ``depthwise_tokens`` works
+on that layout directly (no splitting off the class token, no NCHW transposes);
+``depthwise_nhwc`` on (B, H, W, C). Both take several channel groups at once, each with its own
+odd kernel size: the convolutional relative position encoding (3x3 / 5x5 / 7x7 over consecutive
+head groups) is one call.
 
 On the CPU, MindSpore's grouped Conv2D has no depthwise fast path (20-60x slower than PyTorch), so
 float32 inputs there go through a compiled OpenMP kernel (``csrc/depthwise.cc``) wrapped in
 ``ops.Custom`` with its own backward. Everything else (Ascend, GPU, other dtypes, no compiler,
-``MINDCOAT_NATIVE=1`` or ``MINDCOAT_NATIVE_DWCONV=1``) uses ``depthwise_nhwc_native``. Both give the same numbers.
+``MINDCOAT_NATIVE=1`` or ``MINDCOAT_NATIVE_DWCONV=1``) uses the ``*_native`` functions, which
+give the same numbers.
 """
 import mindspore as ms
 from mindspore import nn, ops
@@ -125,6 +127,14 @@ def _usable(x, weights):
     return x.dtype == ms.float32 and weights[0].dtype == ms.float32
 
 
+def _cast_all(params, dtype):
+    """The shared dispatch cells sit outside amp's casts: match the parameters to the input."""
+    out = ()
+    for p in params:
+        out = out + (p.astype(dtype),)
+    return out
+
+
 class _Dispatch(nn.Cell):
     """depthwise_nhwc: the compiled kernel when the CPU fast path applies, else native."""
 
@@ -133,6 +143,8 @@ class _Dispatch(nn.Cell):
     def construct(self, x, weights, biases):
         if self.kernel is not None and _usable(x, weights):
             return self.kernel(x, weights, biases)
+        if weights[0].dtype != x.dtype:
+            weights, biases = _cast_all(weights, x.dtype), _cast_all(biases, x.dtype)
         return depthwise_nhwc_native(x, weights, biases)
 
 
@@ -151,6 +163,8 @@ class _TokensDispatch(nn.Cell):
             if residual:
                 return self.with_residual(x, hw, weights, biases)
             return self.plain(x, hw, weights, biases)
+        if weights[0].dtype != x.dtype:
+            weights, biases = _cast_all(weights, x.dtype), _cast_all(biases, x.dtype)
         return depthwise_tokens_native(x, h, w, weights, biases, residual)
 
 

@@ -1,7 +1,10 @@
 """Choosing between MindSpore's native operators and the CPU fast paths of this package.
 
 A fast path is taken only on the CPU backend, and can be switched off with ``MINDCOAT_NATIVE=1``
-(all of them) or its own variable (e.g. ``MINDCOAT_NATIVE_DWCONV=1``). Each choice is logged once.
+(all of them) or its own variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _BIAS,
+_PATCH. Each choice is logged once (logger 'mindcoat.ops', INFO). The choice is made when a
+graph is parsed and cached per device target in ``_choices`` (clear it to re-decide, as
+``mindcoat.export`` does to export with native operators only).
 """
 import logging
 import os

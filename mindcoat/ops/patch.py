@@ -18,6 +18,8 @@ class _PatchConv(nn.Cell):
     def construct(self, x, weight, bias):
         """x (B, Cin, H, W), weight (Cout, Cin, p, p), bias (Cout,) -> tokens (B, H/p * W/p, Cout)."""
         _, cin, h, w = x.shape
+        if weight.dtype != x.dtype:  # mixed precision: this shared cell is outside amp's casts
+            weight, bias = weight.astype(x.dtype), bias.astype(x.dtype)
         cout, p = weight.shape[0], weight.shape[2]
         if self.use_matmul:
             rows = x.reshape(-1, cin, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
