@@ -32,8 +32,8 @@ class DwNet(nn.Cell):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.ws = ms.ParameterTuple(
-            [ms.Parameter(ms.Tensor(rng.normal(0, 0.3, (c, 1, k, k)).astype(np.float32)), name=f'w{i}')
-             for i, (c, k) in enumerate(groups)])
+            [ms.Parameter(ms.Tensor(rng.normal(0, 0.3, (c, 1, k, k)).astype(np.float32)),
+                          name=f'w{i}') for i, (c, k) in enumerate(groups)])
         self.bs = ms.ParameterTuple(
             [ms.Parameter(ms.Tensor(rng.normal(0, 1, (c,)).astype(np.float32)), name=f'b{i}')
              for i, (c, _) in enumerate(groups)])
@@ -174,7 +174,8 @@ def test_fallback_to_native(tmp_path, env):
         'x = ms.Tensor(rng.normal(size=(2, 6, 5, 8)).astype(np.float32))\n'
         'w = (ms.Tensor(rng.normal(size=(8, 1, 3, 3)).astype(np.float32)),)\n'
         'b = (ms.Tensor(rng.normal(size=(8,)).astype(np.float32)),)\n'
-        'diff = np.abs(depthwise_nhwc(x, w, b).asnumpy() - depthwise_nhwc_native(x, w, b).asnumpy())\n'
+        'y, y_ref = depthwise_nhwc(x, w, b), depthwise_nhwc_native(x, w, b)\n'
+        'diff = np.abs(y.asnumpy() - y_ref.asnumpy())\n'
         'print(json.dumps({"path": depthwise_path(), "diff": float(diff.max())}))\n')
     env = dict(os.environ, GLOG_v='3', **env,
                PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))

@@ -1,5 +1,6 @@
-"""Exact (erf) GELU. On the CPU, float32 goes through a vectorised kernel (``csrc/transformer.cc``): the
-backend's scalar erf made GELU the largest cost of CoaT's MLPs. Elsewhere ``nn.GELU``."""
+"""Exact (erf) GELU. On the CPU, float32 goes through a vectorised kernel
+(``csrc/transformer.cc``): the backend's scalar erf made GELU the largest cost of CoaT's MLPs.
+Elsewhere ``nn.GELU``."""
 import mindspore as ms
 from mindspore import nn, ops
 

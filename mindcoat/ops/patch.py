@@ -16,7 +16,7 @@ class _PatchConv(nn.Cell):
     use_matmul = AtParseTime(_use_matmul)
 
     def construct(self, x, weight, bias):
-        """x (B, Cin, H, W), weight (Cout, Cin, p, p), bias (Cout,) -> tokens (B, H/p * W/p, Cout)."""
+        """x (B, Cin, H, W), weight (Cout, Cin, p, p), bias (Cout,) -> (B, H/p * W/p, Cout)."""
         _, cin, h, w = x.shape
         if weight.dtype != x.dtype:  # mixed precision: this shared cell is outside amp's casts
             weight, bias = weight.astype(x.dtype), bias.astype(x.dtype)
