@@ -8,39 +8,16 @@ transform is not part of it) and returns logits. ``--dynamic_batch`` leaves the 
 open; ``--check`` reloads the file through ``nn.GraphCell`` and compares its logits with the Cell.
 """
 import argparse
-import contextlib
 import os
 import sys
 
 import numpy as np
 
 from .cli import UsageError, apply_config, build_model, check_image_size, parse_model_kwargs, run
+from .ops.dispatch import native_ops
 
 ONNX_REFUSAL = ("ONNX export is not available: MindSpore 2.10 cannot export the PadV3 and Erf "
                 "operators CoaT uses to ONNX; export --format MINDIR instead")
-
-
-@contextlib.contextmanager
-def native_ops():
-    """Builds graphs from MindSpore's own operators only, not mindcoat's compiled CPU kernels
-    (depthwise conv, GELU): a MindIR holding those Custom AOT ops could not be reloaded (their
-    shape inference lives in Python) nor run by MindSpore Lite or on Ascend. Same numbers.
-    The fast-path choice is cached per process (mindcoat.ops.dispatch), so it is cleared on the
-    way in and restored on the way out."""
-    from .ops import dispatch
-    saved_env = os.environ.get('MINDCOAT_NATIVE')
-    saved = dict(dispatch._choices)
-    os.environ['MINDCOAT_NATIVE'] = '1'
-    dispatch._choices.clear()  # re-decided (now: native) when the export graph is parsed
-    try:
-        yield
-    finally:
-        if saved_env is None:
-            os.environ.pop('MINDCOAT_NATIVE', None)
-        else:
-            os.environ['MINDCOAT_NATIVE'] = saved_env
-        dispatch._choices.clear()
-        dispatch._choices.update(saved)
 
 
 def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_channels=3,

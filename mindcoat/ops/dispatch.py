@@ -3,9 +3,10 @@
 A fast path is taken only on the CPU backend, and can be switched off with ``MINDCOAT_NATIVE=1``
 (all of them) or its own variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _BIAS,
 _PATCH. Each choice is logged once (logger 'mindcoat.ops', INFO). The choice is made when a
-graph is parsed and cached per device target in ``_choices`` (clear it to re-decide, as
-``mindcoat.export`` does to export with native operators only).
+graph is parsed and cached per device target in ``_choices`` (``native_ops()`` clears it to build
+graphs from native operators only, as ``mindcoat.export`` does).
 """
+import contextlib
 import logging
 import os
 
@@ -56,3 +57,24 @@ def fast_path(feature, env_flag, source=None):
                 'the CPU fast path' if choice else f"MindSpore's native operators ({reason})")
     _choices[key] = choice
     return choice
+
+
+@contextlib.contextmanager
+def native_ops():
+    """Graphs parsed inside use MindSpore's own operators only, not the compiled CPU kernels: a
+    MindIR holding those Custom AOT ops could not be reloaded (their shape inference lives in
+    Python) nor run by MindSpore Lite or on Ascend. Same numbers. The cached choices are
+    cleared on the way in and restored on the way out."""
+    saved_env = os.environ.get('MINDCOAT_NATIVE')
+    saved = dict(_choices)
+    os.environ['MINDCOAT_NATIVE'] = '1'
+    _choices.clear()  # re-decided (now: native) when the next graph is parsed
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop('MINDCOAT_NATIVE', None)
+        else:
+            os.environ['MINDCOAT_NATIVE'] = saved_env
+        _choices.clear()
+        _choices.update(saved)

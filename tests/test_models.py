@@ -1,0 +1,205 @@
+"""The eight CoaT variants: registry, exact parameter counts, numerical parity with the reference
+(outputs of timm's port of mlpc-ucsd/CoaT in tests/fixtures/parity.npz, made by
+tools/make_parity_fixtures.py from the seeded weights of parity_weights.py), the backbone mode,
+and the input-size rule."""
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from mindcoat import create_model, list_models
+from mindcoat.models import DATA_CONFIGS
+from mindcoat.ops.dispatch import native_ops
+from parity_weights import BATCH, FEATURE_CASES, GRAD_CASES, GRAD_PARAMS, PARITY_CASES, SEED, \
+    seeded_cotangent, seeded_input, seeded_weights
+
+FIXTURES = np.load(os.path.join(os.path.dirname(__file__), 'fixtures', 'parity.npz'))
+
+# the reference's counts with 1000 classes (timm / the official release)
+PARAMS = {
+    'coat_lite_tiny': 5_721_960, 'coat_lite_mini': 11_011_560, 'coat_lite_small': 19_838_504,
+    'coat_lite_medium': 44_571_048, 'coat_lite_medium_384': 44_571_048,
+    'coat_tiny': 5_498_540, 'coat_mini': 10_337_004, 'coat_small': 21_693_908,
+}
+
+
+def with_seeded_weights(model, reference_names=True):
+    """Sets the parity fixtures' weights. ``reference_names``: the model's parameter names must be
+    exactly the reference's (the seeded weights are keyed by them)."""
+    params = {p.name: p for p in model.get_parameters()}
+    weights = seeded_weights({n: p.shape for n, p in params.items()}, SEED)
+    for name, param in params.items():
+        param.set_data(ms.Tensor(weights[name]))
+    return model
+
+
+def test_the_eight_published_variants():
+    assert list_models() == sorted(PARAMS)
+    with pytest.raises(ValueError, match="unknown model 'coat_huge'.*coat_lite_tiny"):
+        create_model('coat_huge')
+
+
+@pytest.mark.parametrize('name', sorted(PARAMS))
+def test_parameter_count_equals_the_reference(name):
+    model = create_model(name)
+    assert sum(int(np.prod(p.shape)) for p in model.trainable_params()) == PARAMS[name]
+    # shared modules are stored once, under the reference's first name
+    names = {p.name for p in model.trainable_params()}
+    assert {'cls_token1', 'patch_embed1.proj.weight', 'cpe1.proj.weight', 'crpe1.conv_list.0.weight',
+            'serial_blocks1.0.factoratt_crpe.qkv.weight', 'head.weight'} <= names
+    assert not any('.cpe.' in n or '.crpe.' in n or 'mlp3' in n for n in names)
+    if name.startswith('coat_lite'):
+        assert not any(n.startswith(('parallel_blocks', 'aggregate', 'norm2')) for n in names)
+    else:
+        assert {'parallel_blocks.5.mlp2.fc1.weight', 'aggregate.weight', 'norm2.weight'} <= names
+
+
+def test_data_defaults_per_variant():
+    assert DATA_CONFIGS['coat_lite_tiny']['input_size'] == (3, 224, 224)
+    assert DATA_CONFIGS['coat_tiny']['crop_pct'] == 0.9
+    assert DATA_CONFIGS['coat_tiny']['interpolation'] == 'bicubic'
+    big = DATA_CONFIGS['coat_lite_medium_384']
+    assert big['input_size'] == (3, 384, 384) and big['crop_pct'] == 1.0
+    assert big['crop_mode'] == 'squash'
+    assert create_model('coat_mini', num_classes=7).default_cfg['mean'] == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize('name,size', PARITY_CASES, ids=[f'{n}-{h}x{w}' for n, (h, w) in PARITY_CASES])
+def test_logits_match_the_reference(name, size):
+    """Same weights, same input: max abs diff <= 1e-4 against the reference, graph mode."""
+    h, w = size
+    model = with_seeded_weights(create_model(name))
+    model.set_train(False)
+    out = model(ms.Tensor(seeded_input(BATCH, h, w, SEED))).asnumpy()
+    expected = FIXTURES[f'{name}/{h}x{w}']
+    assert out.shape == expected.shape == (BATCH, 1000)
+    assert np.abs(out - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize('name', ['coat_lite_tiny', 'coat_tiny'])
+def test_native_operators_match_the_reference(name):
+    """MindSpore's own operators only (the path taken on Ascend and GPU): the same logits."""
+    with native_ops():
+        model = with_seeded_weights(create_model(name))
+        model.set_train(False)
+        out = model(ms.Tensor(seeded_input(BATCH, 160, 192, SEED))).asnumpy()
+    assert np.abs(out - FIXTURES[f'{name}/160x192']).max() <= 1e-4
+
+
+class _CotangentLoss(ms.nn.Cell):
+    def __init__(self, model, cotangent):
+        super().__init__()
+        self.model = model
+        self.cotangent = ms.Tensor(cotangent)
+
+    def construct(self, x):
+        return (self.model(x) * self.cotangent).sum()
+
+
+@pytest.mark.parametrize('native', [False, True], ids=['cpu-kernels', 'native'])
+@pytest.mark.parametrize('name,size', GRAD_CASES, ids=[n for n, _ in GRAD_CASES])
+def test_gradients_match_the_reference(name, size, native):
+    """Backward parity: parameter gradients of sum(logits * cotangent) against the reference's
+    autograd, through the CPU kernels and through MindSpore's native operators."""
+    h, w = size
+    with native_ops() if native else _no_context():
+        model = with_seeded_weights(create_model(name))
+        model.set_train(True)  # no dropout or drop path configured: train == eval numerically
+        params = [p for p in model.trainable_params() if p.name in GRAD_PARAMS[name]]
+        names = [p.name for p in params]  # before wrapping: the wrapper prefixes them 'model.'
+        loss = _CotangentLoss(model, seeded_cotangent(BATCH, seed=SEED))
+        grads = ms.grad(loss, grad_position=None, weights=ms.ParameterTuple(params))(
+            ms.Tensor(seeded_input(BATCH, h, w, SEED)))
+    assert len(grads) == len(GRAD_PARAMS[name])
+    for pname, grad in zip(names, grads):
+        expected = FIXTURES[f'{name}/grad/{h}x{w}/{pname}']
+        scale = max(1.0, float(np.abs(expected).max()))
+        assert np.abs(grad.asnumpy() - expected).max() <= 1e-4 * scale, pname
+
+
+class _no_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+
+@pytest.mark.parametrize('name', ['coat_lite_tiny', 'coat_tiny'])
+def test_pynative_mode_matches_the_reference(name):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    model = with_seeded_weights(create_model(name))
+    model.set_train(False)
+    out = model(ms.Tensor(seeded_input(BATCH, 160, 192, SEED))).asnumpy()
+    assert np.abs(out - FIXTURES[f'{name}/160x192']).max() <= 1e-4
+
+
+@pytest.mark.parametrize('name,size', FEATURE_CASES)
+def test_features_only_gives_the_reference_maps(name, size):
+    """The four maps (NCHW, strides 4/8/16/32, the variant's dims) from the classifier's weights:
+    the reference's return_interm_layers outputs."""
+    h, w = size
+    classifier = with_seeded_weights(create_model(name))
+    backbone = create_model(name, features_only=True)
+    trained = {p.name: p for p in classifier.get_parameters()}
+    backbone_names = {p.name for p in backbone.get_parameters()}
+    assert backbone_names < set(trained)  # no classifier, nothing of its own
+    for p in backbone.get_parameters():
+        p.set_data(trained[p.name].data.copy())
+    backbone.set_train(False)
+    feats = backbone(ms.Tensor(seeded_input(1, h, w, SEED)))
+    assert len(feats) == 4
+    dims = classifier.embed_dims
+    for i, feat in enumerate(feats):
+        expected = FIXTURES[f'{name}/features/{h}x{w}/{i}']
+        stride = 4 * 2 ** i
+        assert feat.shape == expected.shape == (1, dims[i], h // stride, w // stride)
+        scale = max(1.0, float(np.abs(expected).max()))  # the parallel blocks grow the maps
+        assert np.abs(feat.asnumpy() - expected).max() <= 1e-4 * scale
+
+
+def test_out_indices_select_maps():
+    backbone = create_model('coat_lite_mini', features_only=True, out_indices=(1, 3))
+    feats = backbone(ms.Tensor(np.zeros((2, 3, 64, 128), np.float32)))
+    assert [tuple(f.shape) for f in feats] == [(2, 128, 8, 16), (2, 512, 2, 4)]
+    with pytest.raises(ValueError, match='out_indices'):
+        create_model('coat_lite_mini', features_only=True, out_indices=(4,))
+
+
+@pytest.mark.parametrize('size', [(225, 224), (224, 200), (100, 100)])
+def test_a_size_off_the_multiple_of_32_fails_at_once(size):
+    model = create_model('coat_lite_tiny')
+    with pytest.raises(ValueError, match='multiple of 32'):
+        model(ms.Tensor(np.zeros((1, 3) + size, np.float32)))
+
+
+def test_one_set_of_weights_serves_every_multiple_of_32():
+    model = create_model('coat_lite_tiny', num_classes=5)
+    model.set_train(False)
+    for size in ((64, 64), (96, 256), (224, 224)):
+        assert model(ms.Tensor(np.zeros((1, 3) + size, np.float32))).shape == (1, 5)
+
+
+def test_weight_decay_exemptions_are_declared_by_the_model():
+    model = create_model('coat_tiny')
+    exempt = model.no_weight_decay_names()
+    assert {'cls_token1', 'cls_token4', 'norm2.weight', 'aggregate.bias', 'head.bias',
+            'patch_embed1.norm.weight', 'serial_blocks1.0.factoratt_crpe.qkv.bias'} <= exempt
+    assert not exempt & {'head.weight', 'serial_blocks1.0.factoratt_crpe.qkv.weight',
+                         'cpe1.proj.weight', 'aggregate.weight', 'patch_embed1.proj.weight'}
+
+
+def test_stochastic_depth_drops_whole_samples():
+    from mindcoat.models.layers import DropPath
+    drop = DropPath(0.5)
+    drop.set_train(True)
+    out = drop(ms.Tensor(np.ones((256, 5, 3), np.float32))).asnumpy()
+    per_sample = out.reshape(256, -1)
+    # each sample is kept whole (scaled by 1/(1-p)) or dropped whole
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(1) == per_sample.max(1))
+    assert 64 < (per_sample[:, 0] == 0).sum() < 192
+    drop.set_train(False)
+    assert np.array_equal(drop(ms.Tensor(np.ones((4, 5, 3), np.float32))).asnumpy(),
+                          np.ones((4, 5, 3)))
