@@ -6,6 +6,7 @@
 - ``mindcv_style``: MindCV's CoaT naming (LayerNorm gamma/beta, q/k/v split out of qkv).
 """
 import io
+import re
 import struct
 import zipfile
 
@@ -74,8 +75,15 @@ class _PickleWriter:
             self.tensor(v)
         elif isinstance(v, (int, np.integer)):
             self.integer(int(v))
+        elif isinstance(v, float):
+            self.op(b'G' + struct.pack('>d', v))  # BINFLOAT
         elif isinstance(v, str):
             self.string(v)
+        elif isinstance(v, Namespace):  # the official training args: argparse.Namespace(**kw)
+            self.global_('argparse', 'Namespace')
+            self.op(b')\x81')  # NEWOBJ with no arguments
+            self.value(dict(v.kwargs))
+            self.op(b'b')  # BUILD: state -> __dict__
         else:
             raise TypeError(type(v))
 
@@ -86,10 +94,18 @@ class _PickleWriter:
         return self.out.getvalue()
 
 
-def write_torch_zip(path, obj):
-    """``obj``: nested dict with numpy arrays as tensors (e.g. {'model': state_dict})."""
+class Namespace:
+    """Stands for an argparse.Namespace inside a checkpoint written by ``write_torch_zip``."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+def write_torch_zip(path, obj, data=None):
+    """``obj``: nested dict with numpy arrays as tensors (e.g. {'model': state_dict}). ``data``:
+    raw pickle bytes to store instead (for crafted files)."""
     writer = _PickleWriter()
-    data = writer.dump(obj)
+    data = writer.dump(obj) if data is None else data
     with zipfile.ZipFile(path, 'w') as z:
         z.writestr('archive/data.pkl', data)
         for key, arr in writer.storages.items():
@@ -102,18 +118,73 @@ def state_dict(model):
     return {p.name: p.asnumpy().copy() for p in model.get_parameters()}
 
 
+def _stage_depths(model):
+    """{stage: serial depth} and the number of parallel blocks, read off the parameter names."""
+    depths, parallel = {}, set()
+    for name in state_dict(model):
+        m = re.match(r'serial_blocks(\d)\.(\d+)\.', name)
+        if m:
+            depths[int(m.group(1))] = max(depths.get(int(m.group(1)), 0), int(m.group(2)) + 1)
+        m = re.match(r'parallel_blocks\.(\d+)\.', name)
+        if m:
+            parallel.add(int(m.group(1)))
+    return depths, len(parallel)
+
+
+def official_style(model):
+    """The official release's state dict: every shared module under each of its paths (a stage's
+    cpe and crpe inside every block, mlp3/mlp4 beside mlp2) plus the final norms the reference
+    defines but never uses (norm1; norm2/norm3 in CoaT-Lite), as torch's state_dict() writes it."""
+    sd = state_dict(model)
+    depths, parallel = _stage_depths(model)
+    out = dict(sd)
+    shared = {k: v for k, v in sd.items() if re.match(r'c(rpe|pe)\d\.', k)}
+    for key, value in shared.items():
+        kind, stage, rest = re.match(r'(cpe|crpe)(\d)\.(.*)', key).groups()
+        for j in range(depths[int(stage)]):
+            inner = 'cpe' if kind == 'cpe' else 'factoratt_crpe.crpe'
+            out[f'serial_blocks{stage}.{j}.{inner}.{rest}'] = value
+        if kind == 'crpe' and stage != '1':
+            for j in range(parallel):
+                out[f'parallel_blocks.{j}.factoratt_crpe{stage}.crpe.{rest}'] = value
+    for key, value in sd.items():
+        if re.match(r'parallel_blocks\.\d+\.mlp2\.', key):
+            out[key.replace('.mlp2.', '.mlp3.')] = value
+            out[key.replace('.mlp2.', '.mlp4.')] = value
+    dims = [sd[f'cls_token{i}'].shape[-1] for i in range(1, 5)]
+    for i in ((1,) if parallel else (1, 2, 3)):
+        out[f'norm{i}.weight'] = np.ones(dims[i - 1], np.float32)
+        out[f'norm{i}.bias'] = np.zeros(dims[i - 1], np.float32)
+    return out
+
+
 def mindcv_style(model):
-    """{name: array} under MindCV's CoaT names: norms as gamma/beta, q/k/v instead of qkv."""
+    """{name: array} as MindCV 0.3.0's CoaT checkpoints store them: LayerNorm gamma/beta, q/k/v
+    instead of qkv, a Conv1d aggregate of shape (1, 3, 1, 1), and each shared cpe/crpe once, under
+    its first user in MindCV (a stage's first serial block; for CoaT's stages 2-4 crpe, the first
+    parallel block). tests/test_convert.py checks these names against MindCV's own."""
+    sd = state_dict(model)
+    _, parallel = _stage_depths(model)
     out = {}
-    norms = {n for n, _ in model.cells_and_names() if n.split('.')[-1].startswith('norm')}
-    for name, value in state_dict(model).items():
+    for name, value in sd.items():
+        m = re.match(r'(cpe|crpe)(\d)\.(.*)', name)
+        if m:
+            kind, stage, rest = m.groups()
+            if kind == 'cpe':
+                name = f'serial_blocks{stage}.0.cpe.{rest}'
+            elif parallel and stage != '1':
+                name = f'parallel_blocks.0.factoratt_crpe{stage}.crpe.{rest}'
+            else:
+                name = f'serial_blocks{stage}.0.factoratt_crpe.crpe.{rest}'
         owner, _, leaf = name.rpartition('.')
-        if owner in norms:
+        if re.search(r'(^|\.)norm\d*$', owner):
             out[f"{owner}.{'gamma' if leaf == 'weight' else 'beta'}"] = value
         elif owner.endswith('.qkv'):
             base = owner[:-len('qkv')]
             for part, chunk in zip('qkv', np.split(value, 3, axis=0)):
                 out[f'{base}{part}.{leaf}'] = chunk
+        elif name == 'aggregate.weight':
+            out[name] = value.reshape(1, 3, 1, 1)
         else:
             out[name] = value
     return out

@@ -75,7 +75,7 @@ def load_weights(model, path, use_ema=False, log=print):
     weights, conflicts = read_weights(path, use_ema)
     report = LoadReport(f"{path}{' (EMA)' if use_ema else ''}", alias_conflicts=conflicts)
     params = {p.name: p for p in model.get_parameters()}
-    mismatched = []
+    mismatched, assignments = [], []
     for key, value in weights.items():
         param = params.get(key)
         if param is None:
@@ -99,8 +99,9 @@ def load_weights(model, path, use_ema=False, log=print):
                 mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
                                   f"{tuple(param.shape)}")
                 continue
-        param.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=param.dtype))
+        assignments.append((param, value))
         report.loaded.append(key)
+    # checked before anything is assigned: a refused file leaves the model as it was
     if mismatched:
         raise CheckpointError(f"{path} does not fit {getattr(model, 'name', 'this model')} "
                               f"({len(mismatched)} shape mismatches, e.g. {mismatched[0]}); "
@@ -108,6 +109,8 @@ def load_weights(model, path, use_ema=False, log=print):
     if not report.loaded:
         raise CheckpointError(f"{path}: no CoaT weights matched the model (first keys: "
                               f"{', '.join(list(weights)[:5])})")
+    for param, value in assignments:
+        param.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=param.dtype))
     loaded = set(report.loaded)
     report.missing = [n for n in params if n not in loaded and
                       not (report.head_reinitialised and n.startswith('head.'))]

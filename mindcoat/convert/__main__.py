@@ -20,7 +20,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from ..models import list_models
     if args.model not in list_models():
-        parser.error(f"unknown model '{args.model}'; choose one of: {', '.join(list_models())}")
+        print(f"error: unknown model '{args.model}'; choose one of: {', '.join(list_models())}",
+              file=sys.stderr)
+        return 2
     try:
         convert_checkpoint(args.src, args.model, args.output, use_ema=args.ema,
                            num_classes=args.num_classes)
