@@ -247,12 +247,9 @@ def main(argv=None):
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    from mindcoat.convert import CheckpointError
     from mindcoat.data import DataError
     from mindcoat.engine import ResumeError
-    try:
-        from mindcoat.convert import CheckpointError
-    except ImportError:  # pragma: no cover - converter not installed
-        CheckpointError = DataError
     try:
         train(cfg)
     except (ConfigError, DataError, ResumeError, CheckpointError) as e:

@@ -8,6 +8,14 @@ from mindspore import nn, ops, Tensor
 from tqdm import tqdm
 
 
+def wait_for_device():
+    """Blocks until every queued kernel has run. ms.runtime.synchronize() would do, but in
+    MindSpore 2.10 its first call on the CPU logs an error and returns without waiting; the
+    backend call behind it works on every device."""
+    from mindspore._c_expression import synchronize
+    synchronize()
+
+
 def train_one_epoch(step, loader, lrs, epoch, steps_per_epoch, show=True, log_interval=100,
                     log=print):
     """Runs exactly ``steps_per_epoch`` steps (the same on every rank). ``lrs``: the schedule of
@@ -34,7 +42,7 @@ def train_one_epoch(step, loader, lrs, epoch, steps_per_epoch, show=True, log_in
                     f'{np.mean(losses[-log_interval:]):.4f} lr {lr:.3e} {speed:.1f} img/s')
         bar.update(1)
     bar.close()
-    ms.runtime.synchronize()  # the last step's weight updates have landed (checkpoints read them)
+    wait_for_device()  # the last step's weight updates have landed (checkpoints read them)
     elapsed = time.time() - start
     return {'train_loss': float(np.mean(losses)), 'lr': lr, 'epoch_time': elapsed,
             'images_per_sec': steps_per_epoch * loader.batch_size / elapsed,
