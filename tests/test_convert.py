@@ -244,7 +244,8 @@ class _EvalCall:
 
 
 def _convert_cli(*args, cwd):
-    env = dict(os.environ, GLOG_v='3', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(os.environ, GLOG_v='3',
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     return subprocess.run([sys.executable, '-m', 'mindcoat.convert', *map(str, args)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
 

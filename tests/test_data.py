@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mindcoat.data import DataError, create_dataset, create_transforms, find_classes, \
     parse_rand_augment, rank_indices

@@ -2,6 +2,7 @@
 (outputs of timm's port of mlpc-ucsd/CoaT in tests/fixtures/parity.npz, made by
 tools/make_parity_fixtures.py from the seeded weights of parity_weights.py), the backbone mode,
 and the input-size rule."""
+import contextlib
 import os
 
 import mindspore as ms
@@ -46,8 +47,9 @@ def test_parameter_count_equals_the_reference(name):
     assert sum(int(np.prod(p.shape)) for p in model.trainable_params()) == PARAMS[name]
     # shared modules are stored once, under the reference's first name
     names = {p.name for p in model.trainable_params()}
-    assert {'cls_token1', 'patch_embed1.proj.weight', 'cpe1.proj.weight', 'crpe1.conv_list.0.weight',
-            'serial_blocks1.0.factoratt_crpe.qkv.weight', 'head.weight'} <= names
+    assert {'cls_token1', 'patch_embed1.proj.weight', 'cpe1.proj.weight',
+            'crpe1.conv_list.0.weight', 'serial_blocks1.0.factoratt_crpe.qkv.weight',
+            'head.weight'} <= names
     assert not any('.cpe.' in n or '.crpe.' in n or 'mlp3' in n for n in names)
     if name.startswith('coat_lite'):
         assert not any(n.startswith(('parallel_blocks', 'aggregate', 'norm2')) for n in names)
@@ -65,7 +67,8 @@ def test_data_defaults_per_variant():
     assert create_model('coat_mini', num_classes=7).default_cfg['mean'] == (0.485, 0.456, 0.406)
 
 
-@pytest.mark.parametrize('name,size', PARITY_CASES, ids=[f'{n}-{h}x{w}' for n, (h, w) in PARITY_CASES])
+@pytest.mark.parametrize('name,size', PARITY_CASES,
+                         ids=[f'{n}-{h}x{w}' for n, (h, w) in PARITY_CASES])
 def test_logits_match_the_reference(name, size):
     """Same weights, same input: max abs diff <= 1e-4 against the reference, graph mode."""
     h, w = size
@@ -103,7 +106,7 @@ def test_gradients_match_the_reference(name, size, native):
     """Backward parity: parameter gradients of sum(logits * cotangent) against the reference's
     autograd, through the CPU kernels and through MindSpore's native operators."""
     h, w = size
-    with native_ops() if native else _no_context():
+    with native_ops() if native else contextlib.nullcontext():
         model = with_seeded_weights(create_model(name))
         model.set_train(True)  # no dropout or drop path configured: train == eval numerically
         params = [p for p in model.trainable_params() if p.name in GRAD_PARAMS[name]]
@@ -116,14 +119,6 @@ def test_gradients_match_the_reference(name, size, native):
         expected = FIXTURES[f'{name}/grad/{h}x{w}/{pname}']
         scale = max(1.0, float(np.abs(expected).max()))
         assert np.abs(grad.asnumpy() - expected).max() <= 1e-4 * scale, pname
-
-
-class _no_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        return False
 
 
 @pytest.mark.parametrize('name', ['coat_lite_tiny', 'coat_tiny'])

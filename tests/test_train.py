@@ -143,7 +143,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference, tmp_path):
     assert 1 <= done < EPOCHS
     resumed = run_train(flags(reference['data'], out, extra=[
         '--resume', str(out / f'{NAME}-latest.ckpt')]), cwd=str(tmp_path))
-    assert f'resumed from' in resumed.stdout
+    assert 'resumed from' in resumed.stdout
     assert [r['epoch'] for r in read_log(out)] == list(range(1, EPOCHS + 1))
     assert_same_weights(final_weights(str(out / f'{NAME}-latest.ckpt')),
                         final_weights(str(reference['out'] / f'{NAME}-latest.ckpt')), atol=1e-6)

@@ -32,7 +32,8 @@ def main():
     for name, (h, w) in PARITY_CASES:
         model = reference(name, (h, w))
         with torch.no_grad():
-            out[f'{name}/{h}x{w}'] = model(torch.from_numpy(seeded_input(BATCH, h, w, SEED))).numpy()
+            x = torch.from_numpy(seeded_input(BATCH, h, w, SEED))
+            out[f'{name}/{h}x{w}'] = model(x).numpy()
         print(name, h, w, float(np.abs(out[f'{name}/{h}x{w}']).max()))
     for name, (h, w) in FEATURE_CASES:
         model = reference(name, (h, w), return_interm_layers=True,

@@ -8,8 +8,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 from mindspore import nn, ops
 
 from ..ops import depthwise_tokens, factor_attention, patch_conv
-from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, zeros, \
-    uniform_fan_in
+from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, uniform_fan_in
 
 # Relative position encoding: kernel size -> number of heads it covers (official default).
 CRPE_WINDOW = {3: 2, 5: 3, 7: 3}
