@@ -37,6 +37,13 @@ def sources():
                    randomised(create_model(name), 2)) for name in ('coat_lite_tiny', 'coat_tiny')}
 
 
+def holding(model, weights):
+    """The model with the given {name: array} weights set."""
+    for p in model.get_parameters():
+        p.set_data(ms.Tensor(weights[p.name]))
+    return model
+
+
 def assert_holds(model, weights):
     got = state_dict(model)
     for key, value in weights.items():
@@ -53,9 +60,7 @@ def test_official_pth_with_ema_optimizer_and_args(name, sources, tmp_path):
     'epoch', 'args' (an argparse.Namespace)}, every shared module under each of its paths, and the
     unused final norms."""
     weights, ema_model = sources[name]
-    source = create_model(name)
-    for p in source.get_parameters():
-        p.set_data(ms.Tensor(weights[p.name]))
+    source = holding(create_model(name), weights)
     path = tmp_path / f'{name}.pth'
     write_torch_zip(path, {
         'model': official_style(source), 'model_ema': official_style(ema_model),
@@ -78,9 +83,7 @@ def test_official_pth_with_ema_optimizer_and_args(name, sources, tmp_path):
 
 def test_a_shared_module_whose_copies_differ_is_reported(sources, tmp_path):
     weights, _ = sources['coat_tiny']
-    source = create_model('coat_tiny')
-    for p in source.get_parameters():
-        p.set_data(ms.Tensor(weights[p.name]))
+    source = holding(create_model('coat_tiny'), weights)
     sd = official_style(source)
     sd['serial_blocks2.1.cpe.proj.bias'] = sd['serial_blocks2.1.cpe.proj.bias'] + 1.0
     write_torch_zip(tmp_path / 'edited.pth', {'model': sd})
@@ -100,9 +103,7 @@ def test_timm_files(fmt, sources, tmp_path):
     if fmt == 'safetensors':
         save_file(weights, str(path), metadata={'format': 'pt'})
     else:
-        source = create_model('coat_tiny')
-        for p in source.get_parameters():
-            p.set_data(ms.Tensor(weights[p.name]))
+        source = holding(create_model('coat_tiny'), weights)
         sd = {k: v for k, v in official_style(source).items() if not k.startswith('norm1')}
         write_torch_zip(path, sd)
     model = create_model('coat_tiny')
@@ -114,9 +115,7 @@ def test_timm_files(fmt, sources, tmp_path):
 @pytest.mark.parametrize('name', ['coat_lite_tiny', 'coat_tiny'])
 def test_mindcv_ckpt_is_fused_and_renamed(name, sources, tmp_path):
     weights, _ = sources[name]
-    source = create_model(name)
-    for p in source.get_parameters():
-        p.set_data(ms.Tensor(weights[p.name]))
+    source = holding(create_model(name), weights)
     mindcv = mindcv_style(source)
     # the layout this test writes is MindCV 0.3.0's own (names and shapes read off its models)
     with open(MINDCV_NAMES) as f:
@@ -213,6 +212,16 @@ class _Boom:
         return (os.system, (self.cmd,))
 
 
+class _EvalCall:
+    """Unpickling this runs eval."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return (eval, (self.code,))
+
+
 @pytest.mark.parametrize('payload', ['in-model', 'top-level', 'builtins-eval'])
 def test_crafted_pickle_is_refused_and_never_runs(payload, tmp_path):
     marker = tmp_path / 'pwned'
@@ -235,14 +244,6 @@ def test_crafted_pickle_is_refused_and_never_runs(payload, tmp_path):
     assert not marker.exists()
 
 
-class _EvalCall:
-    def __init__(self, code):
-        self.code = code
-
-    def __reduce__(self):
-        return (eval, (self.code,))
-
-
 def _convert_cli(*args, cwd):
     env = dict(os.environ, GLOG_v='3',
                PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -252,9 +253,7 @@ def _convert_cli(*args, cwd):
 
 def test_command_line(sources, tmp_path):
     weights, ema_model = sources['coat_lite_tiny']
-    source = create_model('coat_lite_tiny')
-    for p in source.get_parameters():
-        p.set_data(ms.Tensor(weights[p.name]))
+    source = holding(create_model('coat_lite_tiny'), weights)
     src = tmp_path / 'official.pth'
     write_torch_zip(src, {'model': official_style(source), 'model_ema': official_style(ema_model)})
     out = tmp_path / 'out.ckpt'

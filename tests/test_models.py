@@ -25,9 +25,9 @@ PARAMS = {
 }
 
 
-def with_seeded_weights(model, reference_names=True):
-    """Sets the parity fixtures' weights. ``reference_names``: the model's parameter names must be
-    exactly the reference's (the seeded weights are keyed by them)."""
+def with_seeded_weights(model):
+    """Sets the parity fixtures' weights, which are keyed by the reference's parameter names:
+    the model's names must be exactly those."""
     params = {p.name: p for p in model.get_parameters()}
     weights = seeded_weights({n: p.shape for n, p in params.items()}, SEED)
     for name, param in params.items():

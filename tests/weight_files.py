@@ -118,10 +118,10 @@ def state_dict(model):
     return {p.name: p.asnumpy().copy() for p in model.get_parameters()}
 
 
-def _stage_depths(model):
+def _stage_depths(names):
     """{stage: serial depth} and the number of parallel blocks, read off the parameter names."""
     depths, parallel = {}, set()
-    for name in state_dict(model):
+    for name in names:
         m = re.match(r'serial_blocks(\d)\.(\d+)\.', name)
         if m:
             depths[int(m.group(1))] = max(depths.get(int(m.group(1)), 0), int(m.group(2)) + 1)
@@ -136,13 +136,15 @@ def official_style(model):
     cpe and crpe inside every block, mlp3/mlp4 beside mlp2) plus the final norms the reference
     defines but never uses (norm1; norm2/norm3 in CoaT-Lite), as torch's state_dict() writes it."""
     sd = state_dict(model)
-    depths, parallel = _stage_depths(model)
+    depths, parallel = _stage_depths(sd)
     out = dict(sd)
-    shared = {k: v for k, v in sd.items() if re.match(r'c(rpe|pe)\d\.', k)}
-    for key, value in shared.items():
-        kind, stage, rest = re.match(r'(cpe|crpe)(\d)\.(.*)', key).groups()
+    for key, value in sd.items():
+        m = re.match(r'(cpe|crpe)(\d)\.(.*)', key)
+        if not m:
+            continue
+        kind, stage, rest = m.groups()
+        inner = 'cpe' if kind == 'cpe' else 'factoratt_crpe.crpe'
         for j in range(depths[int(stage)]):
-            inner = 'cpe' if kind == 'cpe' else 'factoratt_crpe.crpe'
             out[f'serial_blocks{stage}.{j}.{inner}.{rest}'] = value
         if kind == 'crpe' and stage != '1':
             for j in range(parallel):
@@ -164,7 +166,7 @@ def mindcv_style(model):
     its first user in MindCV (a stage's first serial block; for CoaT's stages 2-4 crpe, the first
     parallel block). tests/test_convert.py checks these names against MindCV's own."""
     sd = state_dict(model)
-    _, parallel = _stage_depths(model)
+    _, parallel = _stage_depths(sd)
     out = {}
     for name, value in sd.items():
         m = re.match(r'(cpe|crpe)(\d)\.(.*)', name)
