@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from mindcoat.ops import BiasAdd, Gelu, LayerNormOp, depthwise_nhwc, depthwise_nhwc_native, \
+from mindcoat.ops import Gelu, LayerNormOp, depthwise_nhwc, depthwise_nhwc_native, \
     depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
-    factor_attention_native, patch_conv
+    factor_attention_native, linear, linear_native, patch_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -298,28 +298,34 @@ def test_layer_norm_matches_native(shape, eps, mode):
         assert _rel(a, b) < 1e-5
 
 
-class _NativeBias(nn.Cell):
-    def __init__(self):
+class _LinearNet(nn.Cell):
+    def __init__(self, fn, k, n, seed):
         super().__init__()
-        self.op = ops.BiasAdd()
+        rng = np.random.default_rng(seed)
+        self.weight = ms.Parameter(ms.Tensor(rng.normal(0, 0.2, (n, k)).astype(np.float32)))
+        self.bias = ms.Parameter(ms.Tensor(rng.normal(0, 1, (n,)).astype(np.float32)))
+        self.fn = fn
 
-    def construct(self, x, bias):
-        return self.op(x, bias)
+    def construct(self, x):
+        y = self.fn(x, self.weight, self.bias)
+        return (y * y).sum(), y
 
 
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
-def test_bias_add_gradient_matches_native(mode):
-    """BiasAdd's compiled bias gradient (a deterministic column sum) against ops.BiasAdd."""
+@pytest.mark.parametrize('shape,n', [((300, 37), 21), ((3, 41, 64), 192)], ids=['2d', '3d'])
+def test_linear_matches_native(shape, n, mode):
+    """The compiled linear layer (oneDNN GEMM onto the bias rows): output and the gradients wrt
+    x, weight and bias against MatMul + BiasAdd (nn.Dense's computation)."""
     ms.set_context(mode=mode)
-    rng = np.random.default_rng(10)
-    x = ms.Tensor(rng.normal(size=(300, 37)).astype(np.float32))
-    bias = ms.Tensor(rng.normal(size=(37,)).astype(np.float32))
-    dy = ms.Tensor(rng.normal(size=(300, 37)).astype(np.float32))
+    x = ms.Tensor(np.random.default_rng(10).normal(size=shape).astype(np.float32))
     res = []
-    for op in (BiasAdd(), _NativeBias()):
-        y, vjp = ms.vjp(op, x, bias)
-        res.append([t.asnumpy() for t in (y, *vjp(dy))])
-    assert BiasAdd().kernel is not None
+    for fn in (linear, linear_native):
+        net = _LinearNet(fn, shape[-1], n, seed=3)
+        grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
+                                    has_aux=True)
+        (_, y), (dx, (dw, db)) = grad_fn(x)
+        res.append([t.asnumpy() for t in (y, dx, dw, db)])
+    assert linear.kernel is not None
     for a, b in zip(*res):
         assert a.shape == b.shape
         assert _rel(a, b) < 1e-5

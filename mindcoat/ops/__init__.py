@@ -1,13 +1,13 @@
 """MindSpore operators for CoaT, each with a CPU fast path (see ``dispatch``) and a native
 reference (``*_native``) used on Ascend/GPU and whenever the fast path does not apply."""
 from .attention import factor_attention, factor_attention_native
-from .bias import BiasAdd
 from .depthwise import depthwise_nhwc, depthwise_nhwc_native, depthwise_path, depthwise_tokens, \
     depthwise_tokens_native
 from .gelu import Gelu
 from .layernorm import LayerNormOp
+from .linear import linear, linear_native
 from .patch import patch_conv
 
 __all__ = ['depthwise_nhwc', 'depthwise_nhwc_native', 'depthwise_path', 'depthwise_tokens',
            'depthwise_tokens_native', 'factor_attention', 'factor_attention_native', 'Gelu',
-           'LayerNormOp', 'BiasAdd', 'patch_conv']
+           'LayerNormOp', 'linear', 'linear_native', 'patch_conv']

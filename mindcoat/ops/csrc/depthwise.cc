@@ -16,13 +16,16 @@
 //   DwFwd / DwResFwd    (x, [hw], w_1..w_n, b_1..b_n) -> y
 //   DwBwdX / DwResBwdX  (dy, [hw], w_1..w_n)          -> dx  (the convolution, kernels flipped)
 //   DwBwdW              (x, dy, [hw], w_1..w_n)       -> flat [dw_1, ..., dw_n, db]
-#include <omp.h>
+#include "common.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+using mindcoat::IsF32;
+using mindcoat::ParallelFor;
 
 namespace {
 
@@ -35,18 +38,6 @@ struct Group {
 struct Layout {
   int64_t B, H, W, C, off, batch;
 };
-
-int NumThreads() {
-  // OMP_NUM_THREADS wins (the OpenMP runtime reads it); otherwise one thread per core.
-  static const int n = [] {
-    const char *env = std::getenv("OMP_NUM_THREADS");
-    int v = env ? std::atoi(env) : 0;
-    return v > 0 ? v : omp_get_num_procs();
-  }();
-  return n;
-}
-
-bool IsF32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
 
 // Layout of params[i]; with tokens (rank 3) the (H, W) come from the shape of params[hw].
 bool GetLayout(int *ndims, int64_t **shapes, int i, int hw, Layout *l) {
@@ -91,40 +82,41 @@ std::vector<Group> MakeGroups(void **params, int64_t **shapes, int first, int n,
 void Conv(const float *x, const std::vector<Group> &groups, const float *bias, float *y,
           const Layout &l, bool cls_copy) {
   const int64_t H = l.H, W = l.W, C = l.C;
-#pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t row = 0; row < l.B * H; ++row) {
-    const int64_t b = row / H, h = row % H;
-    const float *xb = x + b * l.batch + l.off * C;
-    float *yrow = y + b * l.batch + (l.off + h * W) * C;
-    if (l.off && h == 0) {
-      if (cls_copy) std::memcpy(y + b * l.batch, x + b * l.batch, C * sizeof(float));
-      else std::memset(y + b * l.batch, 0, C * sizeof(float));
-    }
-    for (int64_t w = 0; w < W; ++w) {
-      float *yp = yrow + w * C;
-      if (bias) std::memcpy(yp, bias, C * sizeof(float));
-      else std::memset(yp, 0, C * sizeof(float));
-    }
-    for (const Group &g : groups) {
-      const int64_t p = g.k / 2, cg = g.cg;
-      for (int64_t i = 0; i < g.k; ++i) {
-        const int64_t hin = h + i - p;
-        if (hin < 0 || hin >= H) continue;
-        const float *xrow = xb + hin * W * C + g.c0;
-        for (int64_t j = 0; j < g.k; ++j) {
-          const int64_t dj = j - p;
-          const float *__restrict t = g.taps.data() + (i * g.k + j) * cg;
-          const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
-          for (int64_t w = w0; w < w1; ++w) {
-            const float *__restrict xp = xrow + (w + dj) * C;
-            float *__restrict yp = yrow + w * C + g.c0;
+  ParallelFor(l.B * H, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H, h = row % H;
+      const float *xb = x + b * l.batch + l.off * C;
+      float *yrow = y + b * l.batch + (l.off + h * W) * C;
+      if (l.off && h == 0) {
+        if (cls_copy) std::memcpy(y + b * l.batch, x + b * l.batch, C * sizeof(float));
+        else std::memset(y + b * l.batch, 0, C * sizeof(float));
+      }
+      for (int64_t w = 0; w < W; ++w) {
+        float *yp = yrow + w * C;
+        if (bias) std::memcpy(yp, bias, C * sizeof(float));
+        else std::memset(yp, 0, C * sizeof(float));
+      }
+      for (const Group &g : groups) {
+        const int64_t p = g.k / 2, cg = g.cg;
+        for (int64_t i = 0; i < g.k; ++i) {
+          const int64_t hin = h + i - p;
+          if (hin < 0 || hin >= H) continue;
+          const float *xrow = xb + hin * W * C + g.c0;
+          for (int64_t j = 0; j < g.k; ++j) {
+            const int64_t dj = j - p;
+            const float *__restrict t = g.taps.data() + (i * g.k + j) * cg;
+            const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
+            for (int64_t w = w0; w < w1; ++w) {
+              const float *__restrict xp = xrow + (w + dj) * C;
+              float *__restrict yp = yrow + w * C + g.c0;
 #pragma omp simd
-            for (int64_t c = 0; c < cg; ++c) yp[c] += xp[c] * t[c];
+              for (int64_t c = 0; c < cg; ++c) yp[c] += xp[c] * t[c];
+            }
           }
         }
       }
     }
-  }
+  });
 }
 
 int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -203,49 +195,51 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
   size += C;
   const int64_t rows = l.B * H, chunks = std::min<int64_t>(rows, 64);
   std::vector<float> partial(chunks * size, 0.0f);
-#pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    float *acc = partial.data() + ch * size;
-    for (int64_t row = rows * ch / chunks; row < rows * (ch + 1) / chunks; ++row) {
-      const int64_t b = row / H, h = row % H;
-      const float *xb = x + b * l.batch + l.off * C;
-      const float *dyrow = dy + b * l.batch + (l.off + h * W) * C;
-      for (int64_t w = 0; w < W; ++w) {
-        const float *__restrict d = dyrow + w * C;
-        float *__restrict a = acc + bias_at;
+  ParallelFor(chunks, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      float *acc = partial.data() + ch * size;
+      for (int64_t row = rows * ch / chunks; row < rows * (ch + 1) / chunks; ++row) {
+        const int64_t b = row / H, h = row % H;
+        const float *xb = x + b * l.batch + l.off * C;
+        const float *dyrow = dy + b * l.batch + (l.off + h * W) * C;
+        for (int64_t w = 0; w < W; ++w) {
+          const float *__restrict d = dyrow + w * C;
+          float *__restrict a = acc + bias_at;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) a[c] += d[c];
-      }
-      for (int g = 0; g < n; ++g) {
-        const Group &gr = groups[g];
-        const int64_t p = gr.k / 2, cg = gr.cg;
-        for (int64_t i = 0; i < gr.k; ++i) {
-          const int64_t hin = h + i - p;
-          if (hin < 0 || hin >= H) continue;
-          const float *xrow = xb + hin * W * C + gr.c0;
-          for (int64_t j = 0; j < gr.k; ++j) {
-            const int64_t dj = j - p;
-            float *__restrict a = acc + offset[g] + (i * gr.k + j) * cg;
-            const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
-            for (int64_t w = w0; w < w1; ++w) {
-              const float *__restrict xp = xrow + (w + dj) * C;
-              const float *__restrict d = dyrow + w * C + gr.c0;
+          for (int64_t c = 0; c < C; ++c) a[c] += d[c];
+        }
+        for (int g = 0; g < n; ++g) {
+          const Group &gr = groups[g];
+          const int64_t p = gr.k / 2, cg = gr.cg;
+          for (int64_t i = 0; i < gr.k; ++i) {
+            const int64_t hin = h + i - p;
+            if (hin < 0 || hin >= H) continue;
+            const float *xrow = xb + hin * W * C + gr.c0;
+            for (int64_t j = 0; j < gr.k; ++j) {
+              const int64_t dj = j - p;
+              float *__restrict a = acc + offset[g] + (i * gr.k + j) * cg;
+              const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
+              for (int64_t w = w0; w < w1; ++w) {
+                const float *__restrict xp = xrow + (w + dj) * C;
+                const float *__restrict d = dyrow + w * C + gr.c0;
 #pragma omp simd
-              for (int64_t c = 0; c < cg; ++c) a[c] += d[c] * xp[c];
+                for (int64_t c = 0; c < cg; ++c) a[c] += d[c] * xp[c];
+              }
             }
           }
         }
       }
     }
-  }
+  });
   // Sum the chunks in a fixed order (parallel over elements), then write PyTorch layout.
   std::vector<float> total(size);
-#pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t e = 0; e < size; ++e) {
-    float s = 0.0f;
-    for (int64_t ch = 0; ch < chunks; ++ch) s += partial[ch * size + e];
-    total[e] = s;
-  }
+  ParallelFor(size, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      float s = 0.0f;
+      for (int64_t ch = 0; ch < chunks; ++ch) s += partial[ch * size + e];
+      total[e] = s;
+    }
+  });
   int64_t o = 0;
   for (int g = 0; g < n; ++g) {
     const Group &gr = groups[g];

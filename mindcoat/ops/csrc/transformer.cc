@@ -14,7 +14,7 @@
 //   out = scale * q (softmax_N(k)^T v) + crpe,   scale = Ch^-1/2
 //   FactorAttFwd (qkv, crpe, heads) -> out (B, N, C)       `heads`: only its shape (heads,) is read
 //   FactorAttBwd (qkv, dout, heads) -> dqkv (B, N, 3C)     (d crpe = dout)
-#include <omp.h>
+#include "common.h"
 
 #include <cmath>
 #include <cstdint>
@@ -23,16 +23,12 @@
 #include <algorithm>
 #include <vector>
 
-namespace {
+using mindcoat::IsF32;
+using mindcoat::Numel;
+using mindcoat::NumThreads;
+using mindcoat::ParallelFor;
 
-int NumThreads() {
-  static const int n = [] {
-    const char *env = std::getenv("OMP_NUM_THREADS");
-    int v = env ? std::atoi(env) : 0;
-    return v > 0 ? v : omp_get_num_procs();
-  }();
-  return n;
-}
+namespace {
 
 // exp(x) for x <= 0 (all callers pass -z^2 or similar): x = n ln2 + r, |r| <= ln2 / 2,
 // exp(r) by its degree-7 Taylor polynomial (truncation < 2e-8 relative), 2^n via the exponent
@@ -77,14 +73,6 @@ inline float Phi(float x) {
   return x >= 0.0f ? 1.0f - tail : tail;
 }
 
-bool IsF32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
-
-int64_t Numel(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
-
 }  // namespace
 
 extern "C" int GeluFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -93,8 +81,10 @@ extern "C" int GeluFwd(int nparam, void **params, int *ndims, int64_t **shapes, 
   const int64_t n = Numel(ndims[0], shapes[0]);
   const float *__restrict x = static_cast<const float *>(params[0]);
   float *__restrict y = static_cast<float *>(params[1]);
-#pragma omp parallel for simd schedule(static) num_threads(NumThreads())
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * Phi(x[i]);
+  ParallelFor(n, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) y[i] = x[i] * Phi(x[i]);
+  });
   return 0;
 }
 
@@ -105,12 +95,14 @@ extern "C" int GeluBwd(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *__restrict x = static_cast<const float *>(params[0]);
   const float *__restrict dy = static_cast<const float *>(params[1]);
   float *__restrict dx = static_cast<float *>(params[2]);
-#pragma omp parallel for simd schedule(static) num_threads(NumThreads())
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const float pdf = 0.39894228040143268f * ExpNeg(-0.5f * v * v);
-    dx[i] = dy[i] * (Phi(v) + v * pdf);
-  }
+  ParallelFor(n, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float v = x[i];
+      const float pdf = 0.39894228040143268f * ExpNeg(-0.5f * v * v);
+      dx[i] = dy[i] * (Phi(v) + v * pdf);
+    }
+  });
   return 0;
 }
 
@@ -189,42 +181,43 @@ extern "C" int FactorAttFwd(int nparam, void **params, int *ndims, int64_t **sha
   float *out = static_cast<float *>(params[3]);
   const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
   const int64_t ch = s.ch, C = s.C;
-#pragma omp parallel for schedule(dynamic) num_threads(NumThreads())
-  for (int64_t task = 0; task < s.B * s.blocks; ++task) {
-    const int64_t b = task / s.blocks;
-    const int64_t h0 = (task % s.blocks) * s.per_block;
-    const int64_t h1 = std::min(s.heads, h0 + s.per_block);
-    const int64_t c0 = h0 * ch, c1 = h1 * ch;
-    const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
-    std::vector<float> mx(C), inv(C), e(C), kv(s.heads * ch * ch, 0.0f), acc(C);
-    SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
-    for (int64_t n = 0; n < s.N; ++n) {  // kv = softmax(k)^T v, per head
-      const float *kn = k + n * s.row;
+  ParallelFor(s.B * s.blocks, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / s.blocks;
+      const int64_t h0 = (task % s.blocks) * s.per_block;
+      const int64_t h1 = std::min(s.heads, h0 + s.per_block);
+      const int64_t c0 = h0 * ch, c1 = h1 * ch;
+      const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
+      std::vector<float> mx(C), inv(C), e(C), kv(s.heads * ch * ch, 0.0f), acc(C);
+      SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
+      for (int64_t n = 0; n < s.N; ++n) {  // kv = softmax(k)^T v, per head
+        const float *kn = k + n * s.row;
 #pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) e[c] = ExpNeg(kn[c] - mx[c]);
-      OuterAcc(e.data(), v + n * s.row, h0, h1, ch, kv.data());
-    }
-    for (int64_t c = c0; c < c1; ++c) {
-      float *r = kv.data() + c * ch;
-      for (int64_t cv = 0; cv < ch; ++cv) r[cv] *= inv[c];
-    }
-    for (int64_t n = 0; n < s.N; ++n) {  // out = scale * q kv + crpe
-      const float *qn = q + n * s.row;
-      const int64_t at = (b * s.N + n) * C;
-      for (int64_t h = h0; h < h1; ++h) {
-        float *a = acc.data() + h * ch;
-        for (int64_t cv = 0; cv < ch; ++cv) a[cv] = 0.0f;
-        for (int64_t ck = 0; ck < ch; ++ck) {
-          const float x = qn[h * ch + ck];
-          const float *r = kv.data() + (h * ch + ck) * ch;
-#pragma omp simd
-          for (int64_t cv = 0; cv < ch; ++cv) a[cv] += x * r[cv];
-        }
+        for (int64_t c = c0; c < c1; ++c) e[c] = ExpNeg(kn[c] - mx[c]);
+        OuterAcc(e.data(), v + n * s.row, h0, h1, ch, kv.data());
       }
+      for (int64_t c = c0; c < c1; ++c) {
+        float *r = kv.data() + c * ch;
+        for (int64_t cv = 0; cv < ch; ++cv) r[cv] *= inv[c];
+      }
+      for (int64_t n = 0; n < s.N; ++n) {  // out = scale * q kv + crpe
+        const float *qn = q + n * s.row;
+        const int64_t at = (b * s.N + n) * C;
+        for (int64_t h = h0; h < h1; ++h) {
+          float *a = acc.data() + h * ch;
+          for (int64_t cv = 0; cv < ch; ++cv) a[cv] = 0.0f;
+          for (int64_t ck = 0; ck < ch; ++ck) {
+            const float x = qn[h * ch + ck];
+            const float *r = kv.data() + (h * ch + ck) * ch;
 #pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) out[at + c] = scale * acc[c] + crpe[at + c];
+            for (int64_t cv = 0; cv < ch; ++cv) a[cv] += x * r[cv];
+          }
+        }
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) out[at + c] = scale * acc[c] + crpe[at + c];
+      }
     }
-  }
+  });
   return 0;
 }
 
@@ -240,73 +233,74 @@ extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **sha
   float *dqkv = static_cast<float *>(params[3]);
   const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
   const int64_t ch = s.ch, C = s.C;
-#pragma omp parallel for schedule(dynamic) num_threads(NumThreads())
-  for (int64_t task = 0; task < s.B * s.blocks; ++task) {
-    const int64_t b = task / s.blocks;
-    const int64_t h0 = (task % s.blocks) * s.per_block;
-    const int64_t h1 = std::min(s.heads, h0 + s.per_block);
-    const int64_t c0 = h0 * ch, c1 = h1 * ch;
-    const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
-    float *dq = dqkv + b * s.N * s.row, *dk = dq + C, *dv = dq + 2 * C;
-    const float *dy = dout + b * s.N * C;
-    std::vector<float> mx(C), inv(C), ks(C), g(C), r(C, 0.0f);
-    std::vector<float> kv(s.heads * ch * ch, 0.0f), dkv(s.heads * ch * ch, 0.0f);
-    SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
-    for (int64_t n = 0; n < s.N; ++n) {
-      const float *kn = k + n * s.row, *dyn = dy + n * C;
+  ParallelFor(s.B * s.blocks, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / s.blocks;
+      const int64_t h0 = (task % s.blocks) * s.per_block;
+      const int64_t h1 = std::min(s.heads, h0 + s.per_block);
+      const int64_t c0 = h0 * ch, c1 = h1 * ch;
+      const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
+      float *dq = dqkv + b * s.N * s.row, *dk = dq + C, *dv = dq + 2 * C;
+      const float *dy = dout + b * s.N * C;
+      std::vector<float> mx(C), inv(C), ks(C), g(C), r(C, 0.0f);
+      std::vector<float> kv(s.heads * ch * ch, 0.0f), dkv(s.heads * ch * ch, 0.0f);
+      SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float *kn = k + n * s.row, *dyn = dy + n * C;
 #pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) {
-        ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
-        g[c] = scale * dyn[c];
-      }
-      OuterAcc(ks.data(), v + n * s.row, h0, h1, ch, kv.data());
-      OuterAcc(q + n * s.row, g.data(), h0, h1, ch, dkv.data());
-    }
-    // transposed copies so that every per-token product below is an axpy over a head's
-    // channels (short horizontal sums per channel were the cost)
-    std::vector<float> kvt(kv.size()), dkvt(dkv.size());
-    for (int64_t h = h0; h < h1; ++h)
-      for (int64_t i = 0; i < ch; ++i)
-        for (int64_t j = 0; j < ch; ++j) {
-          kvt[(h * ch + j) * ch + i] = kv[(h * ch + i) * ch + j];
-          dkvt[(h * ch + j) * ch + i] = dkv[(h * ch + i) * ch + j];
+        for (int64_t c = c0; c < c1; ++c) {
+          ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
+          g[c] = scale * dyn[c];
         }
-    for (int64_t n = 0; n < s.N; ++n) {
-      const float *kn = k + n * s.row, *vn = v + n * s.row, *dyn = dy + n * C;
-      float *dqn = dq + n * s.row, *dkn = dk + n * s.row, *dvn = dv + n * s.row;
-#pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) {
-        ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
-        g[c] = scale * dyn[c];
-        dqn[c] = 0.0f;
-        dkn[c] = 0.0f;
-        dvn[c] = 0.0f;
+        OuterAcc(ks.data(), v + n * s.row, h0, h1, ch, kv.data());
+        OuterAcc(q + n * s.row, g.data(), h0, h1, ch, dkv.data());
       }
-      for (int64_t h = h0; h < h1; ++h) {
-        float *dqh = dqn + h * ch, *dksh = dkn + h * ch, *dvh = dvn + h * ch;
-        for (int64_t j = 0; j < ch; ++j) {
-          const float gj = g[h * ch + j], vj = vn[h * ch + j], kj = ks[h * ch + j];
-          const float *kvr = kvt.data() + (h * ch + j) * ch;   // kv[:, j]
-          const float *dkr = dkvt.data() + (h * ch + j) * ch;  // dkv[:, j]
-          const float *dvr = dkv.data() + (h * ch + j) * ch;   // dkv[j, :]
+      // transposed copies so that every per-token product below is an axpy over a head's
+      // channels (short horizontal sums per channel were the cost)
+      std::vector<float> kvt(kv.size()), dkvt(dkv.size());
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t i = 0; i < ch; ++i)
+          for (int64_t j = 0; j < ch; ++j) {
+            kvt[(h * ch + j) * ch + i] = kv[(h * ch + i) * ch + j];
+            dkvt[(h * ch + j) * ch + i] = dkv[(h * ch + i) * ch + j];
+          }
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float *kn = k + n * s.row, *vn = v + n * s.row, *dyn = dy + n * C;
+        float *dqn = dq + n * s.row, *dkn = dk + n * s.row, *dvn = dv + n * s.row;
 #pragma omp simd
-          for (int64_t i = 0; i < ch; ++i) {
-            dqh[i] += gj * kvr[i];   // dq = G kv^T
-            dksh[i] += vj * dkr[i];  // dks = v dkv^T (kept in dk for now)
-            dvh[i] += kj * dvr[i];   // dv = ks dkv
+        for (int64_t c = c0; c < c1; ++c) {
+          ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
+          g[c] = scale * dyn[c];
+          dqn[c] = 0.0f;
+          dkn[c] = 0.0f;
+          dvn[c] = 0.0f;
+        }
+        for (int64_t h = h0; h < h1; ++h) {
+          float *dqh = dqn + h * ch, *dksh = dkn + h * ch, *dvh = dvn + h * ch;
+          for (int64_t j = 0; j < ch; ++j) {
+            const float gj = g[h * ch + j], vj = vn[h * ch + j], kj = ks[h * ch + j];
+            const float *kvr = kvt.data() + (h * ch + j) * ch;   // kv[:, j]
+            const float *dkr = dkvt.data() + (h * ch + j) * ch;  // dkv[:, j]
+            const float *dvr = dkv.data() + (h * ch + j) * ch;   // dkv[j, :]
+#pragma omp simd
+            for (int64_t i = 0; i < ch; ++i) {
+              dqh[i] += gj * kvr[i];   // dq = G kv^T
+              dksh[i] += vj * dkr[i];  // dks = v dkv^T (kept in dk for now)
+              dvh[i] += kj * dvr[i];   // dv = ks dkv
+            }
           }
         }
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) r[c] += ks[c] * dkn[c];
       }
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float *kn = k + n * s.row;
+        float *dkn = dk + n * s.row;
 #pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) r[c] += ks[c] * dkn[c];
+        for (int64_t c = c0; c < c1; ++c) dkn[c] = ExpNeg(kn[c] - mx[c]) * inv[c] * (dkn[c] - r[c]);
+      }
     }
-    for (int64_t n = 0; n < s.N; ++n) {
-      const float *kn = k + n * s.row;
-      float *dkn = dk + n * s.row;
-#pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) dkn[c] = ExpNeg(kn[c] - mx[c]) * inv[c] * (dkn[c] - r[c]);
-    }
-  }
+  });
   return 0;
 }
 
@@ -342,15 +336,16 @@ extern "C" int LayerNormFwd(int nparam, void **params, int *ndims, int64_t **sha
   const float *beta = static_cast<const float *>(params[2]);
   const float eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
-#pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *xr = x + r * C;
-    float *yr = y + r * C;
-    float mean, rstd;
-    RowStats(xr, C, eps, &mean, &rstd);
+  ParallelFor(rows, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float *xr = x + r * C;
+      float *yr = y + r * C;
+      float mean, rstd;
+      RowStats(xr, C, eps, &mean, &rstd);
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
-  }
+      for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
+    }
+  });
   return 0;
 }
 
@@ -366,37 +361,39 @@ extern "C" int LayerNormBwd(int nparam, void **params, int *ndims, int64_t **sha
   float *dgb = static_cast<float *>(params[5]);
   const int64_t chunks = std::min<int64_t>(rows, 64);
   std::vector<float> partial(chunks * 2 * C, 0.0f);
-#pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    float *pg = partial.data() + ch * 2 * C, *pb = pg + C;
-    std::vector<float> xhat(C);
-    for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
-      const float *xr = x + r * C, *dyr = dy + r * C;
-      float *dxr = dx + r * C;
-      float mean, rstd;
-      RowStats(xr, C, eps, &mean, &rstd);
-      float s1 = 0.0f, s2 = 0.0f;  // sums of dy*gamma and dy*gamma*xhat
+  ParallelFor(chunks, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      float *pg = partial.data() + ch * 2 * C, *pb = pg + C;
+      std::vector<float> xhat(C);
+      for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
+        const float *xr = x + r * C, *dyr = dy + r * C;
+        float *dxr = dx + r * C;
+        float mean, rstd;
+        RowStats(xr, C, eps, &mean, &rstd);
+        float s1 = 0.0f, s2 = 0.0f;  // sums of dy*gamma and dy*gamma*xhat
 #pragma omp simd reduction(+ : s1, s2)
-      for (int64_t c = 0; c < C; ++c) {
-        const float xh = (xr[c] - mean) * rstd;
-        const float dg = dyr[c] * gamma[c];
-        xhat[c] = xh;
-        s1 += dg;
-        s2 += dg * xh;
-        pg[c] += dyr[c] * xh;
-        pb[c] += dyr[c];
-      }
-      const float m1 = s1 / static_cast<float>(C), m2 = s2 / static_cast<float>(C);
+        for (int64_t c = 0; c < C; ++c) {
+          const float xh = (xr[c] - mean) * rstd;
+          const float dg = dyr[c] * gamma[c];
+          xhat[c] = xh;
+          s1 += dg;
+          s2 += dg * xh;
+          pg[c] += dyr[c] * xh;
+          pb[c] += dyr[c];
+        }
+        const float m1 = s1 / static_cast<float>(C), m2 = s2 / static_cast<float>(C);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) dxr[c] = rstd * (dyr[c] * gamma[c] - m1 - xhat[c] * m2);
+        for (int64_t c = 0; c < C; ++c) dxr[c] = rstd * (dyr[c] * gamma[c] - m1 - xhat[c] * m2);
+      }
     }
-  }
-#pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t e = 0; e < 2 * C; ++e) {
-    float s = 0.0f;
-    for (int64_t ch = 0; ch < chunks; ++ch) s += partial[ch * 2 * C + e];
-    dgb[e] = s;
-  }
+  });
+  ParallelFor(2 * C, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      float s = 0.0f;
+      for (int64_t ch = 0; ch < chunks; ++ch) s += partial[ch * 2 * C + e];
+      dgb[e] = s;
+    }
+  });
   return 0;
 }
 
@@ -412,15 +409,16 @@ extern "C" int ColSum(int nparam, void **params, int *ndims, int64_t **shapes, c
   float *out = static_cast<float *>(params[1]);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, 64));
   std::vector<float> partial(chunks * C, 0.0f);
-#pragma omp parallel for schedule(static) num_threads(NumThreads())
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    float *__restrict p = partial.data() + ch * C;
-    for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
-      const float *__restrict xr = x + r * C;
+  ParallelFor(chunks, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      float *__restrict p = partial.data() + ch * C;
+      for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
+        const float *__restrict xr = x + r * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) p[c] += xr[c];
+        for (int64_t c = 0; c < C; ++c) p[c] += xr[c];
+      }
     }
-  }
+  });
   for (int64_t c = 0; c < C; ++c) out[c] = 0.0f;
   for (int64_t ch = 0; ch < chunks; ++ch) {
     const float *__restrict p = partial.data() + ch * C;

@@ -1,0 +1,173 @@
+// Fully connected layer y = x W^T + b for CoaT on the CPU, called through ops.Custom(func_type="aot").
+//
+// MindSpore's CPU MatMul is a oneDNN matmul primitive; its Dense then adds the bias in a separate
+// BiasAdd pass over the whole output (~10% of a CoaT forward). Here the same oneDNN library that
+// MindSpore ships (libdnnl.so.3, linked at build time) runs a matmul primitive with the bias fused
+// into it. That library is built for a caller-supplied thread pool: it gets the package's own
+// (common.h).
+//   LinearFwd (x (..., K), w (N, K), b (N,)) -> y (..., N)
+// The backward stays MindSpore's MatMul (see linear.py).
+//
+// oneDNN's headers are not shipped with MindSpore, so the few C API entry points used are
+// declared here, from oneDNN 3.x's dnnl.h / dnnl_types.h (stable within the major version; the
+// library's version is checked before use).
+#include "common.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+using mindcoat::IsF32;
+using mindcoat::NumThreads;
+using mindcoat::ParallelFor;
+
+extern "C" {
+typedef struct dnnl_opaque *dnnl_handle;  // engines, streams, descriptors, primitives, memories
+typedef int64_t dnnl_dims[12];            // DNNL_MAX_NDIMS
+typedef struct {
+  int arg;
+  dnnl_handle memory;
+} dnnl_exec_arg;
+typedef struct {
+  int major, minor, patch;
+  const char *hash;
+  unsigned cpu_runtime, gpu_runtime;
+} dnnl_version_info;
+
+const dnnl_version_info *dnnl_version(void);
+int dnnl_engine_create(dnnl_handle *engine, int kind, size_t index);
+int dnnl_threadpool_interop_stream_create(dnnl_handle *stream, dnnl_handle engine,
+                                          void *threadpool);
+int dnnl_memory_desc_create_with_strides(dnnl_handle *md, int ndims, const dnnl_dims dims,
+                                         int data_type, const dnnl_dims strides);
+int dnnl_memory_desc_destroy(dnnl_handle md);
+int dnnl_matmul_primitive_desc_create(dnnl_handle *pd, dnnl_handle engine, dnnl_handle src,
+                                      dnnl_handle weights, dnnl_handle bias, dnnl_handle dst,
+                                      dnnl_handle attr);
+int dnnl_primitive_desc_destroy(dnnl_handle pd);
+int dnnl_primitive_create(dnnl_handle *primitive, dnnl_handle pd);
+int dnnl_memory_create(dnnl_handle *memory, dnnl_handle md, dnnl_handle engine, void *handle);
+int dnnl_memory_destroy(dnnl_handle memory);
+int dnnl_primitive_execute(dnnl_handle primitive, dnnl_handle stream, int nargs,
+                           const dnnl_exec_arg *args);
+int dnnl_stream_wait(dnnl_handle stream);
+int dnnl_threadpool_interop_set_max_concurrency(int max_concurrency);
+}
+
+namespace {
+
+constexpr int kCpuEngine = 1, kF32 = 3;                         // dnnl_cpu, dnnl_f32
+constexpr int kSrc = 1, kDst = 17, kWeights = 33, kBias = 41;  // DNNL_ARG_*
+
+// The layout of oneDNN's dnnl::threadpool_interop::threadpool_iface (dnnl_threadpool_iface.hpp):
+// these virtual functions, in this order. Synchronous: parallel_for returns when all are done.
+struct DnnlPool {
+  virtual int get_num_threads() const { return NumThreads(); }
+  virtual bool get_in_parallel() const { return mindcoat::ThreadPool::InWorker(); }
+  virtual void parallel_for(int n, const std::function<void(int, int)> &fn) {
+    ParallelFor(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) fn(static_cast<int>(i), n);
+    });
+  }
+  virtual uint64_t get_flags() const { return 0; }
+  virtual ~DnnlPool() {}
+};
+
+// Row-major (rows, cols) float32, with the given strides (a transposed view needs no copy).
+dnnl_handle Desc(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+  dnnl_dims dims = {rows, cols}, strides = {row_stride, col_stride};
+  dnnl_handle md = nullptr;
+  return dnnl_memory_desc_create_with_strides(&md, 2, dims, kF32, strides) == 0 ? md : nullptr;
+}
+
+struct MatMul {
+  dnnl_handle primitive = nullptr, src = nullptr, weights = nullptr, bias = nullptr, dst = nullptr;
+};
+
+class Runtime {
+ public:
+  // The primitive for (M, K) x (N, K)^T + (N,), created on first use of the shape (oneDNN picks
+  // and JIT-compiles a kernel per shape, as MindSpore's MatMul does; then it is reused).
+  const MatMul *Get(int64_t M, int64_t K, int64_t N) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // oneDNN plans (at creation) and runs (at execution) for a per-thread concurrency setting,
+    // which MindSpore's own kernels set on its threads to its pool's size; set ours each time.
+    dnnl_threadpool_interop_set_max_concurrency(NumThreads());
+    if (!ready_ && !Init()) return nullptr;
+    auto key = std::make_tuple(M, K, N);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return &it->second;
+    MatMul mm;
+    mm.src = Desc(M, K, K, 1);
+    mm.weights = Desc(K, N, 1, K);  // W^T as a strided view of W (N, K)
+    mm.bias = Desc(1, N, N, 1);
+    mm.dst = Desc(M, N, N, 1);
+    dnnl_handle pd = nullptr;
+    if (!mm.src || !mm.weights || !mm.bias || !mm.dst ||
+        dnnl_matmul_primitive_desc_create(&pd, engine_, mm.src, mm.weights, mm.bias, mm.dst,
+                                          nullptr) != 0 ||
+        dnnl_primitive_create(&mm.primitive, pd) != 0) {
+      if (pd) dnnl_primitive_desc_destroy(pd);
+      for (dnnl_handle md : {mm.src, mm.weights, mm.bias, mm.dst})
+        if (md) dnnl_memory_desc_destroy(md);
+      return nullptr;
+    }
+    dnnl_primitive_desc_destroy(pd);  // the primitive keeps what it needs
+    return &cache_.emplace(key, mm).first->second;
+  }
+
+  int Run(const MatMul &mm, const float *x, const float *w, const float *b, float *y) {
+    dnnl_handle mem[4] = {nullptr, nullptr, nullptr, nullptr};
+    const dnnl_handle mds[4] = {mm.src, mm.weights, mm.bias, mm.dst};
+    void *ptrs[4] = {const_cast<float *>(x), const_cast<float *>(w), const_cast<float *>(b), y};
+    int status = 0;
+    for (int i = 0; i < 4 && status == 0; ++i)
+      status = dnnl_memory_create(&mem[i], mds[i], engine_, ptrs[i]);
+    if (status == 0) {
+      const dnnl_exec_arg args[4] = {{kSrc, mem[0]}, {kWeights, mem[1]}, {kBias, mem[2]},
+                                     {kDst, mem[3]}};
+      status = dnnl_primitive_execute(mm.primitive, stream_, 4, args);
+      if (status == 0) status = dnnl_stream_wait(stream_);
+    }
+    for (dnnl_handle m : mem)
+      if (m) dnnl_memory_destroy(m);
+    return status;
+  }
+
+ private:
+  bool Init() {
+    const dnnl_version_info *v = dnnl_version();
+    if (!v || v->major != 3) return false;
+    ready_ = dnnl_engine_create(&engine_, kCpuEngine, 0) == 0 &&
+             dnnl_threadpool_interop_stream_create(&stream_, engine_, &pool_) == 0;
+    return ready_;
+  }
+
+  std::mutex mutex_;
+  bool ready_ = false;
+  DnnlPool pool_;
+  dnnl_handle engine_ = nullptr, stream_ = nullptr;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, MatMul> cache_;
+};
+
+Runtime runtime;  // lives as long as the library (never unloaded by MindSpore)
+
+}  // namespace
+
+extern "C" int LinearFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                         const char **dtypes, void *stream, void *extra) {
+  if (nparam != 4 || !IsF32(dtypes[0]) || ndims[1] != 2) return 1;
+  int64_t M = 1;
+  for (int i = 0; i < ndims[0] - 1; ++i) M *= shapes[0][i];
+  const int64_t K = shapes[0][ndims[0] - 1], N = shapes[1][0];
+  if (shapes[1][1] != K || shapes[2][0] != N) return 1;
+  const MatMul *mm = runtime.Get(M, K, N);
+  if (!mm) return 1;
+  return runtime.Run(*mm, static_cast<const float *>(params[0]),
+                     static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),
+                     static_cast<float *>(params[3]));
+}
