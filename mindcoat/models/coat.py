@@ -7,7 +7,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 """
 from mindspore import nn, ops
 
-from ..ops import depthwise_tokens, factor_attention, patch_conv
+from ..ops import cross_scale_sum, depthwise_tokens, factor_attention, patch_conv
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, uniform_fan_in
 
 # Relative position encoding: kernel size -> number of heads it covers (official default).
@@ -102,15 +102,6 @@ class SerialBlock(nn.Cell):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def resize_tokens(x, h, w, out_h, out_w):
-    """Bilinear resize (align_corners=False) of the image tokens; the class token is kept."""
-    b, n, c = x.shape
-    cls_tok, img = ops.split(x, (1, n - 1), axis=1)
-    img = img.transpose(0, 2, 1).reshape(b, c, h, w)
-    img = ops.interpolate(img, size=(out_h, out_w), mode='bilinear', align_corners=False)
-    return ops.cat((cls_tok, img.reshape(b, c, out_h * out_w).transpose(0, 2, 1)), axis=1)
-
-
 class ParallelBlock(nn.Cell):
     """Scales 2-4 attend within themselves, then exchange information by resizing to each other's
     grids; one MLP (the reference's mlp2 = mlp3 = mlp4) serves the three scales."""
@@ -128,13 +119,14 @@ class ParallelBlock(nn.Cell):
         self.drop_path = DropPath(drop_path)
 
     def construct(self, x2, x3, x4, sizes):
-        (h2, w2), (h3, w3), (h4, w4) = sizes
-        cur2 = self.factoratt_crpe2(self.norm12(x2), h2, w2)
-        cur3 = self.factoratt_crpe3(self.norm13(x3), h3, w3)
-        cur4 = self.factoratt_crpe4(self.norm14(x4), h4, w4)
-        new2 = cur2 + resize_tokens(cur3, h3, w3, h2, w2) + resize_tokens(cur4, h4, w4, h2, w2)
-        new3 = cur3 + resize_tokens(cur4, h4, w4, h3, w3) + resize_tokens(cur2, h2, w2, h3, w3)
-        new4 = cur4 + resize_tokens(cur3, h3, w3, h4, w4) + resize_tokens(cur2, h2, w2, h4, w4)
+        s2, s3, s4 = sizes
+        cur2 = self.factoratt_crpe2(self.norm12(x2), s2[0], s2[1])
+        cur3 = self.factoratt_crpe3(self.norm13(x3), s3[0], s3[1])
+        cur4 = self.factoratt_crpe4(self.norm14(x4), s4[0], s4[1])
+        # each scale plus the other two resized to its grid (the reference's order of terms)
+        new2 = cross_scale_sum(cur2, s2, cur3, s3, cur4, s4)
+        new3 = cross_scale_sum(cur3, s3, cur4, s4, cur2, s2)
+        new4 = cross_scale_sum(cur4, s4, cur3, s3, cur2, s2)
         x2 = x2 + self.drop_path(new2)
         x3 = x3 + self.drop_path(new3)
         x4 = x4 + self.drop_path(new4)

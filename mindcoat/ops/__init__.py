@@ -7,7 +7,9 @@ from .gelu import Gelu
 from .layernorm import LayerNormOp
 from .linear import linear, linear_native
 from .patch import patch_conv
+from .resize import cross_scale_sum, cross_scale_sum_native, resize_tokens_native
 
 __all__ = ['depthwise_nhwc', 'depthwise_nhwc_native', 'depthwise_path', 'depthwise_tokens',
            'depthwise_tokens_native', 'factor_attention', 'factor_attention_native', 'Gelu',
-           'LayerNormOp', 'linear', 'linear_native', 'patch_conv']
+           'LayerNormOp', 'linear', 'linear_native', 'patch_conv', 'cross_scale_sum',
+           'cross_scale_sum_native', 'resize_tokens_native']

@@ -7,6 +7,7 @@ matmul (~10 ms). Elsewhere the native Conv2D stays.
 from mindspore import nn, ops
 
 from .dispatch import AtParseTime, fast_path
+from .linear import linear
 
 
 class _PatchConv(nn.Cell):
@@ -24,7 +25,7 @@ class _PatchConv(nn.Cell):
         if self.use_matmul:
             rows = x.reshape(-1, cin, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
             rows = rows.reshape(-1, (h // p) * (w // p), cin * p * p)
-            return ops.matmul(rows, weight.reshape(cout, cin * p * p).T) + bias
+            return linear(rows, weight.reshape(cout, cin * p * p), bias)
         y = ops.conv2d(x, weight, bias, p)
         # only the grid is static (the batch may be dynamic in an exported graph)
         return y.reshape(-1, cout, (h // p) * (w // p)).transpose(0, 2, 1)
