@@ -237,8 +237,9 @@ class _AttNet(nn.Cell):
 
 
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
-@pytest.mark.parametrize('shape', [(2, 17, 8, 1), (3, 50, 24, 8), (1, 5, 38, 2)],
-                         ids=['1head', '8heads', 'odd'])
+@pytest.mark.parametrize('shape', [(2, 17, 8, 1), (3, 50, 24, 8), (1, 5, 38, 2), (2, 23, 152, 8),
+                                   (1, 7, 128, 2)],
+                         ids=['1head', '8heads', 'odd', 'coat_width', 'widest_head'])
 def test_factor_attention_matches_native(shape, mode):
     """Fused factorized attention on qkv (B, N, 3C): output and gradients wrt qkv and crpe."""
     ms.set_context(mode=mode)

@@ -68,7 +68,9 @@ class _Dispatch(nn.Cell):
     kernel = AtParseTime(_kernel)  # None: native path
 
     def construct(self, qkv, crpe, num_heads):
-        if self.kernel is not None and qkv.dtype == ms.float32 and crpe.dtype == ms.float32:
+        # the kernel takes heads of up to 64 channels (CoaT's widest)
+        if self.kernel is not None and qkv.dtype == ms.float32 and crpe.dtype == ms.float32 \
+                and qkv.shape[2] // 3 // num_heads <= 64:
             return self.kernel(qkv, crpe, ops.zeros((num_heads,), ms.float32))  # shape only
         return factor_attention_native(qkv, crpe, num_heads)
 
