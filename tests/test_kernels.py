@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from mindcoat.ops import Gelu, cross_scale_sum, cross_scale_sum_native, LayerNormOp, depthwise_nhwc, depthwise_nhwc_native, \
+from mindcoat.ops import Gelu, conv_rel_pos_enc, conv_rel_pos_enc_native, cross_scale_sum, cross_scale_sum_native, LayerNormOp, depthwise_nhwc, depthwise_nhwc_native, \
     depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
     factor_attention_native, linear, linear_native, patch_conv
 
@@ -330,6 +330,43 @@ def test_linear_matches_native(shape, n, mode):
     for a, b in zip(*res):
         assert a.shape == b.shape
         assert _rel(a, b) < 1e-5
+
+
+class _CrpeNet(DwNet):
+    """q * depthwise(v) from qkv; loss as in DwNet."""
+
+    def __init__(self, groups, fn, hw):
+        super().__init__(groups, fn, seed=5)
+        self.hw = hw
+
+    def construct(self, qkv):
+        y = self.fn(qkv, self.hw[0], self.hw[1], tuple(self.ws), tuple(self.bs))
+        return (y * y).sum(), y
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('case', [(2, 5, 7, [(8, 3), (12, 5), (12, 7)]), (1, 4, 4, [(6, 3)])],
+                         ids=['3groups', '1group'])
+def test_conv_rel_pos_enc_matches_native(case, mode):
+    """The relative position encoding read straight from qkv (no split, product fused) against
+    split + depthwise + multiply: output, d qkv (q and v parts; k gets none) and every kernel and
+    bias gradient."""
+    ms.set_context(mode=mode)
+    b, h, w, groups = case
+    c = sum(ch for ch, _ in groups)
+    qkv = ms.Tensor(np.random.default_rng(6).normal(size=(b, 1 + h * w, 3 * c)).astype(np.float32))
+    res = []
+    for fn in (conv_rel_pos_enc, conv_rel_pos_enc_native):
+        net = _CrpeNet(groups, fn, (h, w))
+        grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
+                                    has_aux=True)
+        (_, y), (dqkv, dparams) = grad_fn(qkv)
+        res.append([y.asnumpy(), dqkv.asnumpy()] + [g.asnumpy() for g in dparams])
+    assert conv_rel_pos_enc.kernel is not None
+    assert np.all(res[0][0][:, 0] == 0)  # class token
+    for got, ref in zip(*res):
+        assert got.shape == ref.shape
+        assert _rel(got, ref) < 1e-5
 
 
 class _CrossScaleNet(nn.Cell):

@@ -7,7 +7,8 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 """
 from mindspore import nn, ops
 
-from ..ops import cross_scale_sum, depthwise_tokens, factor_attention, patch_conv
+from ..ops import conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, factor_attention, \
+    patch_conv
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, uniform_fan_in
 
 # Relative position encoding: kernel size -> number of heads it covers (official default).
@@ -42,7 +43,7 @@ class ConvPosEnc(nn.Cell):
 
 class ConvRelPosEnc(nn.Cell):
     """Convolutional relative position encoding: q * depthwise(v), a different kernel size per
-    group of heads; zero for the class token. Works on q and v in token layout (B, N, heads*Ch)."""
+    group of heads; zero for the class token. Reads q and v from the fused qkv (B, N, 3C)."""
 
     def __init__(self, head_dim, num_heads, window=None):
         super().__init__()
@@ -53,14 +54,13 @@ class ConvRelPosEnc(nn.Cell):
         self.conv_list = nn.CellList([DepthwiseKernel(heads * head_dim, k)
                                       for k, heads in window.items()])
 
-    def construct(self, q, v, h, w):
+    def construct(self, qkv, h, w):
         weights = ()
         biases = ()
         for conv in self.conv_list:
             weights = weights + (conv.weight,)
             biases = biases + (conv.bias,)
-        # conv_v's class-token row is 0, so the product's is too (no split/pad)
-        return q * depthwise_tokens(v, h, w, weights, biases)
+        return conv_rel_pos_enc(qkv, h, w, weights, biases)
 
 
 class FactorAttnConvRelPosEnc(nn.Cell):
@@ -77,10 +77,8 @@ class FactorAttnConvRelPosEnc(nn.Cell):
         self.crpe = crpe  # shared by the stage
 
     def construct(self, x, h, w):
-        c = x.shape[2]
         qkv = self.qkv(x)
-        q, _, v = ops.split(qkv, c, axis=2)
-        crpe = self.crpe(q, v, h, w)
+        crpe = self.crpe(qkv, h, w)
         # scale * q (softmax over tokens of k)^T v + crpe; on the CPU one kernel on qkv's layout
         x = factor_attention(qkv, crpe, self.num_heads)
         return self.proj_drop(self.proj(x))

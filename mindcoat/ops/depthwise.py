@@ -113,13 +113,14 @@ class _DwTokensKernel(nn.Cell):
 
 
 def _kernels():
-    """{'nhwc': ..., 'tokens': ..., 'tokens_res': ...} when the CPU fast path applies, else None."""
+    """{'nhwc', 'tokens', 'tokens_res', 'crpe'} kernels when the CPU fast path applies, else None."""
     lib = fast_path('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', 'depthwise.cc')
     if not lib:
         return None
     if lib not in _KERNELS:
-        _KERNELS[lib] = {'nhwc': _DwKernel(lib), 'tokens': _DwTokensKernel(lib, False),
-                         'tokens_res': _DwTokensKernel(lib, True)}
+        tokens = _DwTokensKernel(lib, False)
+        _KERNELS[lib] = {'nhwc': _DwKernel(lib), 'tokens': tokens,
+                         'tokens_res': _DwTokensKernel(lib, True), 'crpe': _CrpeKernel(lib, tokens)}
     return _KERNELS[lib]
 
 
@@ -168,6 +169,52 @@ class _TokensDispatch(nn.Cell):
         return depthwise_tokens_native(x, h, w, weights, biases, residual)
 
 
+def conv_rel_pos_enc_native(qkv, h, w, weights, biases):
+    """Reference for ``conv_rel_pos_enc``: split q and v off qkv, q * depthwise(v)."""
+    q, _, v = ops.split(qkv, qkv.shape[2] // 3, axis=2)
+    return q * depthwise_tokens(v, h, w, weights, biases)
+
+
+class _CrpeKernel(nn.Cell):
+    """q * (conv(v) + b) straight from qkv in one compiled pass; the backward recomputes conv(v)
+    and reuses the depthwise gradients (training only, so the split there is acceptable)."""
+
+    def __init__(self, lib, tokens):
+        super().__init__()
+        self.forward = ops.Custom(lib + ':CrpeFwd', _crpe_shape, _same_as_first, func_type='aot')
+        self.tokens = tokens  # the plain depthwise kernel on tokens, for the backward
+
+    def construct(self, qkv, hw, weights, biases):
+        return self.forward(qkv, hw, *weights, *biases)
+
+    def bprop(self, qkv, hw, weights, biases, out, dout):
+        q, k, v = ops.split(qkv, dout.shape[2], axis=2)
+        conv = self.tokens.forward(v, hw, *weights, *biases)
+        dconv = dout * q
+        dv = self.tokens.grad_x(dconv, hw, *weights)
+        dws, dbs = _split_grads(self.tokens.grad_w(v, dconv, hw, *weights), weights)
+        return ops.cat((dout * conv, ops.zeros_like(k), dv), axis=2), ops.zeros_like(hw), dws, dbs
+
+
+def _crpe_shape(qkv, *_):
+    return [qkv[0], qkv[1], qkv[2] // 3]
+
+
+class _CrpeDispatch(nn.Cell):
+    """conv_rel_pos_enc(qkv, h, w, weights, biases) -> (B, 1 + H*W, C): CoaT's convolutional
+    relative position encoding q * depthwise(v) from the fused projection qkv (B, 1 + H*W, 3C),
+    0 on the class token."""
+
+    kernel = AtParseTime(lambda self: (_kernels() or {}).get('crpe'))  # None: native path
+
+    def construct(self, qkv, h, w, weights, biases):
+        if self.kernel is not None and _usable(qkv, weights):
+            return self.kernel(qkv, ops.zeros((h, w), ms.float32), weights, biases)  # shape only
+        if weights[0].dtype != qkv.dtype:
+            weights, biases = _cast_all(weights, qkv.dtype), _cast_all(biases, qkv.dtype)
+        return conv_rel_pos_enc_native(qkv, h, w, weights, biases)
+
+
 def depthwise_path():
     """'custom' or 'native': the path the depthwise convolutions take (float32) on this device."""
     return 'native' if _kernels() is None else 'custom'
@@ -176,3 +223,4 @@ def depthwise_path():
 _KERNELS = {}
 depthwise_nhwc = _Dispatch()
 depthwise_tokens = _TokensDispatch()
+conv_rel_pos_enc = _CrpeDispatch()

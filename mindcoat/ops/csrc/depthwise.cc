@@ -16,6 +16,7 @@
 //   DwFwd / DwResFwd    (x, [hw], w_1..w_n, b_1..b_n) -> y
 //   DwBwdX / DwResBwdX  (dy, [hw], w_1..w_n)          -> dx  (the convolution, kernels flipped)
 //   DwBwdW              (x, dy, [hw], w_1..w_n)       -> flat [dw_1, ..., dw_n, db]
+//   CrpeFwd             (qkv, hw, w_1..w_n, b_1..b_n) -> q * (conv(v) + b)   (see below)
 #include "common.h"
 
 #include <algorithm>
@@ -77,18 +78,25 @@ std::vector<Group> MakeGroups(void **params, int64_t **shapes, int first, int n,
   return groups;
 }
 
-// y = bias + depthwise(x) on the image rows; rows (b, h) are independent, so they are split
-// across threads. The class-token row (off == 1) gets x's (cls_copy) or zeros.
-void Conv(const float *x, const std::vector<Group> &groups, const float *bias, float *y,
-          const Layout &l, bool cls_copy) {
-  const int64_t H = l.H, W = l.W, C = l.C;
+// Where the input (and a multiplier) live when they are not laid out like y: token rows of
+// `stride` floats (e.g. v and q inside CoaT's fused qkv rows of 3C), same grid and class row.
+struct Strided {
+  const float *data;
+  int64_t stride;
+};
+
+// y = bias + depthwise(x) on the image rows, times `mul` if given; rows (b, h) are independent,
+// so they are split across threads. The class-token row (off == 1) gets x's (cls_copy) or zeros.
+void Conv(Strided x, const std::vector<Group> &groups, const float *bias, float *y,
+          const Layout &l, bool cls_copy, Strided mul = {nullptr, 0}) {
+  const int64_t H = l.H, W = l.W, C = l.C, xs = x.stride, tokens = l.off + H * W;
   ParallelFor(l.B * H, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, h = row % H;
-      const float *xb = x + b * l.batch + l.off * C;
+      const float *xb = x.data + (b * tokens + l.off) * xs;
       float *yrow = y + b * l.batch + (l.off + h * W) * C;
       if (l.off && h == 0) {
-        if (cls_copy) std::memcpy(y + b * l.batch, x + b * l.batch, C * sizeof(float));
+        if (cls_copy) std::memcpy(y + b * l.batch, x.data + b * tokens * xs, C * sizeof(float));
         else std::memset(y + b * l.batch, 0, C * sizeof(float));
       }
       for (int64_t w = 0; w < W; ++w) {
@@ -101,18 +109,27 @@ void Conv(const float *x, const std::vector<Group> &groups, const float *bias, f
         for (int64_t i = 0; i < g.k; ++i) {
           const int64_t hin = h + i - p;
           if (hin < 0 || hin >= H) continue;
-          const float *xrow = xb + hin * W * C + g.c0;
+          const float *xrow = xb + hin * W * xs + g.c0;
           for (int64_t j = 0; j < g.k; ++j) {
             const int64_t dj = j - p;
             const float *__restrict t = g.taps.data() + (i * g.k + j) * cg;
             const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
             for (int64_t w = w0; w < w1; ++w) {
-              const float *__restrict xp = xrow + (w + dj) * C;
+              const float *__restrict xp = xrow + (w + dj) * xs;
               float *__restrict yp = yrow + w * C + g.c0;
 #pragma omp simd
               for (int64_t c = 0; c < cg; ++c) yp[c] += xp[c] * t[c];
             }
           }
+        }
+      }
+      if (mul.data) {
+        const float *mrow = mul.data + (b * tokens + l.off + h * W) * mul.stride;
+        for (int64_t w = 0; w < W; ++w) {
+          const float *__restrict m = mrow + w * mul.stride;
+          float *__restrict yp = yrow + w * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) yp[c] *= m[c];
         }
       }
     }
@@ -130,7 +147,7 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   std::vector<float> bias(l.C);
   for (int g = 0; g < n; ++g)
     std::memcpy(bias.data() + groups[g].c0, params[first + n + g], groups[g].cg * sizeof(float));
-  Conv(static_cast<const float *>(params[0]), groups, bias.data(),
+  Conv({static_cast<const float *>(params[0]), l.C}, groups, bias.data(),
        static_cast<float *>(params[nparam - 1]), l, residual);
   return 0;
 }
@@ -143,7 +160,7 @@ int BackwardX(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   const int n = nparam - 1 - first;
   if (n < 1) return 1;
   std::vector<Group> groups = MakeGroups(params, shapes, first, n, true, residual ? 1.0f : 0.0f);
-  Conv(static_cast<const float *>(params[0]), groups, nullptr,
+  Conv({static_cast<const float *>(params[0]), l.C}, groups, nullptr,
        static_cast<float *>(params[nparam - 1]), l, residual);
   return 0;
 }
@@ -168,6 +185,27 @@ extern "C" int DwBwdX(int nparam, void **params, int *ndims, int64_t **shapes, c
 extern "C" int DwResBwdX(int nparam, void **params, int *ndims, int64_t **shapes,
                          const char **dtypes, void *stream, void *extra) {
   return BackwardX(nparam, params, ndims, shapes, dtypes, true);
+}
+
+// CoaT's relative position encoding straight from the fused projection qkv (B, 1 + H*W, 3C):
+//   CrpeFwd (qkv, hw, w_1..w_n, b_1..b_n) -> q * (conv(v) + b)  (B, 1 + H*W, C), class row 0
+// (no split of qkv into q, k, v and no separate product pass).
+extern "C" int CrpeFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                       const char **dtypes, void *stream, void *extra) {
+  Layout l;
+  if (!IsF32(dtypes[0]) || ndims[0] != 3 || !GetLayout(ndims, shapes, nparam - 1, 1, &l) ||
+      l.off != 1 || shapes[0][2] != 3 * l.C || shapes[0][1] != 1 + l.H * l.W)
+    return 1;
+  const int n = (nparam - 3) / 2;
+  if (n < 1) return 1;
+  std::vector<Group> groups = MakeGroups(params, shapes, 2, n, false, 0.0f);
+  std::vector<float> bias(l.C);
+  for (int g = 0; g < n; ++g)
+    std::memcpy(bias.data() + groups[g].c0, params[2 + n + g], groups[g].cg * sizeof(float));
+  const float *qkv = static_cast<const float *>(params[0]);
+  Conv({qkv + 2 * l.C, 3 * l.C}, groups, bias.data(), static_cast<float *>(params[nparam - 1]), l,
+       false, {qkv, 3 * l.C});
+  return 0;
 }
 
 // dw[c, i, j] = sum_{b,h,w} dy[b,h,w,c] * x[b, h+i-p, w+j-p, c]; db[c] = sum dy[b,h,w,c].
