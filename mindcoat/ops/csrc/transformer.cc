@@ -156,32 +156,58 @@ void SoftmaxStats(const float *k, const AttShape &s, int64_t c0, int64_t c1, flo
   for (int64_t c = c0; c < c1; ++c) inv[c] = 1.0f / inv[c];
 }
 
-// kv[h] (ch x ch, row ck) += a[h*ch + ck] * b[h*ch + cv] for heads [h0, h1).
-inline void OuterAcc(const float *a, const float *b, int64_t h0, int64_t h1, int64_t ch,
-                     float *kv) {
-  for (int64_t h = h0; h < h1; ++h) {
-    const float *bh = b + h * ch;
-    for (int64_t ck = 0; ck < ch; ++ck) {
-      const float x = a[h * ch + ck];
-      float *r = kv + (h * ch + ck) * ch;
-#pragma omp simd
-      for (int64_t cv = 0; cv < ch; ++cv) r[cv] += x * bh[cv];
-    }
+// Heads of ch <= P channels, P a multiple of 8: the ch x ch products (kv, dkv and their
+// transposes) are stored P wide, zero past ch, so that every inner loop has the compile-time
+// length P, runs in whole vectors and keeps its accumulators in registers; tokens go in blocks
+// of T so that each product row is loaded once per block. (With loops of length ch = 19,
+// CoaT's head width, the accumulators went through memory: half PyTorch's speed.)
+constexpr int T = 4;
+
+// dst (T rows of P) = head h's ch channels of T token rows of src (row stride `stride`);
+// rows past t_n are zeroed (a short last block adds nothing), as are columns past ch.
+template <int P>
+inline void PadRows(const float *src, int64_t stride, int64_t t_n, int64_t h, int64_t ch,
+                    float *dst) {
+  for (int64_t t = 0; t < T; ++t) {
+    float *d = dst + t * P;
+    std::fill(d, d + P, 0.0f);
+    if (t < t_n) std::copy(src + t * stride + h * ch, src + t * stride + (h + 1) * ch, d);
   }
 }
 
-// The forward for heads of ch <= P channels, P a multiple of 8: kv rows are stored P wide
-// (zero past ch) so that every inner loop has the compile-time length P, runs in whole vectors
-// and keeps its accumulators in registers; tokens go in blocks of 4 so that each kv row is
-// loaded once per block. (With loops of length ch = 19, CoaT's head width, the accumulators
-// went through memory and the kernel ran at half PyTorch's speed.)
+// Rows c of head h of m (P wide) += sum_t a[t * stride + c] * bp[t * P + :], over a block of T
+// tokens (a's rows past the block's end must be zero, or bp's).
+template <int P>
+inline void OuterAcc(const float *a, int64_t stride, const float *bp, int64_t h, int64_t ch,
+                     float *m) {
+  const float *b0 = bp, *b1 = bp + P, *b2 = bp + 2 * P, *b3 = bp + 3 * P;
+  for (int64_t c = h * ch; c < (h + 1) * ch; ++c) {
+    const float a0 = a[c], a1 = a[stride + c], a2 = a[2 * stride + c], a3 = a[3 * stride + c];
+    float *r = m + c * P;
+#pragma omp simd
+    for (int j = 0; j < P; ++j) r[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+  }
+}
+
+// out[0:ch) = sum_j a[j] * m[(h*ch + j) * P + :], accumulated in registers.
+template <int P>
+inline void RowTimes(const float *a, const float *m, int64_t h, int64_t ch, float *out) {
+  float acc[P] = {};
+  for (int64_t j = 0; j < ch; ++j) {
+    const float x = a[j];
+    const float *r = m + (h * ch + j) * P;
+#pragma omp simd
+    for (int i = 0; i < P; ++i) acc[i] += x * r[i];
+  }
+  std::copy(acc, acc + ch, out);
+}
+
 template <int P>
 void FactorAttForward(const float *qkv, const float *crpe, float *out, const AttShape &s,
                       float scale) {
-  constexpr int T = 4;  // tokens per block
   const int64_t ch = s.ch, C = s.C;
   ParallelFor(s.B * s.blocks, [&](int64_t begin, int64_t end) {
-    std::vector<float> mx(C), inv(C), e(T * C), kv(s.heads * ch * P), vp(T * P, 0.0f);
+    std::vector<float> mx(C), inv(C), e(T * C), kv(s.heads * ch * P), vp(T * P), o(P);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.blocks;
       const int64_t h0 = (task % s.blocks) * s.per_block;
@@ -192,31 +218,19 @@ void FactorAttForward(const float *qkv, const float *crpe, float *out, const Att
       std::fill(kv.begin(), kv.end(), 0.0f);
       for (int64_t n0 = 0; n0 < s.N; n0 += T) {  // kv = exp(k - max)^T v, per head
         const int64_t t_n = std::min<int64_t>(T, s.N - n0);
-        for (int64_t t = 0; t < T; ++t) {  // a short last block adds zeros
+        for (int64_t t = 0; t < T; ++t) {
           const float *kn = k + (n0 + t) * s.row;
           float *et = e.data() + t * C;
           if (t < t_n) {
 #pragma omp simd
             for (int64_t c = c0; c < c1; ++c) et[c] = ExpNeg(kn[c] - mx[c]);
           } else {
-            for (int64_t c = c0; c < c1; ++c) et[c] = 0.0f;
+            std::fill(et + c0, et + c1, 0.0f);
           }
         }
         for (int64_t h = h0; h < h1; ++h) {
-          for (int64_t t = 0; t < T; ++t) {  // (zeros for a short last block: no stale rows)
-            float *vt = vp.data() + t * P;
-            const float *vn = v + (n0 + t) * s.row + h * ch;
-            if (t < t_n) std::copy(vn, vn + ch, vt);
-            else std::fill(vt, vt + ch, 0.0f);
-          }
-          const float *v0 = vp.data(), *v1 = v0 + P, *v2 = v1 + P, *v3 = v2 + P;
-          for (int64_t ck = 0; ck < ch; ++ck) {
-            const int64_t c = h * ch + ck;
-            const float e0 = e[c], e1 = e[C + c], e2 = e[2 * C + c], e3 = e[3 * C + c];
-            float *r = kv.data() + c * P;
-#pragma omp simd
-            for (int j = 0; j < P; ++j) r[j] += e0 * v0[j] + e1 * v1[j] + e2 * v2[j] + e3 * v3[j];
-          }
+          PadRows<P>(v + n0 * s.row, s.row, t_n, h, ch, vp.data());
+          OuterAcc<P>(e.data(), C, vp.data(), h, ch, kv.data());
         }
       }
       for (int64_t c = c0; c < c1; ++c) {  // softmax normalisation and the scale, once
@@ -224,61 +238,27 @@ void FactorAttForward(const float *qkv, const float *crpe, float *out, const Att
         for (int j = 0; j < P; ++j) r[j] *= inv[c] * scale;
       }
       for (int64_t n = 0; n < s.N; ++n) {  // out = q kv + crpe
-        const float *qn = q + n * s.row;
         const int64_t at = (b * s.N + n) * C;
         for (int64_t h = h0; h < h1; ++h) {
-          float acc[P] = {};
-          for (int64_t ck = 0; ck < ch; ++ck) {
-            const float x = qn[h * ch + ck];
-            const float *r = kv.data() + (h * ch + ck) * P;
-#pragma omp simd
-            for (int j = 0; j < P; ++j) acc[j] += x * r[j];
-          }
-          const float *cr = crpe + at + h * ch;
-          float *o = out + at + h * ch;
-          for (int64_t j = 0; j < ch; ++j) o[j] = acc[j] + cr[j];
+          RowTimes<P>(q + n * s.row + h * ch, kv.data(), h, ch, o.data());
+          for (int64_t j = 0; j < ch; ++j) out[at + h * ch + j] = o[j] + crpe[at + h * ch + j];
         }
       }
     }
   });
 }
 
-}  // namespace
-
-extern "C" int FactorAttFwd(int nparam, void **params, int *ndims, int64_t **shapes,
-                            const char **dtypes, void *stream, void *extra) {
-  AttShape s;
-  if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
-  const float *qkv = static_cast<const float *>(params[0]);
-  const float *crpe = static_cast<const float *>(params[1]);
-  float *out = static_cast<float *>(params[3]);
-  const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
-  switch ((s.ch + 7) / 8) {  // heads of up to 64 channels (CoaT's widest: 512 / 8)
-    case 1: FactorAttForward<8>(qkv, crpe, out, s, scale); return 0;
-    case 2: FactorAttForward<16>(qkv, crpe, out, s, scale); return 0;
-    case 3: FactorAttForward<24>(qkv, crpe, out, s, scale); return 0;
-    case 4: FactorAttForward<32>(qkv, crpe, out, s, scale); return 0;
-    case 5: FactorAttForward<40>(qkv, crpe, out, s, scale); return 0;
-    case 6: FactorAttForward<48>(qkv, crpe, out, s, scale); return 0;
-    case 7: FactorAttForward<56>(qkv, crpe, out, s, scale); return 0;
-    case 8: FactorAttForward<64>(qkv, crpe, out, s, scale); return 0;
-    default: return 1;  // the Python side sends wider heads to the native path
-  }
-}
-
 // With G = scale * dout, kv = softmax(k)^T v, ks = softmax(k), per head:
 //   dq = G kv^T,  dkv = q^T G,  dv = ks dkv,  dks = v dkv^T,
 //   dk = ks * (dks - sum_n ks * dks)   (softmax backward along the token axis)
-extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **shapes,
-                            const char **dtypes, void *stream, void *extra) {
-  AttShape s;
-  if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
-  const float *qkv = static_cast<const float *>(params[0]);
-  const float *dout = static_cast<const float *>(params[1]);
-  float *dqkv = static_cast<float *>(params[3]);
-  const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
+template <int P>
+void FactorAttBackward(const float *qkv, const float *dout, float *dqkv, const AttShape &s,
+                       float scale) {
   const int64_t ch = s.ch, C = s.C;
   ParallelFor(s.B * s.blocks, [&](int64_t begin, int64_t end) {
+    std::vector<float> mx(C), inv(C), ks(T * C), qb(T * C), r(C), o(P);
+    std::vector<float> kv(s.heads * ch * P), dkv(s.heads * ch * P), vp(T * P), gp(T * P);
+    std::vector<float> kvt(s.heads * ch * P), dkvt(s.heads * ch * P);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.blocks;
       const int64_t h0 = (task % s.blocks) * s.per_block;
@@ -287,58 +267,58 @@ extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **sha
       const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
       float *dq = dqkv + b * s.N * s.row, *dk = dq + C, *dv = dq + 2 * C;
       const float *dy = dout + b * s.N * C;
-      std::vector<float> mx(C), inv(C), ks(C), g(C), r(C, 0.0f);
-      std::vector<float> kv(s.heads * ch * ch, 0.0f), dkv(s.heads * ch * ch, 0.0f);
       SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
-      for (int64_t n = 0; n < s.N; ++n) {
-        const float *kn = k + n * s.row, *dyn = dy + n * C;
+      std::fill(kv.begin(), kv.end(), 0.0f);
+      std::fill(dkv.begin(), dkv.end(), 0.0f);
+      std::fill(r.begin(), r.end(), 0.0f);
+      for (int64_t n0 = 0; n0 < s.N; n0 += T) {  // kv = ks^T v, dkv = q^T G
+        const int64_t t_n = std::min<int64_t>(T, s.N - n0);
+        for (int64_t t = 0; t < T; ++t) {
+          const float *kn = k + (n0 + t) * s.row, *qn = q + (n0 + t) * s.row;
+          float *kst = ks.data() + t * C, *qt = qb.data() + t * C;
+          if (t < t_n) {
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) {
-          ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
-          g[c] = scale * dyn[c];
+            for (int64_t c = c0; c < c1; ++c) kst[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
+            std::copy(qn + c0, qn + c1, qt + c0);
+          } else {
+            std::fill(kst + c0, kst + c1, 0.0f);
+            std::fill(qt + c0, qt + c1, 0.0f);
+          }
         }
-        OuterAcc(ks.data(), v + n * s.row, h0, h1, ch, kv.data());
-        OuterAcc(q + n * s.row, g.data(), h0, h1, ch, dkv.data());
+        for (int64_t h = h0; h < h1; ++h) {
+          PadRows<P>(v + n0 * s.row, s.row, t_n, h, ch, vp.data());
+          PadRows<P>(dy + n0 * C, C, t_n, h, ch, gp.data());
+          OuterAcc<P>(ks.data(), C, vp.data(), h, ch, kv.data());
+          OuterAcc<P>(qb.data(), C, gp.data(), h, ch, dkv.data());
+        }
       }
-      // transposed copies so that every per-token product below is an axpy over a head's
-      // channels (short horizontal sums per channel were the cost)
-      std::vector<float> kvt(kv.size()), dkvt(dkv.size());
+      for (int64_t c = c0; c < c1; ++c)  // G = scale * dout, applied once to dkv
+        for (int j = 0; j < P; ++j) dkv[c * P + j] *= scale;
+      // transposed copies (P wide, zero past ch): each product below is then a row times them
+      std::fill(kvt.begin(), kvt.end(), 0.0f);
+      std::fill(dkvt.begin(), dkvt.end(), 0.0f);
       for (int64_t h = h0; h < h1; ++h)
         for (int64_t i = 0; i < ch; ++i)
           for (int64_t j = 0; j < ch; ++j) {
-            kvt[(h * ch + j) * ch + i] = kv[(h * ch + i) * ch + j];
-            dkvt[(h * ch + j) * ch + i] = dkv[(h * ch + i) * ch + j];
+            kvt[(h * ch + j) * P + i] = kv[(h * ch + i) * P + j];
+            dkvt[(h * ch + j) * P + i] = dkv[(h * ch + i) * P + j];
           }
       for (int64_t n = 0; n < s.N; ++n) {
         const float *kn = k + n * s.row, *vn = v + n * s.row, *dyn = dy + n * C;
         float *dqn = dq + n * s.row, *dkn = dk + n * s.row, *dvn = dv + n * s.row;
+        float *kst = ks.data();
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) {
-          ks[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
-          g[c] = scale * dyn[c];
-          dqn[c] = 0.0f;
-          dkn[c] = 0.0f;
-          dvn[c] = 0.0f;
-        }
+        for (int64_t c = c0; c < c1; ++c) kst[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
         for (int64_t h = h0; h < h1; ++h) {
-          float *dqh = dqn + h * ch, *dksh = dkn + h * ch, *dvh = dvn + h * ch;
-          for (int64_t j = 0; j < ch; ++j) {
-            const float gj = g[h * ch + j], vj = vn[h * ch + j], kj = ks[h * ch + j];
-            const float *kvr = kvt.data() + (h * ch + j) * ch;   // kv[:, j]
-            const float *dkr = dkvt.data() + (h * ch + j) * ch;  // dkv[:, j]
-            const float *dvr = dkv.data() + (h * ch + j) * ch;   // dkv[j, :]
-#pragma omp simd
-            for (int64_t i = 0; i < ch; ++i) {
-              dqh[i] += gj * kvr[i];   // dq = G kv^T
-              dksh[i] += vj * dkr[i];  // dks = v dkv^T (kept in dk for now)
-              dvh[i] += kj * dvr[i];   // dv = ks dkv
-            }
-          }
+          RowTimes<P>(dyn + h * ch, kvt.data(), h, ch, o.data());  // dq = G kv^T
+          for (int64_t i = 0; i < ch; ++i) dqn[h * ch + i] = scale * o[i];
+          RowTimes<P>(vn + h * ch, dkvt.data(), h, ch, dkn + h * ch);  // dks = v dkv^T
+          RowTimes<P>(kst + h * ch, dkv.data(), h, ch, dvn + h * ch);  // dv = ks dkv
         }
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) r[c] += ks[c] * dkn[c];
+        for (int64_t c = c0; c < c1; ++c) r[c] += kst[c] * dkn[c];
       }
-      for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t n = 0; n < s.N; ++n) {  // dk = ks * (dks - r)
         const float *kn = k + n * s.row;
         float *dkn = dk + n * s.row;
 #pragma omp simd
@@ -346,7 +326,60 @@ extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **sha
       }
     }
   });
-  return 0;
+}
+
+// Runs F<P> for the smallest P (multiple of 8) that holds a head; false if none does.
+template <template <int> class F, typename... Args>
+bool ForHeadWidth(int64_t ch, Args &&...args) {
+  switch ((ch + 7) / 8) {  // heads of up to 64 channels (CoaT's widest: 512 / 8)
+    case 1: F<8>::Run(args...); return true;
+    case 2: F<16>::Run(args...); return true;
+    case 3: F<24>::Run(args...); return true;
+    case 4: F<32>::Run(args...); return true;
+    case 5: F<40>::Run(args...); return true;
+    case 6: F<48>::Run(args...); return true;
+    case 7: F<56>::Run(args...); return true;
+    case 8: F<64>::Run(args...); return true;
+    default: return false;  // the Python side sends wider heads to the native path
+  }
+}
+
+template <int P>
+struct Forward {
+  static void Run(const float *qkv, const float *crpe, float *out, const AttShape &s, float scale) {
+    FactorAttForward<P>(qkv, crpe, out, s, scale);
+  }
+};
+
+template <int P>
+struct Backward {
+  static void Run(const float *qkv, const float *dout, float *dqkv, const AttShape &s, float scale) {
+    FactorAttBackward<P>(qkv, dout, dqkv, s, scale);
+  }
+};
+
+}  // namespace
+
+extern "C" int FactorAttFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  AttShape s;
+  if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
+  const bool ok = ForHeadWidth<Forward>(s.ch, static_cast<const float *>(params[0]),
+                                        static_cast<const float *>(params[1]),
+                                        static_cast<float *>(params[3]), s, scale);
+  return ok ? 0 : 1;
+}
+
+extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  AttShape s;
+  if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
+  const bool ok = ForHeadWidth<Backward>(s.ch, static_cast<const float *>(params[0]),
+                                         static_cast<const float *>(params[1]),
+                                         static_cast<float *>(params[3]), s, scale);
+  return ok ? 0 : 1;
 }
 
 // ---- layer norm over the last axis -----------------------------------------------------------
