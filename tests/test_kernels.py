@@ -422,3 +422,45 @@ def test_concurrent_builds_are_safe(tmp_path):
     libs = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(libs) == 1
     assert sorted(os.listdir(tmp_path / 'cache')) == [os.path.basename(libs.pop())]
+
+
+def _run_child(args, env_updates, timeout=300):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('OMP_NUM_THREADS', 'MINDCOAT_NUM_THREADS')}
+    env.update(env_updates, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                         timeout=timeout)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.mark.parametrize('omp,expected', [(None, str(len(os.sched_getaffinity(0)))), ('3', '3')],
+                         ids=['default', 'omp_num_threads'])
+def test_kernel_threads_follow_the_user_not_mindspore(omp, expected):
+    """MindSpore sets OMP_NUM_THREADS to half the cores (1 on 2) in its C environment unless the
+    user did; the kernels' thread count (MINDCOAT_NUM_THREADS, read in C) must come from the
+    user's setting or the CPUs the process may use."""
+    code = ('import ctypes, os, mindspore; import mindcoat.ops; libc = ctypes.CDLL(None); '
+            'libc.getenv.restype = ctypes.c_char_p; '
+            'print(libc.getenv(b"MINDCOAT_NUM_THREADS").decode())')
+    out = _run_child(['-c', code], {} if omp is None else {'OMP_NUM_THREADS': omp})
+    assert out.split()[-1] == expected
+
+
+def test_kernels_give_the_same_numbers_on_any_thread_count(tmp_path):
+    """Every compiled kernel, forward and backward, on one thread and on three (the thread pool
+    splits the work differently): identical results. oneDNN's GEMM may order its sums by thread
+    count, so the linear layer is held to float32 rounding instead."""
+    runs = []
+    for threads in ('1', '3'):
+        path = tmp_path / f'{threads}.npz'
+        _run_child([os.path.join(REPO, 'tests', 'kernel_outputs.py'), str(path)],
+                   {'MINDCOAT_NUM_THREADS': threads})
+        runs.append(np.load(path))
+    one, three = runs
+    assert sorted(one.files) == sorted(three.files) and len(one.files) > 20
+    for name in one.files:
+        if name.startswith('linear'):
+            assert _rel(three[name], one[name]) < 1e-6, name
+        else:
+            assert np.array_equal(three[name], one[name]), name

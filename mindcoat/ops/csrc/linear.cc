@@ -1,4 +1,4 @@
-// Fully connected layer y = x W^T + b for CoaT on the CPU, called through ops.Custom(func_type="aot").
+// Fully connected layer y = x W^T + b for CoaT on the CPU, through ops.Custom(func_type="aot").
 //
 // MindSpore's CPU MatMul is a oneDNN matmul primitive; its Dense then adds the bias in a separate
 // BiasAdd pass over the whole output (~10% of a CoaT forward). Here the same oneDNN library that

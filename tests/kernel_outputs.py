@@ -1,0 +1,54 @@
+"""Runs every compiled CPU kernel forward and backward on fixed inputs and saves the results to
+an .npz (tests/test_kernels.py compares runs made with different thread counts).
+
+    python tests/kernel_outputs.py OUT.npz
+"""
+import sys
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
+from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, \
+    factor_attention, linear
+
+H, W, C = 14, 12, 152
+GRIDS = ((H, W), (H // 2, W // 2), (H * 2, W * 2))
+
+
+def _cases(rng):
+    def t(*shape):
+        return ms.Tensor(rng.normal(size=shape).astype(np.float32))
+
+    tokens, qkv = t(3, 1 + H * W, C), t(3, 1 + H * W, 3 * C)
+    w3, w5, b3, b5 = t(C // 2, 1, 3, 3), t(C // 2, 1, 5, 5), t(C // 2), t(C // 2)
+    gelu, norm = Gelu(), LayerNormOp(1e-6)
+    return {
+        'depthwise': (lambda x, a, b: depthwise_tokens(x, H, W, (a,), (b,), True),
+                      (tokens, t(C, 1, 3, 3), t(C))),
+        'crpe': (lambda x, a, b, c, d: conv_rel_pos_enc(x, H, W, (a, b), (c, d)),
+                 (qkv, w3, w5, b3, b5)),
+        'attention': (lambda x, c: factor_attention(x, c, 8), (qkv, tokens)),
+        'cross_scale': (lambda x, a, b: cross_scale_sum(x, GRIDS[0], a, GRIDS[1], b, GRIDS[2]),
+                        (tokens, t(3, 1 + H * W // 4, C), t(3, 1 + H * W * 4, C))),
+        'linear': (linear, (tokens, t(4 * C, C), t(4 * C))),
+        'gelu': (gelu, (tokens,)),
+        'layer_norm': (norm, (tokens, t(C), t(C))),
+    }
+
+
+def main(path):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    rng = np.random.default_rng(0)
+    results = {}
+    for name, (fn, args) in _cases(rng).items():
+        y, vjp = ms.vjp(fn, *args)
+        grads = vjp(ops.sin(y))  # a cotangent that differs per element
+        results[name] = y.asnumpy()
+        for i, g in enumerate(grads):
+            results[f'{name}_grad{i}'] = g.asnumpy()
+    np.savez(path, **results)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1])
