@@ -10,7 +10,7 @@ import numpy as np
 from mindspore import ops
 
 from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, \
-    factor_attention, linear
+    factor_attention, linear, linear_gelu, linear_residual
 
 H, W, C = 14, 12, 152
 GRIDS = ((H, W), (H // 2, W // 2), (H * 2, W * 2))
@@ -32,6 +32,9 @@ def _cases(rng):
         'cross_scale': (lambda x, a, b: cross_scale_sum(x, GRIDS[0], a, GRIDS[1], b, GRIDS[2]),
                         (tokens, t(3, 1 + H * W // 4, C), t(3, 1 + H * W * 4, C))),
         'linear': (linear, (tokens, t(4 * C, C), t(4 * C))),
+        'linear_gelu': (linear_gelu, (tokens, t(4 * C, C), t(4 * C))),
+        'linear_residual': (lambda x, a, b, r: linear_residual(x, a, b, r),
+                            (tokens, t(C, C), t(C), t(3, 1 + H * W, C))),
         'gelu': (gelu, (tokens,)),
         'layer_norm': (norm, (tokens, t(C), t(C))),
     }

@@ -12,7 +12,7 @@ from mindspore import nn, ops
 
 from mindcoat.ops import Gelu, conv_rel_pos_enc, conv_rel_pos_enc_native, cross_scale_sum, cross_scale_sum_native, LayerNormOp, depthwise_nhwc, depthwise_nhwc_native, \
     depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
-    factor_attention_native, linear, linear_native, patch_conv
+    factor_attention_native, linear, linear_gelu, linear_native, linear_residual, patch_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -310,6 +310,43 @@ class _LinearNet(nn.Cell):
     def construct(self, x):
         y = self.fn(x, self.weight, self.bias)
         return (y * y).sum(), y
+
+
+def _residual_native(x, weight, bias, residual):
+    return residual + linear_native(x, weight, bias)
+
+
+def _gelu_native(x, weight, bias):
+    return ops.gelu(linear_native(x, weight, bias), approximate='none')
+
+
+def _residual_fused(x, weight, bias, residual):
+    return linear_residual(x, weight, bias, residual)
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('fused,native', [(_residual_fused, _residual_native),
+                                          (linear_gelu, _gelu_native)], ids=['residual', 'gelu'])
+def test_linear_epilogues_match_native(fused, native, mode):
+    """The residual add and the exact GELU fused into the GEMM (oneDNN post-ops): output and the
+    gradients wrt x, weight, bias (and the residual) against MatMul + BiasAdd + add / nn.GELU."""
+    ms.set_context(mode=mode)
+    rng = np.random.default_rng(12)
+    x = ms.Tensor(rng.normal(size=(2, 57, 48)).astype(np.float32))
+    weight = ms.Tensor(rng.normal(0, 0.3, (80, 48)).astype(np.float32))
+    bias = ms.Tensor(rng.normal(size=(80,)).astype(np.float32))
+    args = (x, weight, bias)
+    if native is _residual_native:
+        args = args + (ms.Tensor(rng.normal(size=(2, 57, 80)).astype(np.float32)),)
+    dy = ms.Tensor(rng.normal(size=(2, 57, 80)).astype(np.float32))
+    res = []
+    for fn in (fused, native):
+        y, vjp = ms.vjp(fn, *args)
+        res.append([y.asnumpy()] + [g.asnumpy() for g in vjp(dy)])
+    assert linear_residual.kernel is not None and linear_gelu.kernel is not None
+    for got, ref in zip(*res):
+        assert got.shape == ref.shape
+        assert _rel(got, ref) < 1e-5
 
 
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])

@@ -8,7 +8,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 from mindspore import nn, ops
 
 from ..ops import conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, factor_attention, \
-    patch_conv
+    linear_residual, patch_conv
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, uniform_fan_in
 
 # Relative position encoding: kernel size -> number of heads it covers (official default).
@@ -73,15 +73,23 @@ class FactorAttnConvRelPosEnc(nn.Cell):
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = Linear(dim, dim * 3)
         self.proj = Linear(dim, dim)
+        self.drop_rate = float(drop)
         self.proj_drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
         self.crpe = crpe  # shared by the stage
 
-    def construct(self, x, h, w):
+    def construct(self, x, h, w, residual=None):
+        """The attention branch, plus ``residual`` if given (added inside the output projection's
+        GEMM when there is no dropout)."""
         qkv = self.qkv(x)
         crpe = self.crpe(qkv, h, w)
         # scale * q (softmax over tokens of k)^T v + crpe; on the CPU one kernel on qkv's layout
         x = factor_attention(qkv, crpe, self.num_heads)
-        return self.proj_drop(self.proj(x))
+        if self.training and self.drop_rate > 0:
+            y = self.proj_drop(self.proj(x))
+            return y if residual is None else residual + y
+        if residual is None:
+            return self.proj(x)
+        return linear_residual(x, self.proj.weight, self.proj.bias, residual)
 
 
 class SerialBlock(nn.Cell):
@@ -96,8 +104,12 @@ class SerialBlock(nn.Cell):
 
     def construct(self, x, h, w):
         x = self.cpe(x, h, w)
-        x = x + self.drop_path(self.factoratt_crpe(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training and self.drop_path.p > 0:
+            x = x + self.drop_path(self.factoratt_crpe(self.norm1(x), h, w))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # without stochastic depth the residual adds run inside the output projections
+        x = self.factoratt_crpe(self.norm1(x), h, w, x)
+        return self.mlp(self.norm2(x), x)
 
 
 class ParallelBlock(nn.Cell):
@@ -128,10 +140,14 @@ class ParallelBlock(nn.Cell):
         x2 = x2 + self.drop_path(new2)
         x3 = x3 + self.drop_path(new3)
         x4 = x4 + self.drop_path(new4)
-        x2 = x2 + self.drop_path(self.mlp2(self.norm22(x2)))
-        x3 = x3 + self.drop_path(self.mlp2(self.norm23(x3)))
-        x4 = x4 + self.drop_path(self.mlp2(self.norm24(x4)))
-        return x2, x3, x4
+        if self.training and self.drop_path.p > 0:
+            x2 = x2 + self.drop_path(self.mlp2(self.norm22(x2)))
+            x3 = x3 + self.drop_path(self.mlp2(self.norm23(x3)))
+            x4 = x4 + self.drop_path(self.mlp2(self.norm24(x4)))
+            return x2, x3, x4
+        # without stochastic depth the residual adds run inside fc2
+        return (self.mlp2(self.norm22(x2), x2), self.mlp2(self.norm23(x3), x3),
+                self.mlp2(self.norm24(x4), x4))
 
 
 class Aggregate(nn.Cell):

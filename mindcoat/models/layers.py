@@ -6,7 +6,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common import initializer as init
 
-from ..ops import Gelu, LayerNormOp, linear
+from ..ops import Gelu, LayerNormOp, linear, linear_gelu, linear_residual
 
 
 def trunc_normal(shape, std=0.02):
@@ -71,10 +71,22 @@ class Mlp(nn.Cell):
         self.fc1 = Linear(dim, hidden)
         self.act = Gelu()  # exact GELU; a vectorised kernel on the CPU
         self.fc2 = Linear(hidden, dim)
+        self.drop_rate = float(drop)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 
-    def construct(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def construct(self, x, residual=None):
+        """fc2(GELU(fc1(x))), plus ``residual`` if given. Without dropout the residual add runs
+        inside fc2's GEMM, and in inference GELU inside fc1's (``mindcoat.ops.linear``)."""
+        if self.training and self.drop_rate > 0:
+            y = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+            return y if residual is None else residual + y
+        if self.training:
+            hidden = self.act(self.fc1(x))  # keeps GELU's input for the backward
+        else:
+            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        if residual is None:
+            return self.fc2(hidden)
+        return linear_residual(hidden, self.fc2.weight, self.fc2.bias, residual)
 
 
 class DepthwiseKernel(nn.Cell):

@@ -5,8 +5,12 @@
 // MindSpore ships (libdnnl.so.3, linked at build time) runs a matmul primitive with the bias fused
 // into it. That library is built for a caller-supplied thread pool: it gets the package's own
 // (common.h).
-//   LinearFwd (x (..., K), w (N, K), b (N,)) -> y (..., N)
-// The backward stays MindSpore's MatMul (see linear.py).
+//   LinearFwd     (x (..., K), w (N, K), b (N,))        -> y = x W^T + b    (..., N)
+//   LinearResFwd  (x, w, b, r (..., N))                 -> r + x W^T + b    (a residual branch)
+//   LinearGeluFwd (x, w, b)                             -> GELU(x W^T + b)  (exact, erf)
+// The last two are oneDNN post-ops applied while the output tile is in cache: the separate
+// residual-add and GELU passes over the whole output go away. The backward stays MindSpore's
+// MatMul (see linear.py).
 //
 // oneDNN's headers are not shipped with MindSpore, so the few C API entry points used are
 // declared here, from oneDNN 3.x's dnnl.h / dnnl_types.h (stable within the major version; the
@@ -56,12 +60,23 @@ int dnnl_primitive_execute(dnnl_handle primitive, dnnl_handle stream, int nargs,
                            const dnnl_exec_arg *args);
 int dnnl_stream_wait(dnnl_handle stream);
 int dnnl_threadpool_interop_set_max_concurrency(int max_concurrency);
+int dnnl_primitive_attr_create(dnnl_handle *attr);
+int dnnl_primitive_attr_destroy(dnnl_handle attr);
+int dnnl_primitive_attr_set_post_ops(dnnl_handle attr, dnnl_handle post_ops);
+int dnnl_post_ops_create(dnnl_handle *post_ops);
+int dnnl_post_ops_destroy(dnnl_handle post_ops);
+int dnnl_post_ops_append_eltwise(dnnl_handle post_ops, int alg, float alpha, float beta);
+int dnnl_post_ops_append_binary(dnnl_handle post_ops, int alg, dnnl_handle src1_desc);
 }
 
 namespace {
 
 constexpr int kCpuEngine = 1, kF32 = 3;                         // dnnl_cpu, dnnl_f32
 constexpr int kSrc = 1, kDst = 17, kWeights = 33, kBias = 41;  // DNNL_ARG_*
+constexpr int kPostOp0Src1 = 32768 * 1 | 2;  // DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1
+constexpr int kGeluErf = 0x31, kBinaryAdd = 0x1fff0;  // dnnl_eltwise_gelu_erf, dnnl_binary_add
+
+enum class Epilogue { kNone, kResidual, kGelu };
 
 // The layout of oneDNN's dnnl::threadpool_interop::threadpool_iface (dnnl_threadpool_iface.hpp):
 // these virtual functions, in this order. Synchronous: parallel_for returns when all are done.
@@ -88,17 +103,31 @@ struct MatMul {
   dnnl_handle primitive = nullptr, src = nullptr, weights = nullptr, bias = nullptr, dst = nullptr;
 };
 
+// Attributes holding the epilogue as a post-op (nullptr: none; *ok false on failure).
+dnnl_handle EpilogueAttr(Epilogue epilogue, dnnl_handle dst_desc, bool *ok) {
+  *ok = true;
+  if (epilogue == Epilogue::kNone) return nullptr;
+  dnnl_handle attr = nullptr, post_ops = nullptr;
+  *ok = dnnl_primitive_attr_create(&attr) == 0 && dnnl_post_ops_create(&post_ops) == 0 &&
+        (epilogue == Epilogue::kGelu
+             ? dnnl_post_ops_append_eltwise(post_ops, kGeluErf, 0.0f, 0.0f)
+             : dnnl_post_ops_append_binary(post_ops, kBinaryAdd, dst_desc)) == 0 &&
+        dnnl_primitive_attr_set_post_ops(attr, post_ops) == 0;
+  if (post_ops) dnnl_post_ops_destroy(post_ops);  // the attributes keep a copy
+  return attr;
+}
+
 class Runtime {
  public:
-  // The primitive for (M, K) x (N, K)^T + (N,), created on first use of the shape (oneDNN picks
-  // and JIT-compiles a kernel per shape, as MindSpore's MatMul does; then it is reused).
-  const MatMul *Get(int64_t M, int64_t K, int64_t N) {
+  // The primitive for (M, K) x (N, K)^T + (N,) [+ epilogue], created on first use of the shape
+  // (oneDNN picks and JIT-compiles a kernel per shape, as MindSpore's MatMul does).
+  const MatMul *Get(int64_t M, int64_t K, int64_t N, Epilogue epilogue) {
     std::lock_guard<std::mutex> lock(mutex_);
     // oneDNN plans (at creation) and runs (at execution) for a per-thread concurrency setting,
     // which MindSpore's own kernels set on its threads to its pool's size; set ours each time.
     dnnl_threadpool_interop_set_max_concurrency(NumThreads());
     if (!ready_ && !Init()) return nullptr;
-    auto key = std::make_tuple(M, K, N);
+    auto key = std::make_tuple(M, K, N, static_cast<int>(epilogue));
     auto it = cache_.find(key);
     if (it != cache_.end()) return &it->second;
     MatMul mm;
@@ -107,10 +136,14 @@ class Runtime {
     mm.bias = Desc(1, N, N, 1);
     mm.dst = Desc(M, N, N, 1);
     dnnl_handle pd = nullptr;
-    if (!mm.src || !mm.weights || !mm.bias || !mm.dst ||
-        dnnl_matmul_primitive_desc_create(&pd, engine_, mm.src, mm.weights, mm.bias, mm.dst,
-                                          nullptr) != 0 ||
-        dnnl_primitive_create(&mm.primitive, pd) != 0) {
+    bool ok = mm.src && mm.weights && mm.bias && mm.dst;
+    dnnl_handle attr = ok ? EpilogueAttr(epilogue, mm.dst, &ok) : nullptr;
+    ok = ok &&
+         dnnl_matmul_primitive_desc_create(&pd, engine_, mm.src, mm.weights, mm.bias, mm.dst,
+                                           attr) == 0 &&
+         dnnl_primitive_create(&mm.primitive, pd) == 0;
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (!ok) {
       if (pd) dnnl_primitive_desc_destroy(pd);
       for (dnnl_handle md : {mm.src, mm.weights, mm.bias, mm.dst})
         if (md) dnnl_memory_desc_destroy(md);
@@ -120,17 +153,21 @@ class Runtime {
     return &cache_.emplace(key, mm).first->second;
   }
 
-  int Run(const MatMul &mm, const float *x, const float *w, const float *b, float *y) {
-    dnnl_handle mem[4] = {nullptr, nullptr, nullptr, nullptr};
-    const dnnl_handle mds[4] = {mm.src, mm.weights, mm.bias, mm.dst};
-    void *ptrs[4] = {const_cast<float *>(x), const_cast<float *>(w), const_cast<float *>(b), y};
+  // `r`: the residual added by a kResidual primitive (laid out like y), else nullptr.
+  int Run(const MatMul &mm, const float *x, const float *w, const float *b, const float *r,
+          float *y) {
+    dnnl_handle mem[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
+    const dnnl_handle mds[5] = {mm.src, mm.weights, mm.bias, mm.dst, mm.dst};
+    void *ptrs[5] = {const_cast<float *>(x), const_cast<float *>(w), const_cast<float *>(b), y,
+                     const_cast<float *>(r)};
+    const int nargs = r ? 5 : 4;
     int status = 0;
-    for (int i = 0; i < 4 && status == 0; ++i)
+    for (int i = 0; i < nargs && status == 0; ++i)
       status = dnnl_memory_create(&mem[i], mds[i], engine_, ptrs[i]);
     if (status == 0) {
-      const dnnl_exec_arg args[4] = {{kSrc, mem[0]}, {kWeights, mem[1]}, {kBias, mem[2]},
-                                     {kDst, mem[3]}};
-      status = dnnl_primitive_execute(mm.primitive, stream_, 4, args);
+      const dnnl_exec_arg args[5] = {{kSrc, mem[0]}, {kWeights, mem[1]}, {kBias, mem[2]},
+                                     {kDst, mem[3]}, {kPostOp0Src1, mem[4]}};
+      status = dnnl_primitive_execute(mm.primitive, stream_, nargs, args);
       if (status == 0) status = dnnl_stream_wait(stream_);
     }
     for (dnnl_handle m : mem)
@@ -151,23 +188,42 @@ class Runtime {
   bool ready_ = false;
   DnnlPool pool_;
   dnnl_handle engine_ = nullptr, stream_ = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t>, MatMul> cache_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int>, MatMul> cache_;
 };
 
 Runtime runtime;  // lives as long as the library (never unloaded by MindSpore)
+
+// params: x, w, b, [r], y.
+int Linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+           Epilogue epilogue) {
+  const int inputs = epilogue == Epilogue::kResidual ? 4 : 3;
+  if (nparam != inputs + 1 || !IsF32(dtypes[0]) || ndims[1] != 2) return 1;
+  int64_t M = 1;
+  for (int i = 0; i < ndims[0] - 1; ++i) M *= shapes[0][i];
+  const int64_t K = shapes[0][ndims[0] - 1], N = shapes[1][0];
+  if (shapes[1][1] != K || shapes[2][0] != N) return 1;
+  if (inputs == 4 && (ndims[3] != ndims[0] || shapes[3][ndims[3] - 1] != N)) return 1;
+  const MatMul *mm = runtime.Get(M, K, N, epilogue);
+  if (!mm) return 1;
+  return runtime.Run(*mm, static_cast<const float *>(params[0]),
+                     static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),
+                     inputs == 4 ? static_cast<const float *>(params[3]) : nullptr,
+                     static_cast<float *>(params[inputs]));
+}
 
 }  // namespace
 
 extern "C" int LinearFwd(int nparam, void **params, int *ndims, int64_t **shapes,
                          const char **dtypes, void *stream, void *extra) {
-  if (nparam != 4 || !IsF32(dtypes[0]) || ndims[1] != 2) return 1;
-  int64_t M = 1;
-  for (int i = 0; i < ndims[0] - 1; ++i) M *= shapes[0][i];
-  const int64_t K = shapes[0][ndims[0] - 1], N = shapes[1][0];
-  if (shapes[1][1] != K || shapes[2][0] != N) return 1;
-  const MatMul *mm = runtime.Get(M, K, N);
-  if (!mm) return 1;
-  return runtime.Run(*mm, static_cast<const float *>(params[0]),
-                     static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),
-                     static_cast<float *>(params[3]));
+  return Linear(nparam, params, ndims, shapes, dtypes, Epilogue::kNone);
+}
+
+extern "C" int LinearResFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  return Linear(nparam, params, ndims, shapes, dtypes, Epilogue::kResidual);
+}
+
+extern "C" int LinearGeluFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                             const char **dtypes, void *stream, void *extra) {
+  return Linear(nparam, params, ndims, shapes, dtypes, Epilogue::kGelu);
 }
