@@ -59,7 +59,6 @@ int dnnl_memory_destroy(dnnl_handle memory);
 int dnnl_primitive_execute(dnnl_handle primitive, dnnl_handle stream, int nargs,
                            const dnnl_exec_arg *args);
 int dnnl_stream_wait(dnnl_handle stream);
-int dnnl_threadpool_interop_set_max_concurrency(int max_concurrency);
 int dnnl_primitive_attr_create(dnnl_handle *attr);
 int dnnl_primitive_attr_destroy(dnnl_handle attr);
 int dnnl_primitive_attr_set_post_ops(dnnl_handle attr, dnnl_handle post_ops);
@@ -123,9 +122,6 @@ class Runtime {
   // (oneDNN picks and JIT-compiles a kernel per shape, as MindSpore's MatMul does).
   const MatMul *Get(int64_t M, int64_t K, int64_t N, Epilogue epilogue) {
     std::lock_guard<std::mutex> lock(mutex_);
-    // oneDNN plans (at creation) and runs (at execution) for a per-thread concurrency setting,
-    // which MindSpore's own kernels set on its threads to its pool's size; set ours each time.
-    dnnl_threadpool_interop_set_max_concurrency(NumThreads());
     if (!ready_ && !Init()) return nullptr;
     auto key = std::make_tuple(M, K, N, static_cast<int>(epilogue));
     auto it = cache_.find(key);
@@ -202,7 +198,11 @@ int Linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
   for (int i = 0; i < ndims[0] - 1; ++i) M *= shapes[0][i];
   const int64_t K = shapes[0][ndims[0] - 1], N = shapes[1][0];
   if (shapes[1][1] != K || shapes[2][0] != N) return 1;
-  if (inputs == 4 && (ndims[3] != ndims[0] || shapes[3][ndims[3] - 1] != N)) return 1;
+  if (inputs == 4) {  // the residual is laid out like y
+    int64_t rows = 1;
+    for (int i = 0; i < ndims[3] - 1; ++i) rows *= shapes[3][i];
+    if (rows != M || shapes[3][ndims[3] - 1] != N) return 1;
+  }
   const MatMul *mm = runtime.Get(M, K, N, epilogue);
   if (!mm) return 1;
   return runtime.Run(*mm, static_cast<const float *>(params[0]),
