@@ -25,8 +25,9 @@ _built = {}  # source name -> library path (or None when the build failed), per 
 # The kernels' thread count (csrc/common.h). Read from Python's environment, which is a copy taken
 # when the interpreter started: MindSpore later sets OMP_NUM_THREADS to half the cores in the C
 # environment, unless the user set it.
-os.environ.setdefault('MINDCOAT_NUM_THREADS', os.environ.get('OMP_NUM_THREADS', '').strip()
-                      or str(len(os.sched_getaffinity(0))))
+_cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+os.environ.setdefault('MINDCOAT_NUM_THREADS',
+                      os.environ.get('OMP_NUM_THREADS', '').strip() or str(_cpus or 1))
 
 
 def _dnnl_flags():
