@@ -1,7 +1,7 @@
 """Choosing between MindSpore's native operators and the CPU fast paths of this package.
 
 A fast path is taken only on the CPU backend, and can be switched off with ``MINDCOAT_NATIVE=1``
-(all of them) or its own variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM,
+(all of them) or its own variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _RESIZE,
 _LINEAR, _PATCH. Each choice is logged once (logger 'mindcoat.ops', INFO). The choice is made when a
 graph is parsed and cached per device target in ``_choices`` (``native_ops()`` clears it to build
 graphs from native operators only, as ``mindcoat.export`` does).
