@@ -9,7 +9,7 @@ head). Elsewhere (or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_ATTENTION=1`
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, fast_path
+from .dispatch import AtParseTime, kernel_cells
 
 
 def factor_attention_native(qkv, crpe, num_heads):
@@ -54,12 +54,8 @@ class _FactorAttKernel(nn.Cell):
 
 
 def _kernel(_):
-    lib = fast_path('factorized attention', 'MINDCOAT_NATIVE_ATTENTION', 'transformer.cc')
-    if not lib:
-        return None
-    if lib not in _KERNELS:
-        _KERNELS[lib] = _FactorAttKernel(lib)
-    return _KERNELS[lib]
+    return kernel_cells('factorized attention', 'MINDCOAT_NATIVE_ATTENTION', 'transformer.cc',
+                        _FactorAttKernel)
 
 
 class _Dispatch(nn.Cell):
@@ -75,5 +71,4 @@ class _Dispatch(nn.Cell):
         return factor_attention_native(qkv, crpe, num_heads)
 
 
-_KERNELS = {}
 factor_attention = _Dispatch()

@@ -15,7 +15,7 @@ give the same numbers.
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, fast_path
+from .dispatch import AtParseTime, kernel_cells
 
 
 def depthwise_nhwc_native(x, weights, biases):
@@ -113,15 +113,15 @@ class _DwTokensKernel(nn.Cell):
 
 
 def _kernels():
-    """{'nhwc', 'tokens', 'tokens_res', 'crpe'} kernels when the CPU fast path applies, else None."""
-    lib = fast_path('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', 'depthwise.cc')
-    if not lib:
-        return None
-    if lib not in _KERNELS:
-        tokens = _DwTokensKernel(lib, False)
-        _KERNELS[lib] = {'nhwc': _DwKernel(lib), 'tokens': tokens,
-                         'tokens_res': _DwTokensKernel(lib, True), 'crpe': _CrpeKernel(lib, tokens)}
-    return _KERNELS[lib]
+    """{'nhwc', 'tokens', 'tokens_res', 'crpe'} kernels if the CPU fast path applies, else None."""
+    return kernel_cells('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', 'depthwise.cc',
+                        _make_kernels)
+
+
+def _make_kernels(lib):
+    tokens = _DwTokensKernel(lib, False)
+    return {'nhwc': _DwKernel(lib), 'tokens': tokens, 'tokens_res': _DwTokensKernel(lib, True),
+            'crpe': _CrpeKernel(lib, tokens)}
 
 
 def _usable(x, weights):
@@ -220,7 +220,6 @@ def depthwise_path():
     return 'native' if _kernels() is None else 'custom'
 
 
-_KERNELS = {}
 depthwise_nhwc = _Dispatch()
 depthwise_tokens = _TokensDispatch()
 conv_rel_pos_enc = _CrpeDispatch()

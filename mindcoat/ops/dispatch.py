@@ -17,6 +17,7 @@ from .build import build
 logger = logging.getLogger('mindcoat.ops')
 
 _choices = {}  # (feature, device target) -> library path / True, or None for the native path
+_cells = {}  # (feature, library path) -> the kernel cells built on it (see kernel_cells)
 
 
 class AtParseTime:
@@ -57,6 +58,19 @@ def fast_path(feature, env_flag, source=None):
                 'the CPU fast path' if choice else f"MindSpore's native operators ({reason})")
     _choices[key] = choice
     return choice
+
+
+def kernel_cells(feature, env_flag, source, make):
+    """What ``make(library)`` builds on the compiled ``csrc/<source>`` (the Custom-op cells of a
+    feature) when the CPU fast path applies, else None. Built once per library and shared by
+    every graph that uses the feature."""
+    lib = fast_path(feature, env_flag, source)
+    if not lib:
+        return None
+    key = (feature, lib)
+    if key not in _cells:
+        _cells[key] = make(lib)
+    return _cells[key]
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Elsewhere ``nn.GELU``."""
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, fast_path
+from .dispatch import AtParseTime, kernel_cells
 
 
 def _same(x, *_):
@@ -33,20 +33,11 @@ class Gelu(nn.Cell):
         super().__init__()
         self.native = nn.GELU(approximate=False)
 
-    def _kernel(self):
-        lib = fast_path('GELU', 'MINDCOAT_NATIVE_GELU', 'transformer.cc')
-        if not lib:
-            return None
-        if lib not in _KERNELS:
-            _KERNELS[lib] = _GeluKernel(lib)
-        return _KERNELS[lib]
-
-    kernel = AtParseTime(_kernel)  # a _GeluKernel, or None for the native path
+    kernel = AtParseTime(lambda self: kernel_cells('GELU', 'MINDCOAT_NATIVE_GELU', 'transformer.cc',
+                                                   _GeluKernel))  # None: native path
 
     def construct(self, x):
         if self.kernel is not None and x.dtype == ms.float32:
             return self.kernel(x)
         return self.native(x)
 
-
-_KERNELS = {}

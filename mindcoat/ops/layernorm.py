@@ -4,7 +4,7 @@ half-block); elsewhere MindSpore's ``ops.LayerNorm``."""
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, fast_path
+from .dispatch import AtParseTime, kernel_cells
 
 
 def _same(x, *_):
@@ -37,12 +37,8 @@ class _LayerNormKernel(nn.Cell):
 
 
 def _kernel(_):
-    lib = fast_path('LayerNorm', 'MINDCOAT_NATIVE_LAYERNORM', 'transformer.cc')
-    if not lib:
-        return None
-    if lib not in _KERNELS:
-        _KERNELS[lib] = _LayerNormKernel(lib)
-    return _KERNELS[lib]
+    return kernel_cells('LayerNorm', 'MINDCOAT_NATIVE_LAYERNORM', 'transformer.cc',
+                        _LayerNormKernel)
 
 
 class LayerNormOp(nn.Cell):
@@ -61,5 +57,3 @@ class LayerNormOp(nn.Cell):
             return self.kernel(x, gamma, beta, ops.full((1,), self.eps, dtype=ms.float32))
         return self.native(x, gamma, beta)[0]
 
-
-_KERNELS = {}

@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .build import build
-from .dispatch import AtParseTime, fast_path
+from .dispatch import AtParseTime, kernel_cells
 from .gelu import Gelu
 
 _MATMUL = ops.MatMul()
@@ -97,15 +97,15 @@ class _LinearGeluKernel(_LinearKernel):
 
 def _kernels():
     """{'plain', 'residual', 'gelu'} kernels when the CPU fast path applies, else None."""
-    lib = fast_path('linear layers', 'MINDCOAT_NATIVE_LINEAR', 'linear.cc')
-    sum_lib = build('transformer.cc') if lib else None
+    return kernel_cells('linear layers', 'MINDCOAT_NATIVE_LINEAR', 'linear.cc', _make_kernels)
+
+
+def _make_kernels(lib):
+    sum_lib = build('transformer.cc')  # the bias gradient's column sum; None: native path
     if not sum_lib:
         return None
-    if lib not in _KERNELS:
-        _KERNELS[lib] = {'plain': _LinearKernel(lib, sum_lib),
-                         'residual': _LinearResidualKernel(lib, sum_lib),
-                         'gelu': _LinearGeluKernel(lib, sum_lib)}
-    return _KERNELS[lib]
+    return {'plain': _LinearKernel(lib, sum_lib), 'residual': _LinearResidualKernel(lib, sum_lib),
+            'gelu': _LinearGeluKernel(lib, sum_lib)}
 
 
 def _f32(*tensors):
@@ -152,7 +152,6 @@ class _GeluDispatch(nn.Cell):
         return self.gelu(linear(x, weight, bias))
 
 
-_KERNELS = {}
 linear = _Dispatch()
 linear_residual = _ResidualDispatch()
 linear_gelu = _GeluDispatch()

@@ -10,7 +10,7 @@ Elsewhere, or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_RESIZE=1``, the ref
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, fast_path
+from .dispatch import AtParseTime, kernel_cells
 
 
 def resize_tokens_native(x, h, w, out_h, out_w):
@@ -55,12 +55,8 @@ class _ResizeSumKernel(nn.Cell):
 
 
 def _kernel(_):
-    lib = fast_path('cross-scale resize', 'MINDCOAT_NATIVE_RESIZE', 'resize.cc')
-    if not lib:
-        return None
-    if lib not in _KERNELS:
-        _KERNELS[lib] = _ResizeSumKernel(lib)
-    return _KERNELS[lib]
+    return kernel_cells('cross-scale resize', 'MINDCOAT_NATIVE_RESIZE', 'resize.cc',
+                        _ResizeSumKernel)
 
 
 class _Dispatch(nn.Cell):
@@ -77,5 +73,4 @@ class _Dispatch(nn.Cell):
         return cross_scale_sum_native(x, size, a, size_a, b, size_b)
 
 
-_KERNELS = {}
 cross_scale_sum = _Dispatch()

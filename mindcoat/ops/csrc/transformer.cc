@@ -328,58 +328,46 @@ void FactorAttBackward(const float *qkv, const float *dout, float *dqkv, const A
   });
 }
 
-// Runs F<P> for the smallest P (multiple of 8) that holds a head; false if none does.
-template <template <int> class F, typename... Args>
-bool ForHeadWidth(int64_t ch, Args &&...args) {
-  switch ((ch + 7) / 8) {  // heads of up to 64 channels (CoaT's widest: 512 / 8)
-    case 1: F<8>::Run(args...); return true;
-    case 2: F<16>::Run(args...); return true;
-    case 3: F<24>::Run(args...); return true;
-    case 4: F<32>::Run(args...); return true;
-    case 5: F<40>::Run(args...); return true;
-    case 6: F<48>::Run(args...); return true;
-    case 7: F<56>::Run(args...); return true;
-    case 8: F<64>::Run(args...); return true;
-    default: return false;  // the Python side sends wider heads to the native path
-  }
+template <int P>
+void FactorAtt(bool backward, const float *qkv, const float *other, float *out, const AttShape &s,
+               float scale) {
+  if (backward) FactorAttBackward<P>(qkv, other, out, s, scale);
+  else FactorAttForward<P>(qkv, other, out, s, scale);
 }
 
-template <int P>
-struct Forward {
-  static void Run(const float *qkv, const float *crpe, float *out, const AttShape &s, float scale) {
-    FactorAttForward<P>(qkv, crpe, out, s, scale);
+// params: qkv, crpe (forward) or dout (backward), heads; out (forward) or dqkv (backward).
+// Runs with the smallest P (a multiple of 8) that holds a head.
+int FactorAtt(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+              bool backward) {
+  AttShape s;
+  if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
+  const float *qkv = static_cast<const float *>(params[0]);
+  const float *other = static_cast<const float *>(params[1]);
+  float *out = static_cast<float *>(params[3]);
+  switch ((s.ch + 7) / 8) {  // heads of up to 64 channels (CoaT's widest: 512 / 8)
+    case 1: FactorAtt<8>(backward, qkv, other, out, s, scale); return 0;
+    case 2: FactorAtt<16>(backward, qkv, other, out, s, scale); return 0;
+    case 3: FactorAtt<24>(backward, qkv, other, out, s, scale); return 0;
+    case 4: FactorAtt<32>(backward, qkv, other, out, s, scale); return 0;
+    case 5: FactorAtt<40>(backward, qkv, other, out, s, scale); return 0;
+    case 6: FactorAtt<48>(backward, qkv, other, out, s, scale); return 0;
+    case 7: FactorAtt<56>(backward, qkv, other, out, s, scale); return 0;
+    case 8: FactorAtt<64>(backward, qkv, other, out, s, scale); return 0;
+    default: return 1;  // the Python side sends wider heads to the native path
   }
-};
-
-template <int P>
-struct Backward {
-  static void Run(const float *qkv, const float *dout, float *dqkv, const AttShape &s, float scale) {
-    FactorAttBackward<P>(qkv, dout, dqkv, s, scale);
-  }
-};
+}
 
 }  // namespace
 
 extern "C" int FactorAttFwd(int nparam, void **params, int *ndims, int64_t **shapes,
                             const char **dtypes, void *stream, void *extra) {
-  AttShape s;
-  if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
-  const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
-  const bool ok = ForHeadWidth<Forward>(s.ch, static_cast<const float *>(params[0]),
-                                        static_cast<const float *>(params[1]),
-                                        static_cast<float *>(params[3]), s, scale);
-  return ok ? 0 : 1;
+  return FactorAtt(nparam, params, ndims, shapes, dtypes, false);
 }
 
 extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **shapes,
                             const char **dtypes, void *stream, void *extra) {
-  AttShape s;
-  if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
-  const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
-  const bool ok = ForHeadWidth<Backward>(s.ch, static_cast<const float *>(params[0]),
-                                         static_cast<const float *>(params[1]),
-                                         static_cast<float *>(params[3]), s, scale);
-  return ok ? 0 : 1;
+  return FactorAtt(nparam, params, ndims, shapes, dtypes, true);
 }
 
 // ---- layer norm over the last axis -----------------------------------------------------------
