@@ -147,7 +147,7 @@ def test_mindcoat_checkpoint_and_create_model(sources, tmp_path):
     again = create_model('coat_lite_tiny', pretrained=str(src))
     assert_holds(again, weights)
     with pytest.raises(ValueError, match='checkpoint_path'):
-        create_model('coat_lite_tiny', pretrained=True)
+        create_model('coat_lite_tiny', pretrained=True, checkpoint_path=str(out))
 
 
 def test_other_num_classes_reinitialises_the_head(sources, tmp_path):

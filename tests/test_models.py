@@ -198,3 +198,84 @@ def test_stochastic_depth_drops_whole_samples():
     drop.set_train(False)
     assert np.array_equal(drop(ms.Tensor(np.ones((4, 5, 3), np.float32))).asnumpy(),
                           np.ones((4, 5, 3)))
+
+
+# --- MindCV's / timm's Python API ------------------------------------------------------------
+TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
+
+
+def test_list_models_filters_like_mindcv_and_timm():
+    assert list_models('coat_lite*') == ['coat_lite_medium', 'coat_lite_medium_384',
+                                         'coat_lite_mini', 'coat_lite_small', 'coat_lite_tiny']
+    assert list_models('coat*', pretrained=True) == sorted(PARAMS)  # all eight have weights
+    assert list_models(filter=['*tiny', '*mini']) == ['coat_lite_mini', 'coat_lite_tiny',
+                                                      'coat_mini', 'coat_tiny']
+    assert list_models('coat*', 'coat', True, '*lite*') == ['coat_mini', 'coat_small', 'coat_tiny']
+    assert list_models(module='resnet') == [] and list_models('vit*') == []
+
+
+def test_create_model_takes_mindcvs_arguments_and_the_name_alias():
+    by_keyword = create_model(model_name='coat_tiny', num_classes=7, in_channels=1,
+                              drop_rate=None, parallel_depth=1, **TINY)
+    positional = create_model('coat_tiny', 7, False, 1, '', False, False, parallel_depth=1, **TINY)
+    alias = create_model(name='coat_tiny', num_classes=7, in_channels=1, parallel_depth=1, **TINY)
+    for model in (by_keyword, positional, alias):
+        assert model.name == 'coat_tiny' and model.head.weight.shape == (7, 16)
+        assert model.patch_embed1.proj.weight.shape == (16, 1, 4, 4)
+        assert len(model.parallel_blocks) == 1
+    with pytest.raises(TypeError, match="model_name='coat_tiny' and name='coat_mini'"):
+        create_model('coat_tiny', name='coat_mini')
+    with pytest.raises(TypeError, match='needs a model name'):
+        create_model(num_classes=3)
+
+
+def test_a_misspelt_argument_is_a_type_error_naming_the_valid_ones():
+    """An embed_dim= typo used to build the default model silently."""
+    with pytest.raises(TypeError, match=r"'embed_dim'; valid: model_name.*embed_dims.*"
+                                        r"drop_path_rate"):
+        create_model('coat_lite_tiny', embed_dim=(16, 16, 16, 16))
+    with pytest.raises(TypeError, match='unexpected keyword'):
+        create_model('coat_lite_tiny', **TINY, pretrained_cfg=None)
+    with pytest.raises(TypeError):  # the class itself no longer swallows unknown arguments
+        type(create_model('coat_lite_tiny', **TINY))(**TINY, embed_dim=3)
+    # mindcoat's old second positional argument was pretrained: a bool there is refused
+    with pytest.raises(TypeError, match='second positional argument is num_classes'):
+        create_model('coat_lite_tiny', True)
+
+
+def _save(tmp_path, name, entries):
+    path = str(tmp_path / name)
+    ms.save_checkpoint([{'name': k, 'data': ms.Tensor(v)} for k, v in entries.items()], path)
+    return path
+
+
+def test_ema_true_loads_the_ema_weights_never_the_raw_ones(tmp_path):
+    source = create_model('coat_lite_tiny', num_classes=5, **TINY)
+    raw = {p.name: p.asnumpy() for p in source.get_parameters()}
+    ema = {k: v + 1.0 for k, v in raw.items()}
+    both = _save(tmp_path, 'trainer.ckpt', {**raw, **{'ema.' + k: v for k, v in ema.items()}})
+    quiet = [].append
+    for load in (dict(checkpoint_path=both), dict(pretrained=both)):
+        model = create_model('coat_lite_tiny', num_classes=5, ema=True, log=quiet, **TINY, **load)
+        got = {p.name: p.asnumpy() for p in model.get_parameters()}
+        assert all(np.array_equal(got[k], ema[k]) for k in raw)
+    plain = create_model('coat_lite_tiny', num_classes=5, checkpoint_path=both, log=quiet, **TINY)
+    assert all(np.array_equal(p.asnumpy(), raw[p.name]) for p in plain.get_parameters())
+    raw_only = _save(tmp_path, 'raw.ckpt', raw)
+    with pytest.raises(ValueError, match='no EMA weights'):
+        create_model('coat_lite_tiny', num_classes=5, checkpoint_path=raw_only, ema=True,
+                     log=quiet, **TINY)
+    with pytest.raises(ValueError, match='ema=True loads the EMA weights of a file'):
+        create_model('coat_lite_tiny', ema=True, **TINY)
+
+
+def test_pretrained_and_checkpoint_path_together_are_refused(tmp_path):
+    with pytest.raises(ValueError, match='pass one of them'):
+        create_model('coat_lite_tiny', pretrained=True, checkpoint_path='x.ckpt', **TINY)
+
+
+def test_default_cfg_says_where_the_official_weights_are():
+    cfg = create_model('coat_lite_medium_384', **TINY).default_cfg
+    assert cfg['url'] == ('https://vcl.ucsd.edu/coat/pretrained/'
+                          'coat_lite_medium_384x384_f9129688.pth')
+    assert cfg['hash_prefix'] == 'f9129688' and cfg['architecture'] == 'coat_lite_medium_384'

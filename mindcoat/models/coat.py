@@ -169,7 +169,7 @@ class CoaT(nn.Cell):
 
     def __init__(self, embed_dims, serial_depths, parallel_depth=0, num_heads=8, mlp_ratios=(4,) * 4,
                  in_channels=3, num_classes=1000, patch_size=4, drop_rate=0.0, drop_path_rate=0.0,
-                 crpe_window=None, features_only=False, out_indices=(0, 1, 2, 3), **_):
+                 crpe_window=None, features_only=False, out_indices=(0, 1, 2, 3)):
         super().__init__()
         self.embed_dims = tuple(embed_dims)
         self.parallel_depth = parallel_depth

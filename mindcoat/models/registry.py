@@ -1,4 +1,6 @@
 """The eight published CoaT variants: their differences are data."""
+import fnmatch
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,5 +39,42 @@ PUBLISHED_TOP1 = {
 }
 
 
-def list_models():
-    return sorted(ARCHS)
+# The official weights (mlpc-ucsd/CoaT README, "Performance"): file names under
+# https://vcl.ucsd.edu/coat/pretrained/. The 8 hex digits are the start of the file's SHA-256
+# (torch.hub's naming convention; the README asks users to check them with sha256sum).
+PRETRAINED_FILES = {
+    'coat_lite_tiny': 'coat_lite_tiny_e88e96b0.pth',
+    'coat_lite_mini': 'coat_lite_mini_6b4a8ae5.pth',
+    'coat_lite_small': 'coat_lite_small_8d362f48.pth',
+    'coat_lite_medium': 'coat_lite_medium_a750cd63.pth',
+    'coat_lite_medium_384': 'coat_lite_medium_384x384_f9129688.pth',
+    'coat_tiny': 'coat_tiny_c6efc33c.pth',
+    'coat_mini': 'coat_mini_40667eec.pth',
+    'coat_small': 'coat_small_7479cf9b.pth',
+}
+
+# every model lives in one module, as MindCV's list_models(module=) counts it
+MODULE = 'coat'
+
+
+def _as_list(patterns):
+    if not patterns:
+        return []
+    return list(patterns) if isinstance(patterns, (list, tuple, set)) else [patterns]
+
+
+def list_models(filter='', module='', pretrained=False, exclude_filters=''):  # noqa: A002
+    """Model names, sorted; MindCV's and timm's signature. ``filter`` and ``exclude_filters`` are
+    fnmatch patterns (or lists of them), ``module`` is 'coat' or empty, ``pretrained=True`` keeps
+    the names with official weights (all eight)."""
+    names = set(ARCHS)
+    if module and module != MODULE:
+        return []
+    include = _as_list(filter)
+    if include:
+        names = {n for n in names if any(fnmatch.fnmatch(n, f) for f in include)}
+    for pattern in _as_list(exclude_filters):
+        names = {n for n in names if not fnmatch.fnmatch(n, pattern)}
+    if pretrained:
+        names &= set(PRETRAINED_FILES)
+    return sorted(names)
