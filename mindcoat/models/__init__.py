@@ -34,16 +34,12 @@ def create_model(model_name=None, num_classes=1000, pretrained=False, in_channel
     _check_arguments(model_name, num_classes, arch)
     source = _weights_source(pretrained, checkpoint_path, ema)
     arch = {k: v for k, v in arch.items() if v is not None}
+    cfg = default_cfg(model_name, num_classes)
+    source = _local_file(source, cfg, log) if source else None  # a failed download builds nothing
     model = CoaT(**dict(ARCHS[model_name], **arch), num_classes=num_classes,
                  in_channels=in_channels, features_only=features_only, out_indices=out_indices)
     model.name = model_name
-    model.default_cfg = default_cfg(model_name, num_classes)
-    if source is True:
-        from ..hub import fetch_weights
-        source = fetch_weights(model.default_cfg['url'], model.default_cfg['hash_prefix'], log=log)
-    elif source and source.startswith(('http://', 'https://')):
-        from ..hub import fetch_weights
-        source = fetch_weights(source, log=log)
+    model.default_cfg = cfg
     if source:
         from ..convert import load_weights
         load_weights(model, source, use_ema=bool(ema), log=log)
@@ -55,6 +51,16 @@ def default_cfg(model_name, num_classes=1000):
     from ..hub import pretrained_cfg
     return dict(DATA_CONFIGS[model_name], num_classes=num_classes, architecture=model_name,
                 **pretrained_cfg(model_name))
+
+
+def _local_file(source, cfg, log):
+    """The local file to load: the official download for True, a URL's download, or the path."""
+    from ..hub import fetch_weights
+    if source is True:
+        return fetch_weights(cfg['url'], cfg['hash_prefix'], log=log)
+    if source.startswith(('http://', 'https://')):
+        return fetch_weights(source, log=log)
+    return source
 
 
 def _model_name(model_name, name):
