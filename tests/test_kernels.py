@@ -458,7 +458,8 @@ def test_concurrent_builds_are_safe(tmp_path):
     assert all(p.returncode == 0 for p in procs), [err[-1000:] for _, err in outs]
     libs = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(libs) == 1
-    assert sorted(os.listdir(tmp_path / 'cache')) == [os.path.basename(libs.pop())]
+    lib = os.path.basename(libs.pop())
+    assert sorted(os.listdir(tmp_path / 'cache')) == [lib[:-3] + '.probe.json', lib]
 
 
 def _run_child(args, env_updates, timeout=300):

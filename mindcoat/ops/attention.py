@@ -9,7 +9,7 @@ head). Elsewhere (or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_ATTENTION=1`
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, kernel_cells
+from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
 
 
 def factor_attention_native(qkv, crpe, num_heads):
@@ -26,15 +26,33 @@ def factor_attention_native(qkv, crpe, num_heads):
     return ch ** -0.5 * factor_att.transpose(0, 2, 1, 3).reshape(b, n, c) + crpe
 
 
+MAX_HEAD_WIDTH = 64  # the kernel's widest head (CoaT's: 512 channels / 8 heads)
+
+
+def _check(qkv, other, heads):
+    """qkv (B, N, 3C), other (B, N, C) (crpe or the output gradient), heads (num_heads,)."""
+    check(len(qkv) == 3 and len(other) == 3 and len(heads) == 1,
+          'factorized attention takes qkv (B, N, 3C), (B, N, C) and the head count')
+    if known(*qkv, *other, *heads):
+        c = qkv[2] // 3
+        check(qkv[2] == 3 * c and heads[0] >= 1 and c % heads[0] == 0,
+              f'{qkv[2]} qkv channels do not split into 3 x {heads[0]} heads')
+        check(c // heads[0] <= MAX_HEAD_WIDTH, f'heads wider than {MAX_HEAD_WIDTH} channels')
+        check(list(other) == [qkv[0], qkv[1], c], f'{tuple(other)} does not match qkv {tuple(qkv)}')
+
+
 def _out_shape(qkv, crpe, heads):
+    _check(qkv, crpe, heads)
     return crpe
 
 
 def _grad_shape(qkv, dout, heads):
+    _check(qkv, dout, heads)
     return qkv
 
 
-def _dtype(first, *_):
+def _dtype(first, *others):
+    check(all_f32(first, *others), 'the attention kernel takes float32')
     return first
 
 
@@ -54,8 +72,7 @@ class _FactorAttKernel(nn.Cell):
 
 
 def _kernel(_):
-    return kernel_cells('factorized attention', 'MINDCOAT_NATIVE_ATTENTION', 'transformer.cc',
-                        _FactorAttKernel)
+    return kernel_cells('attention', _FactorAttKernel)
 
 
 class _Dispatch(nn.Cell):
@@ -66,7 +83,7 @@ class _Dispatch(nn.Cell):
     def construct(self, qkv, crpe, num_heads):
         # the kernel takes heads of up to 64 channels (CoaT's widest)
         if self.kernel is not None and qkv.dtype == ms.float32 and crpe.dtype == ms.float32 \
-                and qkv.shape[2] // 3 // num_heads <= 64:
+                and qkv.shape[2] // 3 // num_heads <= MAX_HEAD_WIDTH:
             return self.kernel(qkv, crpe, ops.zeros((num_heads,), ms.float32))  # shape only
         return factor_attention_native(qkv, crpe, num_heads)
 

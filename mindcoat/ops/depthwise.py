@@ -15,7 +15,7 @@ give the same numbers.
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, kernel_cells
+from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
 
 
 def depthwise_nhwc_native(x, weights, biases):
@@ -44,12 +44,54 @@ def depthwise_tokens_native(x, h, w, weights, biases, residual=False):
 
 # ---- the compiled CPU kernel -------------------------------------------------------------------
 
-def _same_as_first(first, *_):
+# ---- shape and dtype rules of the Custom ops: what the kernels accept, checked when the graph
+# is compiled (a kernel refusing its inputs at run time would fail the whole graph)
+
+def _f32(first, *others):
+    check(all_f32(first, *others), 'depthwise kernels take float32 only')
     return first
+
+
+def _check_weights(channels, weights, biases=None):
+    for w in weights:
+        check(len(w) == 4 and w[1] == 1 and w[2] == w[3] and w[2] % 2 == 1,
+              f'a depthwise kernel must be (C_g, 1, k, k) with k odd, got {tuple(w)}')
+    sizes = [w[0] for w in weights]
+    if known(channels, *sizes):
+        check(sum(sizes) == channels, f'the kernels cover {sum(sizes)} channels, the input has '
+              f'{channels}')
+    for w, b in zip(weights, biases or ()):
+        check(list(b) == [w[0]], f'a bias of shape {tuple(b)} for {w[0]} channels')
+
+
+def _check_tokens(x, hw, channels=None):
+    check(len(x) == 3 and len(hw) == 2, 'tokens must be (B, 1 + H*W, C) with an (H, W) grid')
+    check(known(*hw) and min(hw) >= 1, f'the grid must be static and non-empty, got {tuple(hw)}')
+    if known(x[1]):
+        check(x[1] == 1 + hw[0] * hw[1], f'{x[1]} tokens do not fit a {hw[0]}x{hw[1]} grid plus '
+              'the class token')
+    if channels is not None and known(x[2]):
+        check(x[2] == channels, f'{x[2]} channels where {channels} are needed')
+
+
+def _nhwc_shape(x, *params):
+    """DwFwd (x, w_1..w_n, b_1..b_n) -> y like x."""
+    n = len(params) // 2
+    check(len(x) == 4, 'depthwise_nhwc takes (B, H, W, C)')
+    _check_weights(x[3], params[:n], params[n:])
+    return x
+
+
+def _nhwc_grad_x_shape(dy, *weights):
+    check(len(dy) == 4, 'depthwise_nhwc takes (B, H, W, C)')
+    _check_weights(dy[3], weights)
+    return dy
 
 
 def _grad_w_shape(x, dy, *weights):
     # all weight gradients and the bias gradient, flattened into one buffer
+    check(len(x) == 4 and list(x) == list(dy), 'the gradient must be shaped like the input')
+    _check_weights(x[3], weights)
     return (sum(w[0] * w[2] * w[3] for w in weights) + x[3],)
 
 
@@ -74,9 +116,9 @@ class _DwKernel(nn.Cell):
 
     def __init__(self, lib):
         super().__init__()
-        self.forward = ops.Custom(lib + ':DwFwd', _same_as_first, _same_as_first, func_type='aot')
-        self.grad_x = ops.Custom(lib + ':DwBwdX', _same_as_first, _same_as_first, func_type='aot')
-        self.grad_w = ops.Custom(lib + ':DwBwdW', _grad_w_shape, _same_as_first, func_type='aot')
+        self.forward = ops.Custom(lib + ':DwFwd', _nhwc_shape, _f32, func_type='aot')
+        self.grad_x = ops.Custom(lib + ':DwBwdX', _nhwc_grad_x_shape, _f32, func_type='aot')
+        self.grad_w = ops.Custom(lib + ':DwBwdW', _grad_w_shape, _f32, func_type='aot')
 
     def construct(self, x, weights, biases):
         return self.forward(x, *weights, *biases)
@@ -87,7 +129,24 @@ class _DwKernel(nn.Cell):
         return dx, dws, dbs
 
 
+def _tokens_shape(x, hw, *params):
+    """DwFwd / DwResFwd on tokens (x, hw, w_1..w_n, b_1..b_n) -> y like x."""
+    n = len(params) // 2
+    _check_tokens(x, hw)
+    _check_weights(x[2], params[:n], params[n:])
+    return x
+
+
+def _tokens_grad_x_shape(dy, hw, *weights):
+    _check_tokens(dy, hw)
+    _check_weights(dy[2], weights)
+    return dy
+
+
 def _grad_w_shape_tokens(x, dy, hw, *weights):
+    _check_tokens(x, hw)
+    check(list(x) == list(dy), 'the gradient must be shaped like the input')
+    _check_weights(x[2], weights)
     return (sum(w[0] * w[2] * w[3] for w in weights) + x[2],)
 
 
@@ -98,10 +157,9 @@ class _DwTokensKernel(nn.Cell):
     def __init__(self, lib, residual):
         super().__init__()
         fwd, bwd = ('DwResFwd', 'DwResBwdX') if residual else ('DwFwd', 'DwBwdX')
-        self.forward = ops.Custom(f'{lib}:{fwd}', _same_as_first, _same_as_first, func_type='aot')
-        self.grad_x = ops.Custom(f'{lib}:{bwd}', _same_as_first, _same_as_first, func_type='aot')
-        self.grad_w = ops.Custom(lib + ':DwBwdW', _grad_w_shape_tokens, _same_as_first,
-                                 func_type='aot')
+        self.forward = ops.Custom(f'{lib}:{fwd}', _tokens_shape, _f32, func_type='aot')
+        self.grad_x = ops.Custom(f'{lib}:{bwd}', _tokens_grad_x_shape, _f32, func_type='aot')
+        self.grad_w = ops.Custom(lib + ':DwBwdW', _grad_w_shape_tokens, _f32, func_type='aot')
 
     def construct(self, x, hw, weights, biases):
         return self.forward(x, hw, *weights, *biases)
@@ -113,19 +171,25 @@ class _DwTokensKernel(nn.Cell):
 
 
 def _kernels():
-    """{'nhwc', 'tokens', 'tokens_res', 'crpe'} kernels if the CPU fast path applies, else None."""
-    return kernel_cells('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', 'depthwise.cc',
-                        _make_kernels)
+    """{'nhwc', 'tokens', 'tokens_res'} kernels if the CPU fast path applies, else None."""
+    return kernel_cells('dwconv', _make_kernels)
 
 
 def _make_kernels(lib):
-    tokens = _DwTokensKernel(lib, False)
-    return {'nhwc': _DwKernel(lib), 'tokens': tokens, 'tokens_res': _DwTokensKernel(lib, True),
-            'crpe': _CrpeKernel(lib, tokens)}
+    return {'nhwc': _DwKernel(lib), 'tokens': _DwTokensKernel(lib, False),
+            'tokens_res': _DwTokensKernel(lib, True)}
 
 
-def _usable(x, weights):
-    return x.dtype == ms.float32 and weights[0].dtype == ms.float32
+def _crpe_kernel():
+    """The relative position encoding kernel if its CPU fast path applies, else None."""
+    return kernel_cells('crpe', lambda lib: _CrpeKernel(lib, _DwTokensKernel(lib, False)))
+
+
+def _usable(x, weights, biases):
+    ok = x.dtype == ms.float32
+    for p in weights + biases:
+        ok = ok and p.dtype == ms.float32
+    return ok
 
 
 def _cast_all(params, dtype):
@@ -142,7 +206,7 @@ class _Dispatch(nn.Cell):
     kernel = AtParseTime(lambda self: (_kernels() or {}).get('nhwc'))  # None: native path
 
     def construct(self, x, weights, biases):
-        if self.kernel is not None and _usable(x, weights):
+        if self.kernel is not None and _usable(x, weights, biases):
             return self.kernel(x, weights, biases)
         if weights[0].dtype != x.dtype:
             weights, biases = _cast_all(weights, x.dtype), _cast_all(biases, x.dtype)
@@ -159,7 +223,7 @@ class _TokensDispatch(nn.Cell):
     with_residual = AtParseTime(lambda self: (_kernels() or {}).get('tokens_res'))
 
     def construct(self, x, h, w, weights, biases, residual=False):
-        if self.plain is not None and _usable(x, weights):
+        if self.plain is not None and _usable(x, weights, biases):
             hw = ops.zeros((h, w), ms.float32)  # only its shape is read
             if residual:
                 return self.with_residual(x, hw, weights, biases)
@@ -181,7 +245,7 @@ class _CrpeKernel(nn.Cell):
 
     def __init__(self, lib, tokens):
         super().__init__()
-        self.forward = ops.Custom(lib + ':CrpeFwd', _crpe_shape, _same_as_first, func_type='aot')
+        self.forward = ops.Custom(lib + ':CrpeFwd', _crpe_shape, _f32, func_type='aot')
         self.tokens = tokens  # the plain depthwise kernel on tokens, for the backward
 
     def construct(self, qkv, hw, weights, biases):
@@ -196,8 +260,13 @@ class _CrpeKernel(nn.Cell):
         return ops.cat((dout * conv, ops.zeros_like(k), dv), axis=2), ops.zeros_like(hw), dws, dbs
 
 
-def _crpe_shape(qkv, *_):
-    return [qkv[0], qkv[1], qkv[2] // 3]
+def _crpe_shape(qkv, hw, *params):
+    """CrpeFwd (qkv (B, 1 + H*W, 3C), hw, w_1..w_n, b_1..b_n) -> (B, 1 + H*W, C)."""
+    n = len(params) // 2
+    channels = sum(w[0] for w in params[:n])
+    _check_tokens(qkv, hw, 3 * channels if known(channels) else None)
+    _check_weights(channels, params[:n], params[n:])
+    return [qkv[0], qkv[1], channels]
 
 
 class _CrpeDispatch(nn.Cell):
@@ -205,10 +274,10 @@ class _CrpeDispatch(nn.Cell):
     relative position encoding q * depthwise(v) from the fused projection qkv (B, 1 + H*W, 3C),
     0 on the class token."""
 
-    kernel = AtParseTime(lambda self: (_kernels() or {}).get('crpe'))  # None: native path
+    kernel = AtParseTime(lambda self: _crpe_kernel())  # None: native path
 
     def construct(self, qkv, h, w, weights, biases):
-        if self.kernel is not None and _usable(qkv, weights):
+        if self.kernel is not None and _usable(qkv, weights, biases):
             return self.kernel(qkv, ops.zeros((h, w), ms.float32), weights, biases)  # shape only
         if weights[0].dtype != qkv.dtype:
             weights, biases = _cast_all(weights, qkv.dtype), _cast_all(biases, qkv.dtype)

@@ -1,10 +1,12 @@
 """Choosing between MindSpore's native operators and the CPU fast paths of this package.
 
-A fast path is taken only on the CPU backend, and can be switched off with ``MINDCOAT_NATIVE=1``
-(all of them) or its own variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _RESIZE,
-_LINEAR, _PATCH. Each choice is logged once (logger 'mindcoat.ops', INFO). The choice is made when a
-graph is parsed and cached per device target in ``_choices`` (``native_ops()`` clears it to build
-graphs from native operators only, as ``mindcoat.export`` does).
+A fast path is taken only on the CPU backend when its libraries build and pass their probe
+(``build``), and can be switched off with ``MINDCOAT_NATIVE=1`` (all of them) or its own
+variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _RESIZE, _LINEAR, _PATCH. Each
+choice is logged once (logger 'mindcoat.ops', INFO); ``python -m mindcoat.ops`` prints them all
+with their reasons. The choice is made when a graph is parsed and cached per device target in
+``_choices`` (``native_ops()`` clears it to build graphs from native operators only, as
+``mindcoat.export`` does).
 """
 import contextlib
 import logging
@@ -12,12 +14,12 @@ import os
 
 import mindspore as ms
 
-from .build import build
+from .build import build, why
 
 logger = logging.getLogger('mindcoat.ops')
 
-_choices = {}  # (feature, device target) -> library path / True, or None for the native path
-_cells = {}  # (feature, library path) -> the kernel cells built on it (see kernel_cells)
+_choices = {}  # (op, device target) -> its libraries (see fast_path), or None for native
+_cells = {}  # (op, libraries) -> the kernel cells built on them (see kernel_cells)
 
 
 class AtParseTime:
@@ -33,44 +35,83 @@ class AtParseTime:
         return self if obj is None else self.fn(obj)
 
 
+# op -> (feature name in the log, its switch-off variable, the csrc/ libraries it needs). The
+# patch embedding needs no library of its own: on the CPU it is a matmul over patches (through
+# the linear layers' path).
+OPS = {
+    'dwconv': ('depthwise convolution', 'MINDCOAT_NATIVE_DWCONV', ('depthwise.cc',)),
+    'crpe': ('conv relative position encoding', 'MINDCOAT_NATIVE_DWCONV', ('depthwise.cc',)),
+    'attention': ('factorized attention', 'MINDCOAT_NATIVE_ATTENTION', ('transformer.cc',)),
+    'resize': ('cross-scale resize', 'MINDCOAT_NATIVE_RESIZE', ('resize.cc',)),
+    'linear': ('linear layers', 'MINDCOAT_NATIVE_LINEAR', ('linear.cc', 'transformer.cc')),
+    'layernorm': ('LayerNorm', 'MINDCOAT_NATIVE_LAYERNORM', ('transformer.cc',)),
+    'gelu': ('GELU', 'MINDCOAT_NATIVE_GELU', ('transformer.cc',)),
+    'patch': ('patch embedding', 'MINDCOAT_NATIVE_PATCH', ()),
+}
+
+
 def _flag(name):
     return os.environ.get(name, '0') not in ('', '0')
 
 
-def fast_path(feature, env_flag, source=None):
-    """For ``feature``: the compiled library of ``csrc/<source>`` (or True when ``source`` is None)
-    if the CPU fast path applies, else None."""
+def decide(op):
+    """(libraries, reason) for ``op`` on the current device: the compiled csrc/ libraries it
+    needs (an empty tuple for an op without one) when its CPU fast path applies, else None and
+    why not. Builds (and probes) the libraries if needed."""
+    _, env_flag, sources = OPS[op]
     target = ms.get_context('device_target')
-    key = (feature, target)
-    if key in _choices:
-        return _choices[key]
-    reason = None
     if _flag('MINDCOAT_NATIVE') or _flag(env_flag):
-        reason = f'MINDCOAT_NATIVE or {env_flag} is set'
-    elif target != 'CPU':
-        reason = f'device is {target}'
-    choice = None
-    if reason is None:
-        choice = build(source) if source else True
-        if choice is None:
-            reason = f'csrc/{source} could not be built'
-    logger.info('mindcoat: %s uses %s', feature,
-                'the CPU fast path' if choice else f"MindSpore's native operators ({reason})")
-    _choices[key] = choice
-    return choice
+        return None, f'{"MINDCOAT_NATIVE" if _flag("MINDCOAT_NATIVE") else env_flag} is set'
+    if target != 'CPU':
+        return None, f'device is {target}'
+    libs = tuple(build(source) for source in sources)
+    for source, lib in zip(sources, libs):
+        if lib is None:
+            return None, f'csrc/{source}: {why(source)}'
+    return libs, None
 
 
-def kernel_cells(feature, env_flag, source, make):
-    """What ``make(library)`` builds on the compiled ``csrc/<source>`` (the Custom-op cells of a
-    feature) when the CPU fast path applies, else None. Built once per library and shared by
-    every graph that uses the feature."""
-    lib = fast_path(feature, env_flag, source)
-    if not lib:
+def fast_path(op):
+    """For ``op`` (a key of OPS): the tuple of its compiled libraries (empty if it needs none)
+    when the CPU fast path applies, else None. Decided once per device target and logged."""
+    key = (op, ms.get_context('device_target'))
+    if key not in _choices:
+        libs, reason = decide(op)
+        logger.info('mindcoat: %s uses %s', OPS[op][0], 'the CPU fast path' if libs is not None
+                    else f"MindSpore's native operators ({reason})")
+        _choices[key] = libs
+    return _choices[key]
+
+
+def kernel_cells(op, make):
+    """What ``make(*libraries)`` builds on ``op``'s compiled libraries (the Custom-op cells)
+    when the CPU fast path applies, else None. Built once per library set and shared by every
+    graph that uses the op."""
+    libs = fast_path(op)
+    if libs is None:
         return None
-    key = (feature, lib)
+    key = (op, libs)
     if key not in _cells:
-        _cells[key] = make(lib)
+        _cells[key] = make(*libs)
     return _cells[key]
+
+
+def check(ok, message):
+    """For the Custom ops' shape inference: a shape the kernel cannot take is a clear error when
+    the graph is compiled, never a kernel failing at run time."""
+    if not ok:
+        raise ValueError(f'mindcoat kernel: {message}')
+
+
+def all_f32(*dtypes):
+    """For the Custom ops' dtype inference, which gets tensor types (``tensor[float32]``)."""
+    return all((d.element_type() if hasattr(d, 'element_type') else d) == ms.float32
+               for d in dtypes)
+
+
+def known(*dims):
+    """True if no dim is dynamic (-1, -2): only then can a shape rule be checked."""
+    return all(d >= 0 for d in dims)
 
 
 @contextlib.contextmanager

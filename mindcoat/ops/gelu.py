@@ -4,11 +4,18 @@ Elsewhere ``nn.GELU``."""
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, kernel_cells
+from .dispatch import AtParseTime, all_f32, check, kernel_cells
 
 
-def _same(x, *_):
+def _same(x, *others):
+    """GeluFwd (x) and GeluBwd (x, dy): shaped like x (the gradient too)."""
+    check(all(list(o) == list(x) for o in others), 'the gradient must be shaped like the input')
     return x
+
+
+def _f32(*dtypes):
+    check(all_f32(*dtypes), 'the GELU kernel takes float32')
+    return dtypes[0]
 
 
 class _GeluKernel(nn.Cell):
@@ -16,8 +23,8 @@ class _GeluKernel(nn.Cell):
 
     def __init__(self, lib):
         super().__init__()
-        self.forward = ops.Custom(lib + ':GeluFwd', _same, _same, func_type='aot')
-        self.grad = ops.Custom(lib + ':GeluBwd', _same, _same, func_type='aot')
+        self.forward = ops.Custom(lib + ':GeluFwd', _same, _f32, func_type='aot')
+        self.grad = ops.Custom(lib + ':GeluBwd', _same, _f32, func_type='aot')
 
     def construct(self, x):
         return self.forward(x)
@@ -33,8 +40,7 @@ class Gelu(nn.Cell):
         super().__init__()
         self.native = nn.GELU(approximate=False)
 
-    kernel = AtParseTime(lambda self: kernel_cells('GELU', 'MINDCOAT_NATIVE_GELU', 'transformer.cc',
-                                                   _GeluKernel))  # None: native path
+    kernel = AtParseTime(lambda self: kernel_cells('gelu', _GeluKernel))  # None: native path
 
     def construct(self, x):
         if self.kernel is not None and x.dtype == ms.float32:

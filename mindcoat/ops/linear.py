@@ -12,8 +12,7 @@ sum (``csrc/transformer.cc``) for the bias. Elsewhere, or with ``MINDCOAT_NATIVE
 import mindspore as ms
 from mindspore import nn, ops
 
-from .build import build
-from .dispatch import AtParseTime, kernel_cells
+from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
 from .gelu import Gelu
 
 _MATMUL = ops.MatMul()
@@ -27,20 +26,38 @@ def linear_native(x, weight, bias):
     return y.reshape(shape[:-1] + (weight.shape[0],))
 
 
-def _out_shape(x, w, *_):
+def _out_shape(x, w, b):
+    """LinearFwd / LinearGeluFwd (x (..., K), w (N, K), b (N,)) -> (..., N)."""
+    check(len(x) >= 1 and len(w) == 2 and len(b) == 1,
+          f'linear takes x (..., K), weight (N, K), bias (N,); got {tuple(x)}, {tuple(w)}, '
+          f'{tuple(b)}')
+    if known(x[-1], *w, *b):
+        check(x[-1] == w[1] and b[0] == w[0], f'linear: x {tuple(x)}, weight {tuple(w)}, bias '
+              f'{tuple(b)} do not fit')
     return list(x[:-1]) + [w[0]]
 
 
+def _residual_shape(x, w, b, r):
+    """LinearResFwd (x, w, b, r) -> r, which must have the output's shape."""
+    out = _out_shape(x, w, b)
+    if known(*out, *r):
+        check(list(r) == out, f'a residual of shape {tuple(r)} for an output {tuple(out)}')
+    return r
+
+
 def _bias_shape(dy):
+    check(len(dy) >= 1, 'the bias gradient needs a channel axis')
     return [dy[-1]]
 
 
-def _dtype(first, *_):
+def _same_shape(x, dy):
+    check(list(x) == list(dy), 'the gradient must be shaped like the input')
+    return x
+
+
+def _dtype(first, *others):
+    check(all_f32(first, *others), 'the linear kernel takes float32')
     return first
-
-
-def _last(*shapes):
-    return shapes[-1]
 
 
 def _grads(x, weight, dout, col_sum):
@@ -68,7 +85,8 @@ class _LinearKernel(nn.Cell):
 class _LinearResidualKernel(_LinearKernel):
     def __init__(self, lib, sum_lib):
         super().__init__(lib, sum_lib)
-        self.forward_res = ops.Custom(lib + ':LinearResFwd', _last, _dtype, func_type='aot')
+        self.forward_res = ops.Custom(lib + ':LinearResFwd', _residual_shape, _dtype,
+                                      func_type='aot')
 
     def construct(self, x, weight, bias, residual):
         return self.forward_res(x, weight, bias, residual)
@@ -85,7 +103,7 @@ class _LinearGeluKernel(_LinearKernel):
         super().__init__(lib, sum_lib)
         self.forward_gelu = ops.Custom(lib + ':LinearGeluFwd', _out_shape, _dtype,
                                        func_type='aot')
-        self.gelu_grad = ops.Custom(sum_lib + ':GeluBwd', _dtype, _dtype, func_type='aot')
+        self.gelu_grad = ops.Custom(sum_lib + ':GeluBwd', _same_shape, _dtype, func_type='aot')
 
     def construct(self, x, weight, bias):
         return self.forward_gelu(x, weight, bias)
@@ -97,13 +115,11 @@ class _LinearGeluKernel(_LinearKernel):
 
 def _kernels():
     """{'plain', 'residual', 'gelu'} kernels when the CPU fast path applies, else None."""
-    return kernel_cells('linear layers', 'MINDCOAT_NATIVE_LINEAR', 'linear.cc', _make_kernels)
+    return kernel_cells('linear', _make_kernels)
 
 
-def _make_kernels(lib):
-    sum_lib = build('transformer.cc')  # the bias gradient's column sum; None: native path
-    if not sum_lib:
-        return None
+def _make_kernels(lib, sum_lib):
+    """``sum_lib``: transformer.cc, for the bias gradient's column sum and GELU's gradient."""
     return {'plain': _LinearKernel(lib, sum_lib), 'residual': _LinearResidualKernel(lib, sum_lib),
             'gelu': _LinearGeluKernel(lib, sum_lib)}
 
@@ -121,7 +137,7 @@ class _Dispatch(nn.Cell):
     kernel = AtParseTime(lambda self: (_kernels() or {}).get('plain'))  # None: native path
 
     def construct(self, x, weight, bias):
-        if self.kernel is not None and _f32(x, weight):
+        if self.kernel is not None and _f32(x, weight, bias):
             return self.kernel(x, weight, bias)
         return linear_native(x, weight, bias)
 
@@ -132,7 +148,9 @@ class _ResidualDispatch(nn.Cell):
     kernel = AtParseTime(lambda self: (_kernels() or {}).get('residual'))
 
     def construct(self, x, weight, bias, residual):
-        if self.kernel is not None and _f32(x, weight, residual):
+        # the kernel adds a residual shaped like the output (no broadcasting)
+        if self.kernel is not None and _f32(x, weight, bias, residual) \
+                and residual.shape == x.shape[:-1] + (weight.shape[0],):
             return self.kernel(x, weight, bias, residual)
         return residual + linear(x, weight, bias)
 
@@ -147,7 +165,7 @@ class _GeluDispatch(nn.Cell):
         self.gelu = Gelu()
 
     def construct(self, x, weight, bias):
-        if self.kernel is not None and _f32(x, weight):
+        if self.kernel is not None and _f32(x, weight, bias):
             return self.kernel(x, weight, bias)
         return self.gelu(linear(x, weight, bias))
 

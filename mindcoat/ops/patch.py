@@ -12,7 +12,7 @@ from .linear import linear
 
 class _PatchConv(nn.Cell):
     def _use_matmul(self):
-        return bool(fast_path('patch embedding', 'MINDCOAT_NATIVE_PATCH'))
+        return fast_path('patch') is not None
 
     use_matmul = AtParseTime(_use_matmul)
 

@@ -10,7 +10,7 @@ Elsewhere, or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_RESIZE=1``, the ref
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, kernel_cells
+from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
 
 
 def resize_tokens_native(x, h, w, out_h, out_w):
@@ -28,11 +28,33 @@ def cross_scale_sum_native(x, size, a, size_a, b, size_b):
     return x + resize_tokens_native(a, ha, wa, h, w) + resize_tokens_native(b, hb, wb, h, w)
 
 
-def _same_as_first(first, *_):
+def _f32(first, *others):
+    check(all_f32(first, *others), 'the resize kernel takes float32')
     return first
 
 
+def _check_tokens(x, hw, like=None):
+    """x (B, 1 + H*W, C) on the grid hw (H, W); batch and channels those of ``like``."""
+    check(len(x) == 3 and len(hw) == 2, 'resize takes tokens (B, 1 + H*W, C) and an (H, W) grid')
+    check(known(*hw) and min(hw) >= 1, f'the grid must be static and non-empty, got {tuple(hw)}')
+    if known(x[1]):
+        check(x[1] == 1 + hw[0] * hw[1], f'{x[1]} tokens do not fit a {hw[0]}x{hw[1]} grid plus '
+              'the class token')
+    if like is not None and known(*x, *like):
+        check(x[0] == like[0] and x[2] == like[2], f'{tuple(x)} does not match {tuple(like)}')
+
+
+def _sum_shape(x, hw, *sources):
+    """ResizeSumFwd (x, hw, s_1, hw_1, ...) -> like x."""
+    _check_tokens(x, hw)
+    for s, hw_s in zip(sources[::2], sources[1::2]):
+        _check_tokens(s, hw_s, like=x)
+    return x
+
+
 def _grad_shape(dout, hw, hw_src):
+    _check_tokens(dout, hw)
+    check(len(hw_src) == 2 and known(*hw_src) and min(hw_src) >= 1, 'a non-empty source grid')
     return [dout[0], 1 + hw_src[0] * hw_src[1], dout[2]]
 
 
@@ -42,9 +64,8 @@ class _ResizeSumKernel(nn.Cell):
 
     def __init__(self, lib):
         super().__init__()
-        self.forward = ops.Custom(lib + ':ResizeSumFwd', _same_as_first, _same_as_first,
-                                  func_type='aot')
-        self.grad = ops.Custom(lib + ':ResizeBwd', _grad_shape, _same_as_first, func_type='aot')
+        self.forward = ops.Custom(lib + ':ResizeSumFwd', _sum_shape, _f32, func_type='aot')
+        self.grad = ops.Custom(lib + ':ResizeBwd', _grad_shape, _f32, func_type='aot')
 
     def construct(self, x, hw, a, hw_a, b, hw_b):
         return self.forward(x, hw, a, hw_a, b, hw_b)
@@ -55,8 +76,7 @@ class _ResizeSumKernel(nn.Cell):
 
 
 def _kernel(_):
-    return kernel_cells('cross-scale resize', 'MINDCOAT_NATIVE_RESIZE', 'resize.cc',
-                        _ResizeSumKernel)
+    return kernel_cells('resize', _ResizeSumKernel)
 
 
 class _Dispatch(nn.Cell):

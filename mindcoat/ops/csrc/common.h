@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -126,6 +128,42 @@ inline int64_t Numel(int ndim, const int64_t *shape) {
   int64_t n = 1;
   for (int i = 0; i < ndim; ++i) n *= shape[i];
   return n;
+}
+
+// ---- self-checks ----------------------------------------------------------------------------
+// Each library exports `extern "C" int MindcoatSelfCheck(char *message, int length)`, which
+// mindcoat.ops.build runs in a subprocess before the library is first used: its kernels on small
+// deterministic inputs against plain loops. 0 = pass; otherwise `message` says what differed.
+
+inline std::vector<float> TestData(size_t n, float seed) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = std::sin(seed + 0.7311f * static_cast<float>(i));
+  return v;
+}
+
+// The dtypes argument of a call with up to 16 float32 parameters.
+inline const char **F32Types() {
+  static const char *types[16] = {"float32", "float32", "float32", "float32", "float32", "float32",
+                                  "float32", "float32", "float32", "float32", "float32", "float32",
+                                  "float32", "float32", "float32", "float32"};
+  return types;
+}
+
+// 0 if the kernel returned 0 and its output is within `tol` of the reference, else 1 with a
+// message.
+inline int Verdict(const char *kernel, int status, const std::vector<float> &got,
+                   const std::vector<float> &want, float tol, char *message, int length) {
+  if (status != 0) {
+    std::snprintf(message, length, "%s returned status %d", kernel, status);
+    return 1;
+  }
+  float diff = 0.0f;
+  for (size_t i = 0; i < got.size(); ++i) diff = std::max(diff, std::fabs(got[i] - want[i]));
+  if (!(diff <= tol)) {  // also catches NaN
+    std::snprintf(message, length, "%s differs from the reference by %g", kernel, diff);
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace mindcoat

@@ -288,3 +288,74 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
   std::memcpy(out + o, total.data() + bias_at, C * sizeof(float));
   return 0;
 }
+
+// ---- self-check (see common.h) ---------------------------------------------------------------
+// Two groups (3x3 over 8 channels, 5x5 over 11: a width that is not a vector multiple) on the
+// token layout (B, 1 + H*W, C): DwResFwd (CoaT's position encoding) and CrpeFwd, against direct
+// loops with zero padding.
+
+namespace {
+
+// ref[b, 1 + h*W + w, c] = bias[c] + sum_{i,j} x[b, 1 + (h+i-p)*W + (w+j-p), c] * w_g[c][i][j]
+// (+ x itself with `residual`); class rows: x's (residual) or 0.
+std::vector<float> ReferenceConv(const std::vector<float> &x, int64_t xs, int64_t xoff,
+                                 const std::vector<std::vector<float>> &w,
+                                 const std::vector<float> &bias, const int64_t (*groups)[2],
+                                 int64_t B, int64_t H, int64_t W, int64_t C, bool residual) {
+  std::vector<float> y(B * (1 + H * W) * C, 0.0f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      int g = 0, c0 = 0;
+      while (c >= c0 + groups[g][0]) c0 += groups[g++][0];
+      const int64_t k = groups[g][1], p = k / 2, cl = c - c0;
+      const float *xb = x.data() + b * (1 + H * W) * xs + xoff;
+      if (residual) y[b * (1 + H * W) * C + c] = xb[c];
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t ww = 0; ww < W; ++ww) {
+          float acc = bias[c] + (residual ? xb[(1 + h * W + ww) * xs + c] : 0.0f);
+          for (int64_t i = 0; i < k; ++i)
+            for (int64_t j = 0; j < k; ++j) {
+              const int64_t hi = h + i - p, wj = ww + j - p;
+              if (hi >= 0 && hi < H && wj >= 0 && wj < W)
+                acc += xb[(1 + hi * W + wj) * xs + c] * w[g][(cl * k + i) * k + j];
+            }
+          y[(b * (1 + H * W) + 1 + h * W + ww) * C + c] = acc;
+        }
+    }
+  return y;
+}
+
+}  // namespace
+
+extern "C" int MindcoatSelfCheck(char *message, int length) {
+  const int64_t B = 2, H = 5, W = 6, C = 19, N = 1 + H * W;
+  const int64_t groups[2][2] = {{8, 3}, {11, 5}};
+  std::vector<std::vector<float>> w = {mindcoat::TestData(8 * 9, 1.0f),
+                                       mindcoat::TestData(11 * 25, 2.0f)};
+  std::vector<float> b0 = mindcoat::TestData(8, 3.0f), b1 = mindcoat::TestData(11, 4.0f);
+  std::vector<float> bias(b0);
+  bias.insert(bias.end(), b1.begin(), b1.end());
+  std::vector<float> hw(H * W), y(B * N * C);
+  const char **dtypes = mindcoat::F32Types();
+  int64_t s_x[3] = {B, N, C}, s_qkv[3] = {B, N, 3 * C}, s_hw[2] = {H, W};
+  int64_t s_w0[4] = {8, 1, 3, 3}, s_w1[4] = {11, 1, 5, 5}, s_b0[1] = {8}, s_b1[1] = {11};
+
+  std::vector<float> x = mindcoat::TestData(B * N * C, 0.5f);
+  void *with_out[7] = {x.data(), hw.data(), w[0].data(), w[1].data(), b0.data(), b1.data(),
+                       y.data()};
+  int64_t *shapes[7] = {s_x, s_hw, s_w0, s_w1, s_b0, s_b1, s_x};
+  int nd[7] = {3, 2, 4, 4, 1, 1, 3};
+  int status = DwResFwd(7, with_out, nd, shapes, dtypes, nullptr, nullptr);
+  std::vector<float> want = ReferenceConv(x, C, 0, w, bias, groups, B, H, W, C, true);
+  if (mindcoat::Verdict("DwResFwd", status, y, want, 1e-4f, message, length)) return 1;
+
+  std::vector<float> qkv = mindcoat::TestData(B * N * 3 * C, 0.25f);
+  with_out[0] = qkv.data();
+  shapes[0] = s_qkv;
+  status = CrpeFwd(7, with_out, nd, shapes, dtypes, nullptr, nullptr);
+  want = ReferenceConv(qkv, 3 * C, 2 * C, w, bias, groups, B, H, W, C, false);
+  for (int64_t r = 0; r < B * N; ++r)
+    for (int64_t c = 0; c < C; ++c)
+      want[r * C + c] = r % N == 0 ? 0.0f : want[r * C + c] * qkv[r * 3 * C + c];
+  return mindcoat::Verdict("CrpeFwd", status, y, want, 1e-4f, message, length);
+}

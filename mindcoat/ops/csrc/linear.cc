@@ -203,6 +203,7 @@ int Linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
     for (int i = 0; i < ndims[3] - 1; ++i) rows *= shapes[3][i];
     if (rows != M || shapes[3][ndims[3] - 1] != N) return 1;
   }
+  if (M == 0 || N == 0) return 0;  // an empty output: nothing to compute
   const MatMul *mm = runtime.Get(M, K, N, epilogue);
   if (!mm) return 1;
   return runtime.Run(*mm, static_cast<const float *>(params[0]),
@@ -226,4 +227,32 @@ extern "C" int LinearResFwd(int nparam, void **params, int *ndims, int64_t **sha
 extern "C" int LinearGeluFwd(int nparam, void **params, int *ndims, int64_t **shapes,
                              const char **dtypes, void *stream, void *extra) {
   return Linear(nparam, params, ndims, shapes, dtypes, Epilogue::kGelu);
+}
+
+// ---- self-check (see common.h) ---------------------------------------------------------------
+// LinearFwd and LinearResFwd on (3, 7, 13) x (9, 13)^T against plain loops: this runs oneDNN's
+// initialisation (its version, the engine, the stream on the package's thread pool) and a matmul
+// with and without a post-op, so a oneDNN without the threadpool runtime fails here.
+extern "C" int MindcoatSelfCheck(char *message, int length) {
+  const int64_t M = 21, K = 13, N = 9;
+  std::vector<float> x = mindcoat::TestData(M * K, 0.4f), w = mindcoat::TestData(N * K, 1.4f);
+  std::vector<float> b = mindcoat::TestData(N, 2.4f), r = mindcoat::TestData(M * N, 3.4f);
+  std::vector<float> y(M * N), want(M * N);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = b[n];
+      for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(x[m * K + k]) * w[n * K + k];
+      want[m * N + n] = static_cast<float>(acc);
+    }
+  int64_t s_x[3] = {3, 7, K}, s_w[2] = {N, K}, s_b[1] = {N}, s_y[3] = {3, 7, N};
+  int64_t *shapes[5] = {s_x, s_w, s_b, s_y, s_y};
+  int ndims[5] = {3, 2, 1, 3, 3};
+  void *params[5] = {x.data(), w.data(), b.data(), y.data(), nullptr};
+  int status = LinearFwd(4, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  if (mindcoat::Verdict("LinearFwd", status, y, want, 1e-4f, message, length)) return 1;
+  for (int64_t i = 0; i < M * N; ++i) want[i] += r[i];
+  params[3] = r.data();
+  params[4] = y.data();
+  status = LinearResFwd(5, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("LinearResFwd", status, y, want, 1e-4f, message, length);
 }

@@ -56,7 +56,7 @@ extern "C" int ResizeSumFwd(int nparam, void **params, int *ndims, int64_t **sha
   std::vector<Source> srcs;
   for (int i = 2; i + 1 < nparam - 1; i += 2) {
     const int64_t h = shapes[i + 1][0], w = shapes[i + 1][1];
-    if (ndims[i] != 3 || shapes[i][0] != B || shapes[i][1] != 1 + h * w || shapes[i][2] != C)
+    if (h < 1 || w < 1 || ndims[i] != 3 || shapes[i][0] != B || shapes[i][1] != 1 + h * w || shapes[i][2] != C)
       return 1;
     srcs.push_back({static_cast<const float *>(params[i]), h, w, Taps(h, H), Taps(w, W)});
   }
@@ -101,7 +101,7 @@ extern "C" int ResizeBwd(int nparam, void **params, int *ndims, int64_t **shapes
   if (nparam != 4 || !IsF32(dtypes[0]) || ndims[0] != 3) return 1;
   const int64_t B = shapes[0][0], C = shapes[0][2], H = shapes[1][0], W = shapes[1][1];
   const int64_t Hs = shapes[2][0], Ws = shapes[2][1];
-  if (shapes[0][1] != 1 + H * W || shapes[3][1] != 1 + Hs * Ws) return 1;
+  if (shapes[0][1] != 1 + H * W || shapes[3][1] != 1 + Hs * Ws || Hs < 1 || Ws < 1) return 1;
   const std::vector<Tap> ty = Taps(Hs, H), tx = Taps(Ws, W);
   const float *dout = static_cast<const float *>(params[0]);
   float *ds = static_cast<float *>(params[3]);
@@ -135,4 +135,62 @@ extern "C" int ResizeBwd(int nparam, void **params, int *ndims, int64_t **shapes
     }
   });
   return 0;
+}
+
+// ---- self-check (see common.h) ---------------------------------------------------------------
+// ResizeSumFwd with one source upsampled x2 and one downsampled x2 (uneven grid), against the
+// bilinear formula (align_corners=False) written out per output pixel.
+
+namespace {
+
+// resize(s)[y, x, c] of a (h, w) grid to (H, W), with PyTorch's source index rule.
+float Bilinear(const float *s, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W, int64_t y,
+               int64_t x, int64_t c) {
+  auto axis = [](int64_t in, int64_t out, int64_t d, int64_t *i0, int64_t *i1, double *l) {
+    const double src = std::max((d + 0.5) * in / out - 0.5, 0.0);
+    *i0 = static_cast<int64_t>(src);
+    *i1 = std::min(*i0 + 1, in - 1);
+    *l = src - *i0;
+  };
+  int64_t y0, y1, x0, x1;
+  double ly, lx;
+  axis(h, H, y, &y0, &y1, &ly);
+  axis(w, W, x, &x0, &x1, &lx);
+  auto at = [&](int64_t r, int64_t q) { return static_cast<double>(s[(1 + r * w + q) * C + c]); };
+  return static_cast<float>((1 - ly) * ((1 - lx) * at(y0, x0) + lx * at(y0, x1)) +
+                            ly * ((1 - lx) * at(y1, x0) + lx * at(y1, x1)));
+}
+
+}  // namespace
+
+extern "C" int MindcoatSelfCheck(char *message, int length) {
+  const int64_t B = 2, C = 5, H = 4, W = 6;
+  const int64_t grids[2][2] = {{2, 3}, {8, 12}};
+  std::vector<float> x = mindcoat::TestData(B * (1 + H * W) * C, 0.2f), out(x.size());
+  std::vector<std::vector<float>> src;
+  for (int i = 0; i < 2; ++i)
+    src.push_back(mindcoat::TestData(B * (1 + grids[i][0] * grids[i][1]) * C, 1.0f + i));
+  std::vector<float> want(x);
+  for (int64_t b = 0; b < B; ++b)
+    for (int i = 0; i < 2; ++i) {
+      const int64_t h = grids[i][0], w = grids[i][1];
+      const float *sb = src[i].data() + b * (1 + h * w) * C;
+      float *wb = want.data() + b * (1 + H * W) * C;
+      for (int64_t c = 0; c < C; ++c) wb[c] += sb[c];  // class tokens
+      for (int64_t y = 0; y < H; ++y)
+        for (int64_t xo = 0; xo < W; ++xo)
+          for (int64_t c = 0; c < C; ++c)
+            wb[(1 + y * W + xo) * C + c] += Bilinear(sb, h, w, C, H, W, y, xo, c);
+    }
+  std::vector<float> grid(8 * 12);  // only the shapes of the grid inputs are read
+  int64_t s_x[3] = {B, 1 + H * W, C}, s_hw[2] = {H, W};
+  int64_t s_a[3] = {B, 1 + 2 * 3, C}, s_b[3] = {B, 1 + 8 * 12, C};
+  int64_t g_a[2] = {2, 3}, g_b[2] = {8, 12};
+  int64_t *shapes[7] = {s_x, s_hw, s_a, g_a, s_b, g_b, s_x};
+  int ndims[7] = {3, 2, 3, 2, 3, 2, 3};
+  void *params[7] = {x.data(), grid.data(), src[0].data(), grid.data(), src[1].data(),
+                     grid.data(), out.data()};
+  const int status = ResizeSumFwd(7, params, ndims, shapes, mindcoat::F32Types(), nullptr,
+                                  nullptr);
+  return mindcoat::Verdict("ResizeSumFwd", status, out, want, 1e-5f, message, length);
 }

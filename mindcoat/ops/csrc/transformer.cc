@@ -396,7 +396,9 @@ inline void RowStats(const float *x, int64_t C, float eps, float *mean, float *r
 extern "C" int LayerNormFwd(int nparam, void **params, int *ndims, int64_t **shapes,
                             const char **dtypes, void *stream, void *extra) {
   if (nparam != 5 || !IsF32(dtypes[0])) return 1;
-  const int64_t C = shapes[0][ndims[0] - 1], rows = Numel(ndims[0], shapes[0]) / C;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (C == 0) return 0;  // nothing to compute (and no division by zero)
+  const int64_t rows = Numel(ndims[0], shapes[0]) / C;
   const float *x = static_cast<const float *>(params[0]);
   const float *gamma = static_cast<const float *>(params[1]);
   const float *beta = static_cast<const float *>(params[2]);
@@ -418,7 +420,9 @@ extern "C" int LayerNormFwd(int nparam, void **params, int *ndims, int64_t **sha
 extern "C" int LayerNormBwd(int nparam, void **params, int *ndims, int64_t **shapes,
                             const char **dtypes, void *stream, void *extra) {
   if (nparam != 6 || !IsF32(dtypes[0])) return 1;
-  const int64_t C = shapes[0][ndims[0] - 1], rows = Numel(ndims[0], shapes[0]) / C;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (C == 0) return 0;  // nothing to compute (and no division by zero)
+  const int64_t rows = Numel(ndims[0], shapes[0]) / C;
   const float *x = static_cast<const float *>(params[0]);
   const float *dy = static_cast<const float *>(params[1]);
   const float *gamma = static_cast<const float *>(params[2]);
@@ -470,7 +474,9 @@ extern "C" int LayerNormBwd(int nparam, void **params, int *ndims, int64_t **sha
 extern "C" int ColSum(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                       void *stream, void *extra) {
   if (nparam != 2 || !IsF32(dtypes[0])) return 1;
-  const int64_t C = shapes[0][ndims[0] - 1], rows = Numel(ndims[0], shapes[0]) / C;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (C == 0) return 0;  // nothing to compute (and no division by zero)
+  const int64_t rows = Numel(ndims[0], shapes[0]) / C;
   const float *x = static_cast<const float *>(params[0]);
   float *out = static_cast<float *>(params[1]);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, 64));
@@ -492,4 +498,102 @@ extern "C" int ColSum(int nparam, void **params, int *ndims, int64_t **shapes, c
     for (int64_t c = 0; c < C; ++c) out[c] += p[c];
   }
   return 0;
+}
+
+// ---- self-check (see common.h) ---------------------------------------------------------------
+// GELU against std::erf, LayerNorm and the column sum against plain loops, and the factorized
+// attention (3 heads of 5 channels, 7 tokens: not vector multiples) against its definition.
+
+namespace {
+
+int CheckGelu(char *message, int length) {
+  std::vector<float> x = mindcoat::TestData(301, 0.1f), y(x.size()), want(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] *= 6.0f;
+    want[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678f));
+  }
+  int64_t shape[1] = {static_cast<int64_t>(x.size())};
+  int64_t *shapes[2] = {shape, shape};
+  int ndims[2] = {1, 1};
+  void *params[2] = {x.data(), y.data()};
+  const int status = GeluFwd(2, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("GeluFwd", status, y, want, 1e-5f, message, length);
+}
+
+int CheckLayerNorm(char *message, int length) {
+  const int64_t rows = 6, C = 21;
+  std::vector<float> x = mindcoat::TestData(rows * C, 0.3f), gamma = mindcoat::TestData(C, 1.1f);
+  std::vector<float> beta = mindcoat::TestData(C, 2.2f), y(rows * C), want(rows * C);
+  float eps = 1e-6f;
+  for (int64_t r = 0; r < rows; ++r) {
+    double mean = 0.0, var = 0.0;
+    for (int64_t c = 0; c < C; ++c) mean += x[r * C + c] / static_cast<double>(C);
+    for (int64_t c = 0; c < C; ++c) var += std::pow(x[r * C + c] - mean, 2) / C;
+    for (int64_t c = 0; c < C; ++c)
+      want[r * C + c] = static_cast<float>((x[r * C + c] - mean) / std::sqrt(var + eps)) *
+                        gamma[c] + beta[c];
+  }
+  int64_t s_x[2] = {rows, C}, s_c[1] = {C}, s_eps[1] = {1};
+  int64_t *shapes[5] = {s_x, s_c, s_c, s_eps, s_x};
+  int ndims[5] = {2, 1, 1, 1, 2};
+  void *params[5] = {x.data(), gamma.data(), beta.data(), &eps, y.data()};
+  const int status = LayerNormFwd(5, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("LayerNormFwd", status, y, want, 1e-4f, message, length);
+}
+
+int CheckColSum(char *message, int length) {
+  const int64_t rows = 70, C = 13;
+  std::vector<float> x = mindcoat::TestData(rows * C, 0.7f), y(C), want(C, 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < C; ++c) want[c] += x[r * C + c];
+  int64_t s_x[2] = {rows, C}, s_c[1] = {C};
+  int64_t *shapes[2] = {s_x, s_c};
+  int ndims[2] = {2, 1};
+  void *params[2] = {x.data(), y.data()};
+  const int status = ColSum(2, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("ColSum", status, y, want, 1e-4f, message, length);
+}
+
+// out[n, h, j] = ch^-0.5 * sum_i q[n, h, i] * sum_m softmax_m(k[:, h, i])[m] * v[m, h, j] + crpe
+int CheckFactorAtt(char *message, int length) {
+  const int64_t B = 2, N = 7, heads = 3, ch = 5, C = heads * ch;
+  std::vector<float> qkv = mindcoat::TestData(B * N * 3 * C, 0.9f);
+  std::vector<float> crpe = mindcoat::TestData(B * N * C, 1.3f), head(heads);
+  std::vector<float> y(B * N * C), want(B * N * C);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(ch));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < heads; ++h) {
+      std::vector<double> kv(ch * ch, 0.0);
+      for (int64_t i = 0; i < ch; ++i) {
+        const int64_t kc = C + h * ch + i;
+        double mx = -1e30, sum = 0.0;
+        for (int64_t m = 0; m < N; ++m) mx = std::max<double>(mx, qkv[(b * N + m) * 3 * C + kc]);
+        for (int64_t m = 0; m < N; ++m) sum += std::exp(qkv[(b * N + m) * 3 * C + kc] - mx);
+        for (int64_t m = 0; m < N; ++m)
+          for (int64_t j = 0; j < ch; ++j)
+            kv[i * ch + j] += std::exp(qkv[(b * N + m) * 3 * C + kc] - mx) / sum *
+                              qkv[(b * N + m) * 3 * C + 2 * C + h * ch + j];
+      }
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < ch; ++j) {
+          double acc = 0.0;
+          for (int64_t i = 0; i < ch; ++i)
+            acc += qkv[(b * N + n) * 3 * C + h * ch + i] * kv[i * ch + j];
+          const int64_t o = (b * N + n) * C + h * ch + j;
+          want[o] = static_cast<float>(scale * acc) + crpe[o];
+        }
+    }
+  int64_t s_qkv[3] = {B, N, 3 * C}, s_y[3] = {B, N, C}, s_h[1] = {heads};
+  int64_t *shapes[4] = {s_qkv, s_y, s_h, s_y};
+  int ndims[4] = {3, 3, 1, 3};
+  void *params[4] = {qkv.data(), crpe.data(), head.data(), y.data()};
+  const int status = FactorAttFwd(4, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("FactorAttFwd", status, y, want, 1e-4f, message, length);
+}
+
+}  // namespace
+
+extern "C" int MindcoatSelfCheck(char *message, int length) {
+  return CheckGelu(message, length) || CheckLayerNorm(message, length) ||
+         CheckColSum(message, length) || CheckFactorAtt(message, length);
 }
