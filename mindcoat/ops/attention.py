@@ -12,6 +12,18 @@ from mindspore import nn, ops
 from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
 
 
+class _SoftmaxFloat32(nn.Cell):
+    """Softmax over the last axis in float32, as PyTorch's autocast runs it. Flagged float32 once;
+    amp never reaches this module-level cell: graph mode casts its input at the call, PyNative
+    runs it in float32."""
+
+    def construct(self, x):
+        return ops.softmax(x, axis=-1)
+
+
+_softmax_float32 = _SoftmaxFloat32().to_float(ms.float32)
+
+
 def factor_attention_native(qkv, crpe, num_heads):
     """Reference: ``qkv`` (B, N, 3C) -> (B, N, C), heads of C // num_heads channels."""
     b, n, c3 = qkv.shape
@@ -19,7 +31,8 @@ def factor_attention_native(qkv, crpe, num_heads):
     ch = c // num_heads
     q, k, v = ops.split(qkv, c, axis=2)
     # softmax over tokens, taken on the last axis: k as (B, heads, Ch, N)
-    k_soft = ops.softmax(k.reshape(b, n, num_heads, ch).transpose(0, 2, 3, 1), axis=-1)
+    k_t = k.reshape(b, n, num_heads, ch).transpose(0, 2, 3, 1)
+    k_soft = _softmax_float32(k_t).astype(k.dtype)
     q = q.reshape(b, n, num_heads, ch).transpose(0, 2, 1, 3)
     v = v.reshape(b, n, num_heads, ch).transpose(0, 2, 1, 3)
     factor_att = ops.matmul(q, ops.matmul(k_soft, v))

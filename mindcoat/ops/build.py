@@ -80,10 +80,19 @@ def _run(cmd, timeout=120):
     except (OSError, subprocess.SubprocessError) as err:
         raise KernelUnavailable(f'{os.path.basename(cmd[0])} did not run ({err})') from None
     if res.returncode != 0:
-        lines = [ln for ln in (res.stderr or res.stdout).strip().splitlines() if ln.strip()]
-        detail = lines[-1].strip() if lines else f'exit status {res.returncode}'
+        detail = _first_error(res.stderr or res.stdout) or f'exit status {res.returncode}'
         raise KernelUnavailable(f'{os.path.basename(cmd[0])} failed: {detail}')
     return res.stdout
+
+
+def _first_error(output):
+    """The line of a compiler's output that says what went wrong (not the linker driver's
+    closing 'ld returned 1 exit status'), else its last line."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    for line in lines:
+        if ('error' in line or 'undefined reference' in line) and 'collect2' not in line:
+            return line
+    return lines[-1] if lines else ''
 
 
 def compiler_version(cxx):

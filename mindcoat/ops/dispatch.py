@@ -64,10 +64,12 @@ def decide(op):
         return None, f'{"MINDCOAT_NATIVE" if _flag("MINDCOAT_NATIVE") else env_flag} is set'
     if target != 'CPU':
         return None, f'device is {target}'
-    libs = tuple(build(source) for source in sources)
-    for source, lib in zip(sources, libs):
+    libs = ()
+    for source in sources:  # stops at the first that cannot be used
+        lib = build(source)
         if lib is None:
             return None, f'csrc/{source}: {why(source)}'
+        libs += (lib,)
     return libs, None
 
 

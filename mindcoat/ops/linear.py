@@ -21,6 +21,8 @@ _MATMUL_TA = ops.MatMul(transpose_a=True)
 
 def linear_native(x, weight, bias):
     """nn.Dense's computation: (..., K) x (N, K)^T + (N,) -> (..., N)."""
+    if weight.dtype != x.dtype:  # amp O2/O3: this shared cell is outside amp's parameter casts
+        weight, bias = weight.astype(x.dtype), bias.astype(x.dtype)
     shape = x.shape
     y = ops.BiasAdd()(ops.MatMul(transpose_b=True)(x.reshape(-1, shape[-1]), weight), bias)
     return y.reshape(shape[:-1] + (weight.shape[0],))
