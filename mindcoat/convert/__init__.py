@@ -1,7 +1,9 @@
 """Load CoaT weights from any source into a mindcoat model, or convert them to a MindSpore .ckpt.
 
-Sources: the official mlpc-ucsd/CoaT ``.pth`` files, timm's ``.pth``/``.safetensors``, MindCV's
-``.ckpt`` and mindcoat's own checkpoints (EMA under 'ema.*'). No file's code is ever run.
+Sources: the official mlpc-ucsd/CoaT ``.pth`` files (bare state dicts and the trainer's
+checkpoints), timm's ``.pth``/``.safetensors``, MindCV's ``.ckpt`` and mindcoat's own checkpoints
+(EMA under 'ema.*'). No file's code is ever run, and a file is checked whole (names, shapes,
+dtypes, architecture) before the first parameter is assigned.
 """
 import os
 import re
@@ -10,14 +12,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .mapping import canonical_name, select_weights, to_mindcoat
-from .readers import CheckpointError, read_any
+from .readers import (DEFAULT_MAX_GB, MAX_GB_ENV, CheckpointError, as_numpy, read_any,
+                      read_mindspore_ckpt)
 
-__all__ = ['CheckpointError', 'LoadReport', 'read_weights', 'load_weights', 'convert_checkpoint']
+__all__ = ['CheckpointError', 'LoadReport', 'read_weights', 'load_weights', 'convert_checkpoint',
+           'read_mindspore_ckpt', 'MAX_GB_ENV', 'DEFAULT_MAX_GB']
 
 # Keys the reference writes but never uses: the stage-1 final norm (and in CoaT-Lite the
 # stage-2/3 norms); a backbone (features_only) also has no use for the classifier.
 _UNUSED = re.compile(r'^norm[1-3]\.')
 _CLASSIFIER = re.compile(r'^(norm\d|aggregate|head)\.')
+# fewer matched parameters than this share is not this model's file, even with strict=False
+_MIN_SHARE = 0.5
 
 
 @dataclass
@@ -55,79 +61,183 @@ def _preview(names, n=6):
     return ', '.join(names[:n]) + (f', ... (+{len(names) - n})' if len(names) > n else '')
 
 
-def read_weights(path, use_ema=False):
-    """Reads any supported file into ({mindcoat name: array}, alias conflicts)."""
-    return to_mindcoat(select_weights(read_any(str(path)), use_ema, str(path)))
+def read_weights(path, use_ema=False, max_gb=None):
+    """Reads any supported file into ({mindcoat name: array}, alias conflicts). Only the selected
+    weights are read from disk (a trainer checkpoint's optimizer state is checked, not read)."""
+    selected = select_weights(read_any(path, max_gb), use_ema, str(path))
+    return to_mindcoat({k: as_numpy(v) for k, v in selected.items()})
 
 
+# ------------------------------------------------------------------------ architecture check
+def architecture(shapes):
+    """What the parameter shapes say about a CoaT: embed_dims, serial_depths, parallel_depth,
+    mlp_ratios (fields the names do not show are left out)."""
+    dims = [shapes[f'cls_token{i}'][-1] for i in range(1, 5) if f'cls_token{i}' in shapes]
+    depths, parallel = [0, 0, 0, 0], set()
+    for name in shapes:
+        m = re.match(r'serial_blocks([1-4])\.(\d+)\.', name)
+        if m:
+            stage = int(m.group(1)) - 1
+            depths[stage] = max(depths[stage], int(m.group(2)) + 1)
+        m = re.match(r'parallel_blocks\.(\d+)\.', name)
+        if m:
+            parallel.add(int(m.group(1)))
+    out = {'serial_depths': tuple(depths), 'parallel_depth': len(parallel)}
+    if len(dims) == 4:
+        out['embed_dims'] = tuple(dims)
+        hidden = [shapes.get(f'serial_blocks{i + 1}.0.mlp.fc1.weight', (0,))[0] for i in range(4)]
+        if all(hidden):
+            out['mlp_ratios'] = tuple(h / d for h, d in zip(hidden, dims))
+    return out
+
+
+def _describe(arch):
+    return ', '.join(f"{k}={v}" for k, v in arch.items() if k != 'mlp_ratios')
+
+
+def likely_variant(arch):
+    """Registered variants whose architecture matches ``arch``, read off ARCHS without building
+    a model."""
+    from ..models import ARCHS
+    names = []
+    for name, cfg in ARCHS.items():
+        mine = {'embed_dims': tuple(cfg['embed_dims']),
+                'serial_depths': tuple(cfg['serial_depths']),
+                'parallel_depth': cfg['parallel_depth'],
+                'mlp_ratios': tuple(float(r) for r in cfg['mlp_ratios'])}
+        if all(mine[k] == arch[k] for k in arch):
+            names.append(name)
+    return names
+
+
+def _check_architecture(model, path, weights, params):
+    """Another variant's file is refused with the variant it holds."""
+    theirs = architecture({k: tuple(v.shape) for k, v in weights.items()})
+    ours = architecture({k: tuple(p.shape) for k, p in params.items()})
+    if theirs.get('embed_dims') is None or not any(theirs['serial_depths']):
+        return  # too little of a CoaT in the file to tell; the name checks decide
+    if all(theirs[k] == ours.get(k, theirs[k]) for k in theirs):
+        return
+    names = likely_variant(theirs)
+    held = (' or '.join(names) if names else
+            f"a CoaT no registered variant matches ({_describe(theirs)}; pass model_kwargs)")
+    raise CheckpointError(
+        f"{path} holds {held} weights, not {getattr(model, 'name', 'this model')} "
+        f"({_describe(ours)}); build that variant, or convert with -m {names[0] if names else '...'}")
+
+
+# ------------------------------------------------------------------------------------ loading
 def _is_training_state(key, value, param_names):
     """Optimizer moments, step counters, loss scale: keys ending in a parameter name, or scalars."""
-    if not isinstance(value, np.ndarray) or value.ndim == 0 or value.size == 1:
+    if value.ndim == 0 or value.size == 1:
         return True
     return any(key.endswith('.' + p) or key.endswith('.' + canonical_name(p)) for p in param_names)
 
 
-def load_weights(model, path, use_ema=False, log=print):
-    """Loads weights into ``model`` in place and returns a LoadReport (also passed to ``log``).
-    A shape mismatch is an error, except for the classifier head when num_classes differs:
-    the head then keeps its fresh initialisation."""
-    import mindspore as ms
-    weights, conflicts = read_weights(path, use_ema)
-    report = LoadReport(f"{path}{' (EMA)' if use_ema else ''}", alias_conflicts=conflicts)
+def _fit(key, value, param):
+    """``value`` shaped for ``param``, or None if the shapes differ."""
+    if tuple(value.shape) == tuple(param.shape):
+        return value
+    if value.size == int(np.prod(param.shape)) and \
+            [d for d in value.shape if d != 1] == [d for d in param.shape if d != 1]:
+        return value.reshape(param.shape)  # e.g. Conv1d (1, 3, 1, 1) vs (1, 3, 1)
+    return None
+
+
+def _plan(model, path, weights, report, strict):
+    """Every check, then the (parameter, value) pairs to assign. Raises before any assignment."""
     params = {p.name: p for p in model.get_parameters()}
-    mismatched, assignments = [], []
+    _check_architecture(model, path, weights, params)
+    features_only = getattr(model, 'features_only', False)
+    assignments, mismatched, bad_dtype = [], [], []
     for key, value in weights.items():
         param = params.get(key)
         if param is None:
-            if _UNUSED.match(key) or (getattr(model, 'features_only', False)
-                                      and _CLASSIFIER.match(key)):
+            if _UNUSED.match(key) or (features_only and _CLASSIFIER.match(key)):
                 report.ignored.append(key)
             elif _is_training_state(key, value, params):
                 report.training_state += 1
             else:
                 report.unexpected.append(key)
             continue
-        if tuple(value.shape) != tuple(param.shape):
-            if value.size == int(np.prod(param.shape)) and \
-                    [d for d in value.shape if d != 1] == [d for d in param.shape if d != 1]:
-                value = value.reshape(param.shape)  # e.g. Conv1d (1, 3, 1, 1) vs (1, 3, 1)
-            elif key.startswith('head.'):
-                report.head_reinitialised = (f"checkpoint head {key} is {tuple(value.shape)}, "
-                                             f"model needs {tuple(param.shape)}")
-                continue
-            else:
-                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
-                                  f"{tuple(param.shape)}")
-                continue
-        assignments.append((param, value))
+        if value.dtype.kind != 'f':
+            bad_dtype.append(f"{key} is {value.dtype}")
+            continue
+        fitted = _fit(key, value, param)
+        if fitted is None and key.startswith('head.') and not features_only:
+            report.head_reinitialised = (f"checkpoint head {key} is {tuple(value.shape)}, "
+                                         f"model needs {tuple(param.shape)}")
+            continue
+        if fitted is None:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
+                              f"{tuple(param.shape)}")
+            continue
+        assignments.append((param, fitted))
         report.loaded.append(key)
-    # checked before anything is assigned: a refused file leaves the model as it was
+    name = getattr(model, 'name', 'this model')
+    if bad_dtype:
+        raise CheckpointError(f"{path}: weights must be real floating point, but "
+                              f"{_preview(bad_dtype, 3)}; the file is damaged or not weights")
     if mismatched:
-        raise CheckpointError(f"{path} does not fit {getattr(model, 'name', 'this model')} "
-                              f"({len(mismatched)} shape mismatches, e.g. {mismatched[0]}); "
-                              "is it a checkpoint of another variant?")
-    if not report.loaded:
-        raise CheckpointError(f"{path}: no CoaT weights matched the model (first keys: "
-                              f"{', '.join(list(weights)[:5])})")
-    for param, value in assignments:
-        param.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=param.dtype))
+        raise CheckpointError(f"{path} does not fit {name} ({len(mismatched)} shape mismatches, "
+                              f"e.g. {mismatched[0]}); is it a checkpoint of another variant?")
     loaded = set(report.loaded)
     report.missing = [n for n in params if n not in loaded and
                       not (report.head_reinitialised and n.startswith('head.'))]
+    if len(loaded) < _MIN_SHARE * len(params):
+        raise CheckpointError(f"{path}: only {len(loaded)} of {len(params)} parameters of {name} "
+                              f"found (first keys in the file: {_preview(list(weights), 4)}); "
+                              "not weights for this model")
+    if strict and report.unexpected:
+        raise CheckpointError(f"{path}: {len(report.unexpected)} keys {name} does not have "
+                              f"({_preview(report.unexpected, 3)}); another model's file? "
+                              "Pass --non_strict (strict=False) to load the rest anyway")
+    if strict and report.missing:
+        raise CheckpointError(f"{path}: {len(report.missing)} parameters of {name} are missing "
+                              f"({_preview(report.missing, 3)}); pass --non_strict "
+                              "(strict=False) to keep them as initialised")
+    return assignments
+
+
+def load_weights(model, path, use_ema=False, strict=True, log=print, max_gb=None):
+    """Loads weights into ``model`` in place and returns a LoadReport (also passed to ``log``).
+
+    Nothing is assigned unless the whole file fits: every tensor a parameter of the model (or a
+    known unused key: the reference's unused final norms, training state), every shape and
+    dtype right, and the file's architecture the model's (another variant's file is refused
+    with its name). The one exception is the classifier head when num_classes differs: it keeps
+    its fresh initialisation, with a line saying so. ``strict=False`` accepts unexpected and
+    missing keys (at least half of the parameters must still be found). ``max_gb`` caps the
+    bytes the file may inflate to (default ${MINDCOAT_MAX_CHECKPOINT_GB} or 2)."""
+    import mindspore as ms
+    weights, conflicts = read_weights(path, use_ema, max_gb=max_gb)
+    report = LoadReport(f"{path}{' (EMA)' if use_ema else ''}", alias_conflicts=conflicts)
+    assignments = _plan(model, path, weights, report, strict)
+    for param, value in assignments:
+        param.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=param.dtype))
     for line in report.lines():
         log(line)
     return report
 
 
-def convert_checkpoint(src, model_name, out, use_ema=False, num_classes=1000, log=print, **kwargs):
-    """Reads ``src`` (any supported format) and writes a MindSpore checkpoint for ``model_name``."""
+def convert_checkpoint(src, model_name, out, use_ema=False, num_classes=1000, strict=True,
+                       model_kwargs=None, max_gb=None, log=print):
+    """Reads ``src`` (any supported format) and writes a MindSpore checkpoint (with a CRC) for
+    ``model_name`` built with ``model_kwargs``."""
     import mindspore as ms
     from ..models import create_model
-    model = create_model(model_name, num_classes=num_classes, **kwargs)
-    report = load_weights(model, src, use_ema=use_ema, log=log)
+    try:
+        model = create_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
+    except TypeError as exc:  # an override the model does not take
+        raise ValueError(f"bad model_kwargs for {model_name}: {exc}") from None
+    report = load_weights(model, src, use_ema=use_ema, strict=strict, log=log, max_gb=max_gb)
     # MindSpore appends '.ckpt' to names without it, so the temporary name keeps the suffix
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.getpid()}.partial.ckpt")
-    ms.save_checkpoint(model, tmp)
-    os.replace(tmp, out)  # never leave a half-written checkpoint under the final name
+    try:
+        ms.save_checkpoint(model, tmp, crc_check=True)
+        os.replace(tmp, out)  # never leave a half-written checkpoint under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     log(f"wrote {out}")
     return report

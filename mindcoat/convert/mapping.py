@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from .readers import CheckpointError
+from .readers import CheckpointError, is_tensor
 
 # alias -> canonical name of a shared module
 _ALIASES = [
@@ -28,7 +28,7 @@ _EMA_NESTS = ('model_ema', 'state_dict_ema', 'ema')
 
 
 def select_weights(obj, use_ema=False, source='checkpoint'):
-    """Picks the flat name -> array dict out of a loaded file (official files nest the weights
+    """Picks the flat name -> tensor dict out of a loaded file (official files nest the weights
     under 'model' and the EMA weights under 'model_ema'; mindcoat prefixes EMA keys 'ema.')."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a dict of weights")
@@ -36,17 +36,21 @@ def select_weights(obj, use_ema=False, source='checkpoint'):
     for key in nests:
         if isinstance(obj.get(key), dict):
             return select_weights(obj[key], False, source)
+    tensors = {k: v for k, v in obj.items() if is_tensor(v)}
+    odd = [k for k in tensors if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(f"{source}: weight names must be strings, found {odd[0]!r:.40} "
+                              f"({type(odd[0]).__name__}); not a state dict")
     if use_ema:
-        ema = {k[4:]: v for k, v in obj.items() if k.startswith('ema.')}
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith('ema.')}
         if not ema:
             raise CheckpointError(f"{source}: no EMA weights in this file (looked for "
                                   f"{', '.join(_EMA_NESTS)} and 'ema.*' keys); drop --ema")
         return ema
-    flat = {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
-    if not flat:
+    if not tensors:
         raise CheckpointError(f"{source}: no tensors found (top-level keys: "
                               f"{', '.join(map(str, list(obj)[:8]))})")
-    return {k[7:] if k.startswith('module.') else k: v for k, v in flat.items()}
+    return {k[7:] if k.startswith('module.') else k: v for k, v in tensors.items()}
 
 
 def canonical_name(name):
