@@ -93,11 +93,15 @@ SCHEMA = [
         ('mean', literal, None, 'normalisation mean (0-1 or 0-255 scale); default: the model\'s'),
         ('std', literal, None, 'normalisation std (0-1 or 0-255 scale); default: the model\'s'),
         ('crop_pct', optional(float), None, 'eval center-crop fraction; default: the model\'s'),
+        ('crop_mode', optional(str), None, 'eval resize: center (short side to size / crop_pct, '
+                                           'then crop) or squash; default: the model\'s'),
         ('mixup', float, 0.8, 'Mixup alpha (0: off)'),
         ('cutmix', float, 1.0, 'CutMix alpha (0: off)'),
         ('cutmix_prob', float, 1.0, 'probability that a batch is mixed at all (Mixup or CutMix)'),
         ('mixup_switch_prob', float, 0.5, 'probability of CutMix rather than Mixup (only 0.5)'),
         ('aug_repeats', int, 0, 'repeated augmentation: copies of each image across ranks (0/1: off)'),
+        ('aug_repeats_single_device', str2bool, False, 'apply aug_repeats on one device too (the '
+                                                       'official recipe repeats only when distributed)'),
     ]),
     ('model', [
         ('model', str, 'coat_lite_tiny', 'variant name (mindcoat.list_models())'),

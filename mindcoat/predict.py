@@ -11,10 +11,11 @@ import argparse
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
-from .cli import UsageError, apply_config, build_model, check_image_size, parse_model_kwargs, run
+from .cli import UsageError, apply_config, build_model, parse_model_kwargs, run
 
 IMAGENET_CLASSES = os.path.join(os.path.dirname(__file__), 'data', 'imagenet_classes.txt')
 
@@ -41,40 +42,28 @@ def class_names(num_classes, labels_path=None):
 
 
 def load_image(path, in_channels=3):
-    """File -> HWC uint8 array (RGB, or one channel for 1-channel models). PIL reads far more
-    formats than the dataset decoder; grayscale, palette and RGBA images are converted."""
-    from PIL import Image
-    with Image.open(path) as img:
-        img = img.convert('L' if in_channels == 1 else 'RGB')
-        arr = np.asarray(img)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    """File -> decoded PIL image (RGB, or L for 1-channel models). PIL reads far more formats
+    than the dataset decoder; grayscale, palette and RGBA images are converted."""
+    from .data.decode import read_image
+    return read_image(path, in_channels)
 
 
-def preprocess(images, transforms):
-    """Applies the eval transform ops (mindspore.dataset.vision, run eagerly) to HWC arrays."""
-    out = []
-    for img in images:
-        for op in transforms:
-            img = op(img)
-        out.append(np.asarray(img, dtype=np.float32))
-    return np.stack(out)
+def preprocess(images, transform):
+    """The eval transform (mindcoat.data.EvalTransform) on each PIL image -> NCHW float32."""
+    return np.stack([transform(img) for img in images]).astype(np.float32)
 
 
-def eval_transforms_for(model, image_size=None, crop_pct=None, interpolation=None, mean=None,
-                        std=None):
-    """The variant's eval transform (its default_cfg, with optional overrides): the trainer's
-    own eval pipeline, so predict sees images exactly as validate.py does."""
-    from .data.transforms import create_transforms
-    cfg = model.default_cfg
-    size = image_size or cfg['input_size'][-1]
-    check_image_size(size)
+def eval_transforms_for(model_name, image_size=None, crop_pct=None, interpolation=None,
+                        mean=None, std=None, crop_mode=None):
+    """The variant's eval transform with optional overrides, resolved exactly as train.py and
+    validate.py resolve theirs (mindcoat.data.resolve_data_settings)."""
+    from .config import ConfigError
+    from .data import EvalTransform, resolve_data_settings
+    wanted = SimpleNamespace(image_resize=image_size, crop_pct=crop_pct, crop_mode=crop_mode,
+                             interpolation=interpolation, mean=mean, std=std)
     try:
-        return create_transforms(
-            False, image_size=size, crop_pct=cfg['crop_pct'] if crop_pct is None else crop_pct,
-            crop_mode=cfg.get('crop_mode', 'center'),
-            interpolation=interpolation or cfg['interpolation'], mean=mean or cfg['mean'],
-            std=std or cfg['std'])
-    except ValueError as exc:  # e.g. an unknown interpolation
+        return EvalTransform(resolve_data_settings(wanted, model_name))
+    except ConfigError as exc:  # e.g. an unknown interpolation, a size not a multiple of 32
         raise UsageError(str(exc)) from None
 
 
@@ -152,10 +141,14 @@ def main(argv=None):
     num_classes = args.num_classes or (len(read_labels(args.labels)) if args.labels else 1000)
     names = class_names(num_classes, args.labels)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    transforms = eval_transforms_for(args.model, args.image_size, args.crop_pct,
+                                     args.interpolation, args.mean, args.std,
+                                     getattr(args, 'crop_mode', None))
+    if len(transforms.mean) != args.in_channels:
+        raise UsageError(f"the normalisation has {len(transforms.mean)} channel(s), the model "
+                         f"{args.in_channels}: give mean and std per channel (-c CONFIG)")
     model = build_model(args.model, args.ckpt_path, num_classes, args.in_channels, args.ema,
                         parse_model_kwargs(args.model_kwargs), log=log)
-    transforms = eval_transforms_for(model, args.image_size, args.crop_pct, args.interpolation,
-                                     args.mean, args.std)
     failed = []
 
     def on_error(path, exc):

@@ -1,13 +1,19 @@
-"""The data pipeline: soft targets under Mixup/CutMix, corrupt images skipped and reported by
-path, one-line errors for unusable folders, samplers, and reproducible epochs."""
+"""The data pipeline (create_loader): the same augmented batches whatever num_parallel_workers
+is, soft targets under Mixup/CutMix, unreadable images skipped and reported by path (identical
+files included), repeated augmentation only when distributed, samplers, one-line errors."""
 import os
+import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from mindcoat.data import DataError, create_dataset, create_transforms, find_classes, \
-    parse_rand_augment, rank_indices
-from train_helpers import make_color_folder
+from mindcoat.config import parse_config
+from mindcoat.data import DataError, EvalTransform, TrainTransform, create_loader, find_classes, \
+    rank_indices, resolve_data_settings
+from train_helpers import REPO, make_color_folder
+
+RECIPE = os.path.join(REPO, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')
 
 
 @pytest.fixture(scope='module')
@@ -16,66 +22,106 @@ def folder(tmp_path_factory):
     return make_color_folder(root, per_class=(10, 3), size=40, classes=3)
 
 
-def batches(loader, count=None):
-    it = loader.loader.create_tuple_iterator(num_epochs=1, output_numpy=True)
-    return [next(it) for _ in range(count or loader.num_samples // loader.batch_size)]
+def recipe(*flags):
+    """The shipped coat_lite_tiny recipe (RandAugment, erasing, Mixup/CutMix, smoothing, 8
+    workers), at 32 px and batch 4 on 3 classes."""
+    return parse_config(['-c', RECIPE, '--image_resize', '32', '--batch_size', '4',
+                         '--num_classes', '3', '--seed', '3'] + list(flags))
 
 
-def train_loader(folder, epoch=0, **kw):
+def loader(cfg, split_dir, is_training=True, **kw):
+    settings = resolve_data_settings(cfg, cfg.model)
+    return create_loader(cfg, split_dir, find_classes(split_dir), settings, is_training, **kw)
+
+
+def batches(data, count=None):
+    it = data.loader.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    return [next(it) for _ in range(count or data.num_samples // data.batch_size)]
+
+
+def same(a, b):
+    return all(np.array_equal(x1, x2) and np.array_equal(t1, t2)
+               for (x1, t1), (x2, t2) in zip(a, b))
+
+
+def test_same_batches_whatever_the_worker_count(folder):
+    """The recipe's full augmentation: 1 and 2 workers give bit-identical batches for the same
+    (seed, epoch, rank); another epoch, rank or seed gives others."""
     train = os.path.join(folder, 'train')
-    tf = create_transforms(True, image_size=32)
-    args = dict(label_smoothing=0.1, mixup=0.8, cutmix=1.0, num_parallel_workers=2, seed=3)
-    args.update(kw)
-    return create_dataset(train, find_classes(train), tf, 4, True, 3, epoch=epoch, **args)
+    one = batches(loader(recipe('--num_parallel_workers', '1'), train, epoch=1))
+    two = batches(loader(recipe('--num_parallel_workers', '2'), train, epoch=1))
+    assert len(one) == 30 // 4 and same(one, two)
+    assert not same(one, batches(loader(recipe(), train, epoch=2)))
+    assert not same(one, batches(loader(recipe('--seed', '4'), train, epoch=1)))
+    rank1 = batches(loader(recipe(), train, epoch=1, rank=1, world=2))
+    assert not same(one[:len(rank1)], rank1)
+
+
+def test_a_sample_is_a_function_of_seed_epoch_rank_position(folder):
+    """Without mixing, row p of the epoch is TrainTransform(image, rng(seed, epoch, rank, p)):
+    what a resumed run recomputes."""
+    train = os.path.join(folder, 'train')
+    cfg = recipe('--mixup', '0', '--cutmix', '0', '--label_smoothing', '0', '--shuffle', 'False')
+    data = loader(cfg, train, epoch=5)
+    images, targets = batches(data, 1)[0]
+    settings = resolve_data_settings(cfg, cfg.model)
+    first = sorted(os.listdir(os.path.join(train, 'class_0')))[:4]
+    for p, name in enumerate(first):
+        with Image.open(os.path.join(train, 'class_0', name)) as img:
+            rng = np.random.default_rng((3, 5, 0, 0, p))
+            expected = TrainTransform(settings, cfg)(img.convert('RGB'), rng)
+        np.testing.assert_array_equal(images[p], expected)
+    np.testing.assert_array_equal(targets, np.eye(3, dtype=np.float32)[[0, 0, 0, 0]])
 
 
 def test_soft_targets_sum_to_one_under_mixup_and_cutmix(folder):
-    out = batches(train_loader(folder))
+    out = batches(loader(recipe(), os.path.join(folder, 'train')))
     targets = np.concatenate([t for _, t in out])
     images = np.concatenate([x for x, _ in out])
     assert images.shape[1:] == (3, 32, 32) and images.dtype == np.float32
     np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-5)
     assert targets.min() >= 0.1 / 3 - 1e-6  # label smoothing floor
-    # mixing really happened: some rows carry two classes well above the smoothing floor
+    # mixing happened, and one lambda per batch: every row of a batch has the same two weights
     assert ((targets > 0.1).sum(1) >= 2).any()
+    for _, t in out:
+        assert len(np.unique(np.round(np.sort(t, axis=1)[:, -2:], 5), axis=0)) <= 2
 
 
-def test_epochs_reproduce_from_seed_and_epoch(folder):
-    a, b = batches(train_loader(folder, epoch=1)), batches(train_loader(folder, epoch=1))
-    c = batches(train_loader(folder, epoch=2))
-    assert all(np.array_equal(x1, x2) and np.array_equal(t1, t2)
-               for (x1, t1), (x2, t2) in zip(a, b))
-    assert not all(np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(a, c))
-
-
-def test_corrupt_images_are_skipped_and_reported(tmp_path):
+def test_unreadable_images_are_skipped_and_reported_by_path(tmp_path):
+    """Two byte-identical corrupt files in different folders are both named; a truncated PNG
+    too; the training epoch is topped up to its full number of batches."""
     root = make_color_folder(str(tmp_path), per_class=(6, 2), size=32, classes=2)
-    bad = os.path.join(root, 'train', 'class_1', 'broken.jpg')
+    train = os.path.join(root, 'train')
+    bad = os.path.join(train, 'class_1', 'broken.jpg')
     with open(bad, 'wb') as f:
         f.write(b'\xff\xd8\xff\xe0 not really a jpeg')
-    good = os.path.join(root, 'train', 'class_0', '000.png')
-    truncated = os.path.join(root, 'train', 'class_0', 'truncated.png')
-    with open(good, 'rb') as f, open(truncated, 'wb') as g:
+    twin = os.path.join(train, 'class_0', 'broken_copy.jpg')
+    shutil.copy(bad, twin)
+    truncated = os.path.join(train, 'class_0', 'truncated.png')
+    with open(os.path.join(train, 'class_0', '000.png'), 'rb') as f, open(truncated, 'wb') as g:
         g.write(f.read()[:60])
-    train = os.path.join(root, 'train')
-    tf = create_transforms(True, image_size=32, auto_augment=None, re_prob=0)
-    loader = create_dataset(train, find_classes(train), tf, 2, False, 2, num_parallel_workers=2)
-    seen = sum(len(t) for _, t in loader.loader.create_tuple_iterator(num_epochs=1,
+    os.mkfifo(os.path.join(train, 'class_0', 'pipe.jpg'))  # not a regular file: never opened
+    cfg = recipe('--num_classes', '2', '--batch_size', '2', '--num_parallel_workers', '2')
+    data = loader(cfg, train, is_training=False)
+    seen = sum(len(t) for _, t in data.loader.create_tuple_iterator(num_epochs=1,
                                                                    output_numpy=True))
-    assert seen == 12  # 14 files, 2 unreadable, every readable one kept
-    assert sorted(loader.bad_images.take()) == sorted([bad, truncated])
-    assert loader.bad_images.take() == []  # reported once
+    assert seen == 12  # 15 files, 3 unreadable, every readable one kept
+    assert sorted(data.bad_images.take()) == sorted([bad, twin, truncated])
+    assert data.bad_images.take() == []  # reported once
+    train_data = loader(cfg, train, epoch=0)
+    assert train_data.num_samples == 15
+    assert len(batches(train_data)) == 15 // 2  # topped up
+    assert set(train_data.bad_images.take()) <= {bad, twin, truncated}
 
 
-def test_missing_or_empty_data_dir(tmp_path):
-    with pytest.raises(DataError, match='data folder not found'):
-        find_classes(str(tmp_path / 'nope'))
-    (tmp_path / 'empty').mkdir()
-    with pytest.raises(DataError, match='no class folders'):
-        find_classes(str(tmp_path / 'empty'))
-    (tmp_path / 'empty' / 'cls').mkdir()
-    with pytest.raises(DataError, match='no images'):
-        find_classes(str(tmp_path / 'empty'))
+def test_repeated_augmentation_only_when_distributed(folder):
+    """DeiT/CoaT use RASampler only with --distributed: aug_repeats 3 on one device is off unless
+    aug_repeats_single_device forces it; under several ranks it is on."""
+    train = os.path.join(folder, 'train')
+    assert loader(recipe(), train).aug_repeats == 0
+    assert loader(recipe('--aug_repeats_single_device', 'True'), train).aug_repeats == 3
+    assert loader(recipe(), train, rank=1, world=2).aug_repeats == 3
+    assert loader(recipe('--aug_repeats', '0'), train, rank=1, world=2).aug_repeats == 0
 
 
 def test_repeated_augmentation_sampler():
@@ -91,14 +137,30 @@ def test_repeated_augmentation_sampler():
     assert rank_indices(n, 1, 0, seed=5, epoch=0) != rank_indices(n, 1, 0, seed=5, epoch=1)
 
 
-def test_eval_transform_and_rand_augment_spec(folder):
-    assert parse_rand_augment('rand-m9-mstd0.5-inc1') == (2, 9)
-    assert parse_rand_augment('rand-m7-n3') == (3, 7)
-    with pytest.raises(ValueError):
-        parse_rand_augment('autoaug-v0')
+def test_eval_loader_is_the_eval_transform_in_file_order(folder):
     val = os.path.join(folder, 'val')
-    tf = create_transforms(False, image_size=32, crop_pct=0.9)
-    loader = create_dataset(val, find_classes(val), tf, 4, False, 3, num_parallel_workers=2)
-    out = list(loader.loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    cfg = recipe('--num_parallel_workers', '2')
+    data = loader(cfg, val, is_training=False)
+    out = list(data.loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
     assert [len(y) for _, y in out] == [4, 4, 1]  # the last batch is kept
-    assert out[0][0].shape == (4, 3, 32, 32) and out[0][1].dtype == np.int32
+    assert out[0][1].dtype == np.int32
+    images = np.concatenate([x for x, _ in out])
+    tf = EvalTransform(resolve_data_settings(cfg, cfg.model))
+    files = [os.path.join(val, c, f) for c in find_classes(val)
+             for f in sorted(os.listdir(os.path.join(val, c)))]
+    for x, path in zip(images, files):
+        with Image.open(path) as img:
+            np.testing.assert_array_equal(x, tf(img.convert('RGB')))
+    shard = loader(cfg, val, is_training=False, rank=1, world=2)
+    assert shard.num_samples == 4  # files 1, 3, 5, 7 of 9
+
+
+def test_missing_or_empty_data_dir(tmp_path):
+    with pytest.raises(DataError, match='data folder not found'):
+        find_classes(str(tmp_path / 'nope'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(DataError, match='no class folders'):
+        find_classes(str(tmp_path / 'empty'))
+    (tmp_path / 'empty' / 'cls').mkdir()
+    with pytest.raises(DataError, match='no images'):
+        find_classes(str(tmp_path / 'empty'))

@@ -59,11 +59,12 @@ def test_parameter_count_equals_the_reference(name):
 
 def test_data_defaults_per_variant():
     assert DATA_CONFIGS['coat_lite_tiny']['input_size'] == (3, 224, 224)
-    assert DATA_CONFIGS['coat_tiny']['crop_pct'] == 0.9
+    # official src/datasets.py: resize to int(256 / 224 * size), center crop (438 -> 384)
+    assert DATA_CONFIGS['coat_tiny']['crop_pct'] == 0.875
     assert DATA_CONFIGS['coat_tiny']['interpolation'] == 'bicubic'
     big = DATA_CONFIGS['coat_lite_medium_384']
-    assert big['input_size'] == (3, 384, 384) and big['crop_pct'] == 1.0
-    assert big['crop_mode'] == 'squash'
+    assert big['input_size'] == (3, 384, 384) and big['crop_pct'] == 0.875
+    assert big['crop_mode'] == 'center'
     assert create_model('coat_mini', num_classes=7).default_cfg['mean'] == (0.485, 0.456, 0.406)
 
 

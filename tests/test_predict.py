@@ -5,7 +5,6 @@ import json
 import os
 
 import mindspore as ms
-import mindspore.dataset.vision as vision
 import numpy as np
 import pytest
 from PIL import Image
@@ -47,13 +46,17 @@ def checkpoint(tmp_path_factory):
     return model, path
 
 
-def direct_probs(model, path, size=32, crop_pct=0.9):
-    """The eval transform spelled out independently: resize short side to size/crop_pct
-    (bicubic), center crop, normalise; then softmax of the model's logits."""
-    img = np.asarray(Image.open(path).convert('RGB'))
-    for op in (vision.Resize(int(size / crop_pct), vision.Inter.BICUBIC), vision.CenterCrop(size),
-               vision.Normalize(MEAN, STD), vision.HWC2CHW()):
-        img = op(img)
+def direct_probs(model, path, size=32, crop_pct=0.875):
+    """The official eval transform spelled out independently: resize the short side to
+    int(size / crop_pct) with PIL bicubic, center crop, normalise; then softmax of the logits."""
+    pil = Image.open(path).convert('RGB')
+    short = int(size / crop_pct)
+    w, h = pil.size
+    pil = pil.resize((short, int(short * h / w)) if w <= h else (int(short * w / h), short),
+                     Image.BICUBIC)
+    top, left = int(round((pil.height - size) / 2)), int(round((pil.width - size) / 2))
+    img = np.asarray(pil.crop((left, top, left + size, top + size)), np.float32)
+    img = ((img - MEAN) / STD).transpose(2, 0, 1)
     model.set_train(False)
     logits = model(ms.Tensor(img[None].astype(np.float32))).asnumpy()[0].astype(np.float64)
     e = np.exp(logits - logits.max())

@@ -1,9 +1,13 @@
-"""Data pipeline: image folders -> decoded, augmented, batched, mixed (mindspore.dataset)."""
-from .dataset import DataError, Loader, batch_mixing, check_split, create_dataset, find_classes
-from .decode import BadImageLog, SafeDecode
-from .sampler import RepeatAugSampler, eval_shard, rank_indices
-from .transforms import create_transforms, parse_rand_augment
+"""Data pipeline: image folders -> decoded, augmented (timm's recipe), batched, mixed."""
+from .augment import RandAugment, RandAugmentSpec, parse_rand_augment
+from .dataset import DataError, Loader, check_split, create_loader, find_classes
+from .decode import BadImageLog
+from .mixing import BatchMix
+from .sampler import rank_indices
+from .settings import DataSettings, clamp_workers, resolve_data_settings
+from .transforms import EvalTransform, TrainTransform
 
-__all__ = ['DataError', 'Loader', 'batch_mixing', 'check_split', 'create_dataset', 'find_classes',
-           'BadImageLog', 'SafeDecode', 'RepeatAugSampler', 'eval_shard', 'rank_indices',
-           'create_transforms', 'parse_rand_augment']
+__all__ = ['RandAugment', 'RandAugmentSpec', 'parse_rand_augment', 'DataError', 'Loader',
+           'check_split', 'create_loader', 'find_classes', 'BadImageLog', 'BatchMix',
+           'rank_indices', 'DataSettings', 'clamp_workers', 'resolve_data_settings',
+           'EvalTransform', 'TrainTransform']

@@ -1,25 +1,37 @@
-"""Image-folder datasets (ImageNet layout: DATA_DIR/<split>/<class>/<image>) through
-mindspore.dataset.ImageFolderDataset.
+"""Image-folder datasets (ImageNet layout: DATA_DIR/<split>/<class>/<image>) as one epoch's
+mindspore.dataset pipeline per rank.
 
-    classes = find_classes(train_dir)                       # one-line DataError if unusable
-    data = create_dataset(train_dir, classes, transforms, batch_size, is_training=True, ...)
+    classes = find_classes(train_dir)                                # one-line DataError if unusable
+    settings = resolve_data_settings(cfg, cfg.model)
+    data = create_loader(cfg, train_dir, classes, settings, is_training=True, rank=r, world=w,
+                         epoch=e)
     for images, targets in data.loader.create_tuple_iterator(num_epochs=1): ...
     data.bad_images.take()   # paths skipped since the last call
 
+Reproducible whatever the worker count: the source is random-access (position in this rank's
+epoch -> file), and each sample's augmentation draws from a generator seeded by
+(seed, epoch, rank, position), each batch's Mixup/CutMix from one seeded by (seed, epoch, rank,
+the batch's first position). Workers only change who computes a row, never its value.
+
 Training batches carry soft targets (label smoothing, then Mixup/CutMix on whole batches);
-evaluation batches carry integer labels and keep the last, smaller batch.
+evaluation batches carry int32 labels and keep the last, smaller batch.
 """
 import os
 from dataclasses import dataclass
 
-import mindspore as ms
+import numpy as np
 import mindspore.dataset as ds
-import mindspore.dataset.transforms as T
-import mindspore.dataset.vision as vision
-from mindspore.dataset.transforms.transforms import TensorOperation
 
-from .decode import BadImageLog, SafeDecode
-from .sampler import RepeatAugSampler, eval_shard
+from .decode import BadImageLog, list_images, read_image
+from .mixing import BatchMix
+from .sampler import rank_indices
+from .settings import clamp_workers
+from .transforms import EvalTransform, TrainTransform
+
+SAMPLE_STREAM, MIX_STREAM = 0, 1
+# Worker processes (not threads): PIL and the numpy conversions hold the GIL for part of each
+# image, so threads share one core (measured: see the commit that chose this).
+USE_PROCESSES = True
 
 
 class DataError(ValueError):
@@ -50,76 +62,109 @@ def check_split(split_dir, classes):
 @dataclass
 class Loader:
     loader: ds.Dataset        # yields (images NCHW float32, targets) batches
-    bad_images: BadImageLog   # corrupt files met so far
+    bad_images: BadImageLog   # unreadable files met so far, by path
     num_samples: int          # images this rank reads (before skipping bad ones)
     batch_size: int
+    aug_repeats: int = 0      # repeated augmentation in effect this epoch (0: off)
 
 
-def create_dataset(split_dir, classes, transforms, batch_size, is_training, num_classes,
-                   channels=3, rank=0, world_size=1, seed=0, epoch=0, shuffle=True, aug_repeats=0,
-                   label_smoothing=0.0, mixup=0.0, cutmix=0.0, cutmix_prob=1.0,
-                   mixup_switch_prob=0.5, drop_remainder=True, num_parallel_workers=4):
-    """One epoch's pipeline for this rank. Training: the (seed, epoch) permutation, dealt to the
-    ranks (repeated augmentation if ``aug_repeats`` > 1); augmentation seeded by
-    (seed, epoch, rank), so a resumed run sees the same images and augmentations."""
-    class_indexing = {name: i for i, name in enumerate(classes)}
-    num_files = ds.ImageFolderDataset(split_dir, class_indexing=class_indexing,
-                                      shuffle=False).get_dataset_size()
+class _Source:
+    """Random-access rows (image CHW float32, label, position, ok) of one rank's epoch.
+    ``order[p]`` is the sample read at position p; positions past len(order) (the top-up pass,
+    used when bad images shortened the epoch) reread the order with fresh augmentations."""
+
+    def __init__(self, samples, order, transform, key, channels, length):
+        self.samples = samples
+        self.order = order
+        self.transform = transform
+        self.key = key  # (seed, epoch, rank) or None for evaluation (no randomness)
+        self.channels = channels
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def path_of(self, position):
+        return self.samples[self.order[position % len(self.order)]][0]
+
+    def __getitem__(self, position):
+        path, label = self.samples[self.order[position % len(self.order)]]
+        try:
+            img = read_image(path, self.channels)
+        except Exception:  # noqa: BLE001 - any decoder error means: skip and report this file
+            return (np.zeros((self.channels, 1, 1), np.float32), np.int32(label),
+                    np.int64(position), np.bool_(False))
+        rng = None if self.key is None else \
+            np.random.default_rng(self.key + (SAMPLE_STREAM, position))
+        return (self.transform(img, rng), np.int32(label), np.int64(position), np.bool_(True))
+
+
+class _MixBatch:
+    """per_batch_map: stacks a batch, then label smoothing and Mixup/CutMix with a generator
+    seeded by the batch's first position."""
+
+    def __init__(self, mix, key):
+        self.mix = mix
+        self.key = key
+
+    def __call__(self, images, labels, positions, _info):
+        rng = np.random.default_rng(self.key + (MIX_STREAM, int(positions[0])))
+        x, y = self.mix(np.stack(images), np.asarray(labels, np.int64), rng)
+        return np.ascontiguousarray(x), y.astype(np.float32)
+
+
+def repeats_in_effect(cfg, world):
+    """Repeated augmentation (DeiT's RASampler) only when distributed, as the official trainer
+    (``aug_repeats_single_device: True`` forces it on one device)."""
+    repeats = int(cfg.aug_repeats or 0)
+    if repeats <= 1 or (world <= 1 and not cfg.aug_repeats_single_device):
+        return 0
+    return repeats
+
+
+def _check_channels(settings, channels):
+    if len(settings.mean) != channels:
+        raise DataError(f"mean/std have {len(settings.mean)} values for {channels}-channel "
+                        f"images: set mean and std with {channels} value(s)")
+
+
+def create_loader(cfg, split_dir, classes, settings, is_training, rank=0, world=1, epoch=0):
+    """One epoch's pipeline for this rank. ``cfg``: the parsed config (batch size, workers, seed,
+    sampler, augmentation and mixing keys); ``settings``: resolve_data_settings(...)."""
+    _check_channels(settings, cfg.in_channels)
+    samples = list_images(split_dir, classes)
+    if not samples:
+        raise DataError(f"no images in the class folders of {split_dir}")
+    workers = clamp_workers(cfg.num_parallel_workers)
+    repeats = repeats_in_effect(cfg, world) if is_training else 0
     if is_training:
-        ds.config.set_seed(_mix(seed, epoch, rank))
-        sampler = RepeatAugSampler(num_files, world_size, rank, aug_repeats, seed, epoch, shuffle)
+        order = np.asarray(rank_indices(len(samples), world, rank, max(repeats, 1), cfg.seed,
+                                        epoch, cfg.shuffle), np.int64)
+        key = (int(cfg.seed) & 0xFFFFFFFF, int(epoch), int(rank))
+        source = _Source(samples, order, TrainTransform(settings, cfg), key, cfg.in_channels,
+                         2 * len(order))
     else:
-        sampler = eval_shard(num_files, world_size, rank)
-    data = ds.ImageFolderDataset(split_dir, class_indexing=class_indexing, sampler=sampler,
-                                 decode=False, num_parallel_workers=num_parallel_workers)
-    bad_images = BadImageLog(split_dir, classes)
-    data = data.map(SafeDecode(channels), input_columns=['image'],
-                    output_columns=['image', 'ok', 'digest'],
-                    num_parallel_workers=num_parallel_workers)
-    data = data.filter(bad_images, input_columns=['ok', 'digest', 'label'])
-    data = data.project(['image', 'label'])
-    # Python ops draw from one shared RNG: run them in a single worker, in row order, so the
-    # augmentation is reproducible (RandomErasing is cheap; the C++ ops keep all workers).
-    python_ops = [op for op in transforms if not isinstance(op, TensorOperation)]
-    data = data.map([op for op in transforms if isinstance(op, TensorOperation)],
-                    input_columns=['image'], num_parallel_workers=num_parallel_workers)
-    if python_ops:
-        data = data.map(python_ops, input_columns=['image'], num_parallel_workers=1)
+        order = np.arange(rank, len(samples), world, dtype=np.int64)
+        source = _Source(samples, order, EvalTransform(settings), None, cfg.in_channels,
+                         len(order))
+    if len(order) == 0:
+        raise DataError(f"{split_dir}: no images for rank {rank} of {world}")
+    data = ds.GeneratorDataset(source, ['image', 'label', 'position', 'ok'], shuffle=False,
+                               num_parallel_workers=workers,
+                               python_multiprocessing=USE_PROCESSES and workers > 1)
+    bad_images = BadImageLog(source.path_of)
+    data = data.filter(bad_images, input_columns=['ok', 'position'], num_parallel_workers=1)
     if not is_training:
-        data = data.map(T.TypeCast(ms.int32), input_columns=['label'])
-        return Loader(data.batch(batch_size, drop_remainder=False), bad_images,
-                      len(range(rank, num_files, world_size)), batch_size)
-    data = data.map([T.OneHot(num_classes, smoothing_rate=label_smoothing),
-                     T.TypeCast(ms.float32)], input_columns=['label'])
-    data = data.batch(batch_size, drop_remainder=drop_remainder)
-    mix = batch_mixing(mixup, cutmix, cutmix_prob, mixup_switch_prob)
-    if mix is not None:
-        data = data.map(mix, input_columns=['image', 'label'])
-    # A skipped image shortens this rank's epoch; the next pass tops it up so that every rank
-    # runs the same number of steps (the loop takes exactly num_samples // batch_size batches).
-    return Loader(data.repeat(2), bad_images, len(sampler), batch_size)
-
-
-def batch_mixing(mixup, cutmix, prob, switch_prob):
-    """Mixup and/or CutMix on whole batches of soft targets: applied with probability ``prob``;
-    when both are on, each mixed batch picks one of them at random."""
-    ops = []
-    if mixup > 0:
-        ops.append(vision.MixUpBatch(alpha=mixup))
-    if cutmix > 0:
-        ops.append(vision.CutMixBatch(vision.ImageBatchFormat.NCHW, alpha=cutmix, prob=1.0))
-    if not ops or prob <= 0:
-        return None
-    if len(ops) == 2 and abs(switch_prob - 0.5) > 1e-9:
-        raise ValueError("mixup_switch_prob: mindspore's RandomChoice picks Mixup or CutMix "
-                         "with equal chance; only 0.5 is supported")
-    mix = ops[0] if len(ops) == 1 else T.RandomChoice(ops)
-    return mix if prob >= 1.0 else T.RandomApply([mix], prob=prob)
-
-
-def _mix(*values):
-    """A 32-bit seed from several integers (stable across runs and machines)."""
-    h = 0x345678
-    for v in values:
-        h = (h * 1000003) ^ (int(v) & 0xFFFFFFFF)
-    return h % (2 ** 31 - 1)
+        data = data.project(['image', 'label'])
+        return Loader(data.batch(cfg.batch_size, drop_remainder=False), bad_images, len(order),
+                      cfg.batch_size)
+    data = data.project(['image', 'label', 'position'])
+    mix = BatchMix(cfg.mixup, cfg.cutmix, cfg.cutmix_prob, cfg.mixup_switch_prob,
+                   cfg.label_smoothing, cfg.num_classes)
+    data = data.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder,
+                      input_columns=['image', 'label', 'position'],
+                      output_columns=['image', 'label'], per_batch_map=_MixBatch(mix, key),
+                      num_parallel_workers=1)
+    # The loop takes exactly num_samples // batch_size batches (the same on every rank); the
+    # source's top-up pass replaces images skipped as unreadable.
+    return Loader(data, bad_images, len(order), cfg.batch_size, repeats)

@@ -1,81 +1,185 @@
-"""Per-image transforms (after decoding to HWC uint8), built from mindspore.dataset.vision.
+"""Per-image transforms on PIL images, as the official CoaT code builds them (timm 0.3.2 for
+training, torchvision for evaluation), every random draw from a ``np.random.Generator``.
 
-Train (DeiT/CoaT recipe): RandomResizedCrop(scale, ratio) -> horizontal flip -> RandAugment (or
-ColorJitter when auto_augment is off) -> Normalize -> HWC2CHW -> RandomErasing (per-pixel noise).
-Eval: resize the short side to size / crop_pct -> center crop (crop_mode 'squash': resize both
-sides to size / crop_pct, as the 384 model) -> Normalize -> HWC2CHW.
+Train: RandomResizedCrop(scale, ratio) -> horizontal flip -> RandAugment (or ColorJitter when
+auto_augment is off) -> ToTensor + Normalize -> RandomErasing ('pixel' mode, after normalize).
+Eval (official src/datasets.py): resize the short side to int(size / crop_pct) (crop_pct 0.875:
+256 for 224, 438 for 384) with PIL bicubic (antialiased), center crop, ToTensor + Normalize.
+crop_mode 'squash' resizes both sides to int(size / crop_pct) instead (timm's option).
+
+Both return CHW float32 arrays.
 """
-import re
+import math
 
-import mindspore.dataset.vision as vision
+import numpy as np
+from PIL import Image, ImageEnhance
 
-INTERPOLATION = {'bicubic': vision.Inter.BICUBIC, 'bilinear': vision.Inter.BILINEAR,
-                 'nearest': vision.Inter.NEAREST, 'area': vision.Inter.AREA}
-RAND_FILL = (124, 116, 104)  # timm's fill for RandAugment: the ImageNet mean pixel
+from .augment import PIL_INTERPOLATION, RANDOM_INTERPOLATION, RandAugment, parse_rand_augment
+
+INTERPOLATIONS = tuple(PIL_INTERPOLATION) + ('random',)
 
 
-def interpolation_mode(name):
+def pil_interpolation(name, allow_random=True):
+    """'bicubic' -> Image.BICUBIC; 'random' (timm: bilinear or bicubic per image) stays a string."""
+    key = str(name).lower()
+    if key == 'random' and allow_random:
+        return 'random'
+    if key == 'random':  # as timm's eval transform: no random resampling there
+        return Image.BILINEAR
     try:
-        return INTERPOLATION[name.lower()]
+        return PIL_INTERPOLATION[key]
     except KeyError:
         raise ValueError(f"unknown interpolation '{name}'; choose one of "
-                         f"{', '.join(INTERPOLATION)}") from None
+                         f"{', '.join(INTERPOLATIONS)}") from None
 
 
-def to_pixel_scale(values):
-    """Mean/std given on the 0-1 scale (timm, the model's default_cfg) become 0-255 (MindCV)."""
-    values = [float(v) for v in values]
-    return values if max(values) > 1.0 else [v * 255.0 for v in values]
+def to_tensor(img, mean, std):
+    """PIL image -> normalised CHW float32 (torchvision ToTensor then Normalize, in float32)."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] != len(mean):
+        raise ValueError(f"{arr.shape[2]}-channel image, {len(mean)}-value mean/std")
+    x = arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    return (x - mean) / std
 
 
-def parse_rand_augment(spec):
-    """'rand-m9-mstd0.5-inc1' -> (num_ops, magnitude out of 10). mindspore's RandAugment is the
-    torchvision op set: the magnitude noise (mstd) and the 'increasing' flag have no counterpart
-    there and are accepted but not applied."""
-    parts = spec.split('-')
-    if parts[0] != 'rand':
-        raise ValueError(f"auto_augment '{spec}': only RandAugment specs ('rand-m9-...') are "
-                         f"supported")
-    num_ops, magnitude = 2, 10
-    for part in parts[1:]:
-        key, value = re.match(r'([a-z]+)([\d.]+)$', part).groups() if re.match(
-            r'([a-z]+)([\d.]+)$', part) else (part, None)
-        if key == 'm':
-            magnitude = int(float(value))
-        elif key == 'n':
-            num_ops = int(value)
-        elif key not in ('mstd', 'inc', 'mmax', 'w', 'p'):
-            raise ValueError(f"auto_augment '{spec}': unknown part '{part}'")
-    return num_ops, magnitude
+# --- eval -------------------------------------------------------------------------------------
+
+def resize_short_side(img, size, resample):
+    """torchvision's Resize(int) on a PIL image: the short side becomes ``size``, the long side
+    int(size * long / short)."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    return img.resize((new_w, new_h), resample)
 
 
-def create_transforms(is_training, image_size=224, crop_pct=0.9, crop_mode='center',
-                      interpolation='bicubic', mean=(0.485, 0.456, 0.406),
-                      std=(0.229, 0.224, 0.225), scale=(0.08, 1.0), ratio=(0.75, 1.3333333),
-                      hflip=0.5, color_jitter=0.4, auto_augment='rand-m9-mstd0.5-inc1',
-                      re_prob=0.25):
-    """The transform list for ``dataset.map(operations=..., input_columns='image')``."""
-    inter = interpolation_mode(interpolation)
-    normalize = [vision.Normalize(to_pixel_scale(mean), to_pixel_scale(std)), vision.HWC2CHW()]
-    if not is_training:
-        resize = int(image_size / crop_pct) if crop_pct else image_size
-        if crop_mode == 'squash':
-            ops = [vision.Resize((resize, resize), inter)]
+def center_crop(img, size):
+    """torchvision's CenterCrop (rounding as it does; images smaller than ``size`` are padded
+    with black)."""
+    w, h = img.size
+    if size > w or size > h:
+        canvas = Image.new(img.mode, (max(w, size), max(h, size)))
+        canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+        img, (w, h) = canvas, canvas.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+class EvalTransform:
+    """``EvalTransform(settings)(pil_image) -> CHW float32``."""
+
+    def __init__(self, settings):
+        self.size = settings.image_size
+        self.scale_size = int(math.floor(self.size / settings.crop_pct))
+        self.squash = settings.crop_mode == 'squash'
+        self.resample = pil_interpolation(settings.interpolation, allow_random=False)
+        self.mean, self.std = settings.mean, settings.std
+
+    def __call__(self, img, rng=None):
+        if self.squash:
+            img = img.resize((self.scale_size, self.scale_size), self.resample)
         else:
-            ops = [vision.Resize(resize, inter)]
-        return ops + [vision.CenterCrop(image_size)] + normalize
-    ops = [vision.RandomResizedCrop(image_size, scale=tuple(scale), ratio=tuple(ratio),
-                                    interpolation=inter)]
-    if hflip > 0:
-        ops.append(vision.RandomHorizontalFlip(prob=hflip))
-    if auto_augment and str(auto_augment).lower() != 'none':
-        num_ops, magnitude = parse_rand_augment(auto_augment)
-        ops.append(vision.RandAugment(num_ops=num_ops, magnitude=magnitude,
-                                      num_magnitude_bins=11, interpolation=inter,
-                                      fill_value=RAND_FILL))
-    elif color_jitter:
-        ops.append(vision.RandomColorAdjust(color_jitter, color_jitter, color_jitter))
-    ops += normalize
-    if re_prob > 0:
-        ops.append(vision.RandomErasing(prob=re_prob, value='random'))
-    return ops
+            img = resize_short_side(img, self.scale_size, self.resample)
+        return to_tensor(center_crop(img, self.size), self.mean, self.std)
+
+
+# --- train ------------------------------------------------------------------------------------
+
+def random_resized_crop_box(width, height, scale, ratio, rng):
+    """timm's RandomResizedCropAndInterpolation.get_params: (top, left, h, w) of the crop."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if w <= width and h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height  # fallback: the central crop of the allowed aspect range
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def color_jitter(img, strength, rng):
+    """torchvision's ColorJitter(b, c, s) with one strength: brightness, contrast and saturation
+    factors uniform in [max(0, 1 - s), 1 + s], applied in a random order."""
+    kinds = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+    factors = [rng.uniform(max(0.0, 1 - strength), 1 + strength) for _ in kinds]
+    for k in rng.permutation(len(kinds)):
+        img = kinds[k](img).enhance(factors[k])
+    return img
+
+
+def random_erasing(x, prob, rng, area=(0.02, 1 / 3), min_aspect=0.3):
+    """timm's RandomErasing, mode 'pixel', count 1, on a normalised CHW float32 array (in place):
+    with probability ``prob`` a box of area fraction uniform in ``area`` and aspect ratio
+    log-uniform in (min_aspect, 1 / min_aspect) gets per-pixel N(0, 1) noise (10 tries to fit)."""
+    if rng.random() > prob:
+        return x
+    chans, height, width = x.shape
+    log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+    for _ in range(10):
+        target_area = rng.uniform(*area) * height * width
+        aspect = math.exp(rng.uniform(*log_aspect))
+        h = int(round(math.sqrt(target_area * aspect)))
+        w = int(round(math.sqrt(target_area / aspect)))
+        if w < width and h < height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            x[:, top:top + h, left:left + w] = rng.standard_normal((chans, h, w), np.float32)
+            break
+    return x
+
+
+class TrainTransform:
+    """``TrainTransform(settings, aug)(pil_image, rng) -> CHW float32``; ``aug`` holds the
+    augmentation keys (scale, ratio, hflip, color_jitter, auto_augment, re_prob)."""
+
+    def __init__(self, settings, aug):
+        self.size = settings.image_size
+        self.scale, self.ratio = tuple(aug.scale), tuple(aug.ratio)
+        self.hflip = float(aug.hflip)
+        self.interpolation = pil_interpolation(settings.interpolation)
+        self.mean, self.std = settings.mean, settings.std
+        self.rand_augment = None
+        self.jitter = float(aug.color_jitter or 0.0)
+        if aug.auto_augment and str(aug.auto_augment).lower() != 'none':
+            fill = tuple(min(255, round(255 * m)) for m in settings.mean)
+            self.rand_augment = RandAugment(parse_rand_augment(aug.auto_augment), fill,
+                                            self.interpolation)
+        self.re_prob = float(aug.re_prob)
+
+    def _resample(self, rng):
+        if self.interpolation == 'random':
+            return RANDOM_INTERPOLATION[rng.integers(0, 2)]
+        return self.interpolation
+
+    def __call__(self, img, rng):
+        top, left, h, w = random_resized_crop_box(img.size[0], img.size[1], self.scale,
+                                                  self.ratio, rng)
+        img = img.crop((left, top, left + w, top + h)).resize((self.size, self.size),
+                                                              self._resample(rng))
+        if self.hflip > 0 and rng.random() < self.hflip:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.rand_augment is not None:
+            img = self.rand_augment(img, rng)
+        elif self.jitter > 0:
+            img = color_jitter(img, self.jitter, rng)
+        x = to_tensor(img, self.mean, self.std)
+        if self.re_prob > 0:
+            random_erasing(x, self.re_prob, rng)
+        return x
+

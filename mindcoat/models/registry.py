@@ -23,13 +23,12 @@ ARCHS = {
     'coat_small': dict(_COAT, embed_dims=(152, 320, 320, 320)),
 }
 
-_DATA = dict(input_size=(3, 224, 224), crop_pct=0.9, crop_mode='center', interpolation='bicubic',
-             mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000)
+_DATA = dict(input_size=(3, 224, 224), crop_pct=0.875, crop_mode='center',
+             interpolation='bicubic', mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000)
 
 # Data defaults per variant (what the variant was trained and evaluated with).
 DATA_CONFIGS = {name: dict(_DATA) for name in ARCHS}
-DATA_CONFIGS['coat_lite_medium_384'].update(input_size=(3, 384, 384), crop_pct=1.0,
-                                            crop_mode='squash')
+DATA_CONFIGS['coat_lite_medium_384'].update(input_size=(3, 384, 384))
 
 # Published ImageNet-1k top-1 (%), official mlpc-ucsd/CoaT README.
 PUBLISHED_TOP1 = {
