@@ -12,10 +12,11 @@ import zipfile
 
 import numpy as np
 
-_STORAGE = {np.dtype(np.float32): 'FloatStorage', np.dtype(np.int64): 'LongStorage'}
+_STORAGE = {np.dtype(np.float32): 'FloatStorage', np.dtype(np.int64): 'LongStorage',
+            np.dtype(np.complex64): 'ComplexFloatStorage'}
 
 
-class _PickleWriter:
+class PickleWriter:
     """Just enough of pickle protocol 2 for nested dicts of str -> (dict | ndarray | int)."""
 
     def __init__(self):
@@ -30,7 +31,11 @@ class _PickleWriter:
         self.op(b'X' + struct.pack('<I', len(raw)) + raw)  # BINUNICODE
 
     def integer(self, n):
-        self.op(b'J' + struct.pack('<i', n))  # BININT
+        if -2**31 <= n < 2**31:
+            self.op(b'J' + struct.pack('<i', n))  # BININT
+        else:
+            raw = n.to_bytes((n.bit_length() + 8) // 8, 'little', signed=True)
+            self.op(b'\x8a' + bytes([len(raw)]) + raw)  # LONG1
 
     def ints_tuple(self, values):
         self.op(b'(')
@@ -45,19 +50,25 @@ class _PickleWriter:
         arr = np.ascontiguousarray(arr)
         key = str(len(self.storages))
         self.storages[key] = arr
+        self.tensor_record(_STORAGE[arr.dtype], key, arr.size, 0, arr.shape,
+                           [s // arr.itemsize for s in arr.strides])
+
+    def tensor_record(self, storage_class, key, numel, offset, size, stride):
+        """A _rebuild_tensor_v2 call as torch writes it, with any view parameters (crafted files
+        pass views that do not fit their storage)."""
         self.global_('torch._utils', '_rebuild_tensor_v2')
         self.op(b'(')
         self.op(b'(')  # persistent id: ('storage', FloatStorage, key, 'cpu', numel)
         self.string('storage')
-        self.global_('torch', _STORAGE[arr.dtype])
+        self.global_('torch', storage_class)
         self.string(key)
         self.string('cpu')
-        self.integer(arr.size)
+        self.integer(numel)
         self.op(b't')
         self.op(b'Q')  # BINPERSID
-        self.integer(0)  # storage offset
-        self.ints_tuple(arr.shape)
-        self.ints_tuple([s // arr.itemsize for s in arr.strides])
+        self.integer(offset)
+        self.ints_tuple(size)
+        self.ints_tuple(stride)
         self.op(b'\x89')  # requires_grad False
         self.global_('collections', 'OrderedDict')
         self.op(b')R')  # backward hooks: OrderedDict()
@@ -101,15 +112,17 @@ class Namespace:
         self.kwargs = kwargs
 
 
-def write_torch_zip(path, obj, data=None):
+def write_torch_zip(path, obj, data=None, storages=None):
     """``obj``: nested dict with numpy arrays as tensors (e.g. {'model': state_dict}). ``data``:
-    raw pickle bytes to store instead (for crafted files)."""
-    writer = _PickleWriter()
+    raw pickle bytes to store instead (for crafted files), with ``storages`` {key: bytes}."""
+    writer = PickleWriter()
     data = writer.dump(obj) if data is None else data
+    blobs = {k: a.tobytes() for k, a in writer.storages.items()}
+    blobs.update(storages or {})
     with zipfile.ZipFile(path, 'w') as z:
         z.writestr('archive/data.pkl', data)
-        for key, arr in writer.storages.items():
-            z.writestr(f'archive/data/{key}', arr.tobytes())
+        for key, raw in blobs.items():
+            z.writestr(f'archive/data/{key}', raw)
         z.writestr('archive/version', '3\n')
 
 

@@ -116,7 +116,12 @@ def _check_architecture(model, path, weights, params):
     ours = architecture({k: tuple(p.shape) for k, p in params.items()})
     if theirs.get('embed_dims') is None or not any(theirs['serial_depths']):
         return  # too little of a CoaT in the file to tell; the name checks decide
-    if all(theirs[k] == ours.get(k, theirs[k]) for k in theirs):
+    # a stage or the parallel blocks absent from the file is a partial file (the missing-key
+    # check reports it), not another variant
+    seen = dict(theirs, serial_depths=tuple(t or o for t, o in zip(theirs['serial_depths'],
+                                                                    ours['serial_depths'])),
+                parallel_depth=theirs['parallel_depth'] or ours['parallel_depth'])
+    if all(seen[k] == ours.get(k, seen[k]) for k in seen):
         return
     names = likely_variant(theirs)
     held = (' or '.join(names) if names else

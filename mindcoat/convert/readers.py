@@ -577,7 +577,7 @@ def _looks_like_safetensors(head):
     if len(head) < 9:
         return False
     (n,) = struct.unpack('<Q', head[:8])
-    return 0 < n < _MAX_HEADER and head[8:9] == b'{'
+    return 0 < n < _MAX_HEADER and head[8:9] in (b'{', b'[', b' ')
 
 
 def read_any(path, max_gb=None):
