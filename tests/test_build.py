@@ -157,7 +157,8 @@ def test_ops_report_all_fast_here_and_the_probe_runs_once_per_build(tmp_path):
     report = json.loads(res.stdout)
     assert {row['op']: row['path'] for row in report['ops']} == {op: 'fast' for op in dispatch.OPS}
     assert report['target'].startswith('-march=native = ')
-    libs = {lib for row in report['ops'] for lib in row['detail'].split(', ') if lib.endswith('.so')}
+    libs = {lib for row in report['ops'] for lib in row['detail'].split(', ')
+            if lib.endswith('.so')}
     assert len(libs) == 4
     records = {lib: os.stat(lib[:-3] + '.probe.json').st_mtime_ns for lib in libs}
     subprocess.run(cmd, capture_output=True, env=_env(), cwd=tmp_path, timeout=300, check=True)

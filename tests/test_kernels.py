@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from mindcoat.ops import Gelu, conv_rel_pos_enc, conv_rel_pos_enc_native, cross_scale_sum, cross_scale_sum_native, LayerNormOp, depthwise_nhwc, depthwise_nhwc_native, \
+from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, conv_rel_pos_enc_native, \
+    cross_scale_sum, cross_scale_sum_native, depthwise_nhwc, depthwise_nhwc_native, \
     depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
     factor_attention_native, linear, linear_gelu, linear_native, linear_residual, patch_conv
 
@@ -502,3 +503,38 @@ def test_kernels_give_the_same_numbers_on_any_thread_count(tmp_path):
             assert _rel(three[name], one[name]) < 1e-6, name
         else:
             assert np.array_equal(three[name], one[name]), name
+
+
+class _Residual(nn.Cell):
+    def construct(self, x, weight, bias, residual):
+        return linear_residual(x, weight, bias, residual)
+
+
+def test_a_broadcast_residual_goes_native_instead_of_failing_the_kernel():
+    """The fused kernel adds a residual shaped like the output; a broadcastable one (allowed by
+    the native add) takes the native path, in graph mode, with the same numbers."""
+    rng = np.random.default_rng(13)
+    x = ms.Tensor(rng.normal(size=(2, 5, 8)).astype(np.float32))
+    weight = ms.Tensor(rng.normal(size=(6, 8)).astype(np.float32))
+    bias = ms.Tensor(rng.normal(size=(6,)).astype(np.float32))
+    residual = ms.Tensor(rng.normal(size=(1, 1, 6)).astype(np.float32))
+    y = _Residual()(x, weight, bias, residual).asnumpy()
+    assert linear_residual.kernel is not None
+    assert _rel(y, residual.asnumpy() + linear_native(x, weight, bias).asnumpy()) < 1e-6
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+def test_shapes_a_kernel_cannot_take_fail_at_shape_inference(mode):
+    """A kernel refusing its inputs at run time would fail the graph with a bare status; the
+    Custom ops' shape inference says what is wrong instead, before anything runs."""
+    ms.set_context(mode=mode)
+    kernel = linear.kernel
+    assert kernel is not None
+    x = ms.Tensor(np.ones((4, 8), np.float32))
+    with pytest.raises((ValueError, RuntimeError), match='mindcoat kernel: linear: x .* not fit'):
+        kernel(x, ms.Tensor(np.ones((6, 8), np.float32)),
+               ms.Tensor(np.ones((5,), np.float32))).asnumpy()
+    with pytest.raises((ValueError, RuntimeError), match='kernels cover 6 channels, the input has'):
+        depthwise_nhwc.kernel(ms.Tensor(np.ones((1, 3, 3, 8), np.float32)),
+                              (ms.Tensor(np.ones((6, 1, 3, 3), np.float32)),),
+                              (ms.Tensor(np.ones((6,), np.float32)),)).asnumpy()

@@ -47,6 +47,7 @@ _built = {}  # source name -> library path, or None when it is not usable (per p
 _why = {}  # source name -> why it is not usable
 _warned = set()  # warning texts already logged (the same cause is said once)
 _targets = {}  # compiler path -> its resolved target (see target_isa)
+_versions = {}  # compiler path -> the first line of its --version
 
 # The kernels' thread count (csrc/common.h). Read from Python's environment, which is a copy taken
 # when the interpreter started: MindSpore later sets OMP_NUM_THREADS to half the cores in the C
@@ -97,7 +98,9 @@ def _first_error(output):
 
 def compiler_version(cxx):
     """First line of ``cxx --version``."""
-    return _run([cxx, '--version'], 30).strip().splitlines()[0]
+    if cxx not in _versions:
+        _versions[cxx] = (_run([cxx, '--version'], 30).strip().splitlines() or ['?'])[0]
+    return _versions[cxx]
 
 
 def target_isa(cxx):

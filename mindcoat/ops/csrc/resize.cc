@@ -56,7 +56,8 @@ extern "C" int ResizeSumFwd(int nparam, void **params, int *ndims, int64_t **sha
   std::vector<Source> srcs;
   for (int i = 2; i + 1 < nparam - 1; i += 2) {
     const int64_t h = shapes[i + 1][0], w = shapes[i + 1][1];
-    if (h < 1 || w < 1 || ndims[i] != 3 || shapes[i][0] != B || shapes[i][1] != 1 + h * w || shapes[i][2] != C)
+    if (h < 1 || w < 1 || ndims[i] != 3 || shapes[i][0] != B || shapes[i][1] != 1 + h * w ||
+        shapes[i][2] != C)
       return 1;
     srcs.push_back({static_cast<const float *>(params[i]), h, w, Taps(h, H), Taps(w, W)});
   }

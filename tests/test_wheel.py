@@ -1,0 +1,71 @@
+"""Run by .ci/run in a fresh venv holding the installed wheel (not the checkout), from a temporary
+directory, with MINDCOAT_WHEEL_TEST=1: the installed package takes every CPU fast path. The
+normal suite skips it (the checkout is importable there, so it would prove nothing)."""
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.environ.get('MINDCOAT_WHEEL_TEST') != '1',
+                                reason='runs in the wheel venv of .ci/run only')
+
+
+def test_mindcoat_comes_from_site_packages():
+    import mindcoat
+    site = os.path.realpath(sysconfig.get_paths()['purelib'])
+    assert os.path.realpath(mindcoat.__file__).startswith(site + os.sep), mindcoat.__file__
+    assert os.path.isfile(os.path.join(os.path.dirname(mindcoat.__file__), 'ops', 'csrc',
+                                       'common.h'))
+
+
+def test_every_cpu_fast_path_is_active():
+    """Builds every kernel from the installed sources into an empty cache and probes it."""
+    assert os.listdir(os.environ['MINDCOAT_CACHE']) == [], 'the wheel check needs an empty cache'
+    res = subprocess.run([sys.executable, '-m', 'mindcoat.ops', '--json'], capture_output=True,
+                         text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    print(res.stdout)
+    from mindcoat.ops.dispatch import OPS
+    assert set(OPS) >= {'dwconv', 'crpe', 'attention', 'resize', 'linear', 'layernorm', 'gelu',
+                        'patch'}
+    paths = {row['op']: (row['path'], row['detail']) for row in report['ops']}
+    assert sorted(paths) == sorted(OPS)
+    slow = {op: detail for op, (path, detail) in paths.items() if path != 'fast'}
+    assert slow == {}, f'native path in the installed wheel: {slow}'
+
+
+def test_a_tiny_coat_runs_its_kernels_with_the_native_logits():
+    """In-process, graph mode, inference and training forward: the Custom ops of every op load
+    in MindSpore and give the native operators' logits (coat_tiny has parallel blocks, so the
+    cross-scale resize runs too)."""
+    import mindspore as ms
+    import numpy as np
+
+    import mindcoat
+    from mindcoat.ops import dispatch
+    ms.set_device('CPU')
+    ms.set_context(mode=ms.GRAPH_MODE)
+    model = mindcoat.create_model('coat_tiny', num_classes=5, parallel_depth=1,
+                                  embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
+    rng = np.random.default_rng(0)
+    for p in model.get_parameters():
+        p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
+    x = ms.Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
+    fast = []
+    for training in (False, True):  # inference fuses GELU into the linear layer; training not
+        model.set_train(training)  # (no dropout, no drop path: the same logits)
+        fast.append(model(x).asnumpy())
+    used = {op for (op, _), libs in dispatch._choices.items() if libs is not None}
+    assert used == set(dispatch.OPS), f'fast: {sorted(used)}'
+    with dispatch.native_ops():
+        native = mindcoat.create_model('coat_tiny', num_classes=5, parallel_depth=1,
+                                       embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
+        ms.load_param_into_net(native, {p.name: p for p in model.get_parameters()})
+        native.set_train(False)
+        ref = native(x).asnumpy()
+    for logits in fast:
+        assert np.abs(logits - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
