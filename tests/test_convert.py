@@ -194,7 +194,7 @@ def test_another_variant_is_a_shape_error(sources, tmp_path):
     save_file(weights, str(path))
     model = create_model('coat_lite_mini')
     before = state_dict(model)
-    with pytest.raises(CheckpointError, match=r'holds coat_lite_tiny weights, not coat_lite_mini'):
+    with pytest.raises(CheckpointError, match=r'holds coat_lite_tiny weights .*, not coat_lite_mini'):
         load_weights(model, path, log=quiet)
     after = state_dict(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing half-loaded
@@ -277,7 +277,8 @@ def test_command_line(sources, tmp_path):
     write_torch_zip(evil, None, data=pickle.dumps(_Boom(f'touch {tmp_path / "pwned"}'), protocol=2))
     for args, words in (((evil, '-m', 'coat_lite_tiny', '-o', tmp_path / 'x.ckpt'), 'refusing'),
                         ((tmp_path / 'nope.pth', '-m', 'coat_lite_tiny', '-o', out), 'not found'),
-                        ((src, '-m', 'coat_tiny', '-o', tmp_path / 'y.ckpt'), 'holds coat_lite_tiny'),
+                        ((src, '-m', 'coat_tiny', '-o', tmp_path / 'y.ckpt'),
+                         'holds coat_lite_tiny'),
                         ((src, '-m', 'coat_large', '-o', out), 'unknown model')):
         res = _convert_cli(*args, cwd=tmp_path)
         assert res.returncode != 0

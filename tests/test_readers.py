@@ -114,3 +114,24 @@ def test_damaged_converted_ckpt_fails_its_crc(reference, tmp_path):
     with pytest.raises(CheckpointError, match='CRC'):
         read_mindspore_ckpt(str(damaged), numpy=False)
     assert isinstance(read_mindspore_ckpt(str(out), numpy=False)['head.weight'], ms.Parameter)
+
+
+def test_training_state_beside_the_weights_is_not_unexpected(tmp_path, reference):
+    """A MindSpore training checkpoint of MindCV's model: AdamW moments under their own
+    prefixes (in MindCV's spelling: q/k/v, gamma/beta, shared cells under a block), a step
+    counter and a learning rate load strictly, as training state."""
+    weights = {k: v for k, v in read_mindspore_ckpt(os.path.join(FIXTURES, 'mindcv_coat.ckpt'))
+               .items()}
+    entries = dict(weights)
+    for prefix in ('adam_m.', 'adam_v.'):
+        entries.update({prefix + k: np.zeros_like(v) for k, v in weights.items()})
+    entries['global_step'] = np.array([30], np.int32)
+    entries['learning_rate'] = np.array(1e-3, np.float32)
+    path = str(tmp_path / 'mindcv_train.ckpt')
+    ms.save_checkpoint([{'name': k, 'data': ms.Tensor(v)} for k, v in entries.items()], path)
+    model = create_model('coat_tiny', num_classes=10, **COAT)
+    report = load_weights(model, path, log=quiet)
+    assert not report.unexpected and not report.missing
+    assert report.training_state > len(weights)  # two moments per tensor (q/k/v fused)
+    got = logits(model, reference['input'])
+    assert np.abs(got - reference['mindcv_coat']).max() <= 1e-4

@@ -124,19 +124,29 @@ def _check_architecture(model, path, weights, params):
     if all(seen[k] == ours.get(k, seen[k]) for k in seen):
         return
     names = likely_variant(theirs)
-    held = (' or '.join(names) if names else
-            f"a CoaT no registered variant matches ({_describe(theirs)}; pass model_kwargs)")
+    model_name = getattr(model, 'name', 'this model')
+    if names:
+        raise CheckpointError(
+            f"{path} holds {' or '.join(names)} weights ({_describe(theirs)}), not "
+            f"{model_name} ({_describe(ours)}); build {names[0]} (convert with -m {names[0]})")
     raise CheckpointError(
-        f"{path} holds {held} weights, not {getattr(model, 'name', 'this model')} "
-        f"({_describe(ours)}); build that variant, or convert with -m {names[0] if names else '...'}")
+        f"{path} holds weights of a CoaT that is not {model_name}: the file has "
+        f"{_describe(theirs)}, the model {_describe(ours)}; no registered variant matches, "
+        "build the model with those model_kwargs")
 
 
 # ------------------------------------------------------------------------------------ loading
 def _is_training_state(key, value, param_names):
-    """Optimizer moments, step counters, loss scale: keys ending in a parameter name, or scalars."""
+    """Optimizer moments, step counters, loss scale, EMA copies: scalars, or a parameter's name
+    (any of its spellings) under a prefix such as 'adam_m.', 'optimizer.moment1.', 'ema.'."""
     if value.ndim == 0 or value.size == 1:
         return True
-    return any(key.endswith('.' + p) or key.endswith('.' + canonical_name(p)) for p in param_names)
+    parts = key.split('.')
+    for i in range(1, len(parts)):
+        tail = '.'.join(parts[i:])
+        if canonical_name(tail) in param_names or _UNUSED.match(tail):
+            return True
+    return False
 
 
 def _fit(key, value, param):
