@@ -194,7 +194,8 @@ def test_another_variant_is_a_shape_error(sources, tmp_path):
     save_file(weights, str(path))
     model = create_model('coat_lite_mini')
     before = state_dict(model)
-    with pytest.raises(CheckpointError, match=r'holds coat_lite_tiny weights .*, not coat_lite_mini'):
+    with pytest.raises(CheckpointError,
+                       match=r'holds coat_lite_tiny weights .*, not coat_lite_mini'):
         load_weights(model, path, log=quiet)
     after = state_dict(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing half-loaded
