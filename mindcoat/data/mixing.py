@@ -73,13 +73,13 @@ class BatchMix:
         targets = smooth_one_hot(labels, self.num_classes, self.smoothing)
         if params.lam == 1.0:
             return images, targets
-        flipped = images[::-1].copy()
         if params.box is not None:
             y0, y1, x0, x1 = params.box
-            images[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+            images[:, :, y0:y1, x0:x1] = images[::-1, :, y0:y1, x0:x1].copy()
         else:
+            flipped = images[::-1] * np.float32(1.0 - params.lam)
             images *= np.float32(params.lam)
-            images += flipped * np.float32(1.0 - params.lam)
+            images += flipped
         lam = np.float32(params.lam)
         targets = targets * lam + targets[::-1] * np.float32(1.0 - params.lam)
         return images, targets

@@ -9,6 +9,7 @@ crop_mode 'squash' resizes both sides to int(size / crop_pct) instead (timm's op
 
 Both return CHW float32 arrays.
 """
+import functools
 import math
 
 import numpy as np
@@ -34,16 +35,23 @@ def pil_interpolation(name, allow_random=True):
 
 
 def to_tensor(img, mean, std):
-    """PIL image -> normalised CHW float32 (torchvision ToTensor then Normalize, in float32)."""
+    """PIL image -> normalised CHW float32: torchvision's ToTensor then Normalize in float32, read
+    from a 256-entry table per channel (the same float32 arithmetic, done once per value)."""
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.shape[2] != len(mean):
         raise ValueError(f"{arr.shape[2]}-channel image, {len(mean)}-value mean/std")
-    x = arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-    mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
-    std = np.asarray(std, np.float32).reshape(-1, 1, 1)
-    return (x - mean) / std
+    table = _normalize_table(tuple(mean), tuple(std))
+    return table[np.arange(len(mean))[:, None, None], arr.transpose(2, 0, 1)]
+
+
+@functools.lru_cache(maxsize=8)
+def _normalize_table(mean, std):
+    values = np.arange(256, dtype=np.float32)[None, :] / np.float32(255)
+    mean = np.asarray(mean, np.float32)[:, None]
+    std = np.asarray(std, np.float32)[:, None]
+    return (values - mean) / std
 
 
 # --- eval -------------------------------------------------------------------------------------
