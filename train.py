@@ -47,22 +47,12 @@ def setup_context(cfg):
     return run
 
 
-def data_settings(cfg, model):
-    """Input size, crop and normalisation: the config's, else the model's defaults."""
-    d = model.default_cfg
-    return dict(image_size=cfg.image_resize or d['input_size'][-1],
-                crop_pct=cfg.crop_pct or d['crop_pct'], crop_mode=d.get('crop_mode', 'center'),
-                interpolation=cfg.interpolation or d['interpolation'],
-                mean=cfg.mean or d['mean'], std=cfg.std or d['std'])
-
-
 def build(cfg, run):
-    """Everything before the first step; raises one-line errors (bad data dir, model, weights)."""
-    import mindspore as ms
+    """Everything before the first step; raises one-line errors (bad data dir, model, weights).
+    Returns (model, step, ema, state, classes, train_dir, val_dir)."""
     from mindcoat import create_model
     from mindcoat.data import check_split, find_classes
-    from mindcoat.engine import TrainStep, create_loss_scaler
-    from mindcoat.optim import AdamW, EMA, split_decay
+    from mindcoat.engine import build_seeded, create_train_step, training_state
 
     if not cfg.data_dir:
         raise ValueError("no data: pass --data_dir (a folder holding train/ and val/)")
@@ -75,109 +65,91 @@ def build(cfg, run):
         raise ValueError(f"opt '{cfg.opt}': the CoaT recipe uses adamw (the only optimizer here)")
     if cfg.loss.lower() != 'ce':
         raise ValueError(f"loss '{cfg.loss}': only ce (soft-target cross entropy) is supported")
-
-    ms.set_seed(cfg.seed)  # identical initial weights on every rank
-    model = create_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
-                         **(cfg.model_kwargs or {}))
-    weights = cfg.ckpt_path or (cfg.pretrained if isinstance(cfg.pretrained, str) else None)
-    if cfg.pretrained is True and not weights:
-        raise ValueError("pretrained: True needs a local file: pass --ckpt_path FILE (nothing is "
-                         "downloaded)")
-    if weights and not cfg.resume:
-        from mindcoat.convert import load_weights
-        load_weights(model, weights, use_ema=cfg.ckpt_use_ema, log=run.log)
+    weights = {} if cfg.resume else dict(  # a resume restores every weight itself
+        pretrained=cfg.pretrained or False, checkpoint_path=cfg.ckpt_path or '',
+        ema=cfg.ckpt_use_ema)
+    try:
+        model = build_seeded(lambda: create_model(
+            cfg.model, num_classes=cfg.num_classes, in_channels=cfg.in_channels, log=run.log,
+            drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, **weights,
+            **(cfg.model_kwargs or {})), cfg.seed, run.rank)
+    except TypeError as e:  # create_model names the argument it does not know
+        raise ValueError(f"model settings: {e}") from None
     if run.device == 'CPU':
         run.log('CPU: training in float32 (amp and loss scaling are for Ascend/GPU; float16 is '
                 'slower on the CPU and amp O1 fails there in MindSpore 2.10)')
-        scaler = None
+        amp_level = 'O0'
     else:
-        if cfg.amp_level not in ('O0', 'O1', 'O2', 'O3'):
-            raise ValueError(f"amp_level must be O0, O1, O2 or O3, got '{cfg.amp_level}'")
-        if cfg.amp_level != 'O0':
-            model = ms.amp.auto_mixed_precision(model, cfg.amp_level)
-        scaler = create_loss_scaler(cfg.loss_scale_type if cfg.amp_level != 'O0' else 'none',
-                                    cfg.loss_scale)
-
-    params = model.trainable_params()
-    optimizer = AdamW(params, split_decay(params, model.no_weight_decay_names(),
-                                          cfg.weight_decay, cfg.filter_bias_and_bn),
-                      betas=tuple(cfg.betas), eps=cfg.eps)
-    ema = EMA(params, cfg.ema_decay) if cfg.ema else None
-    step = TrainStep(model, optimizer, ema, cfg.clip_value if cfg.clip_grad else 0.0, scaler,
-                     cfg.drop_overflow_update, run.distributed)
-    state = list(model.get_parameters()) + optimizer.state_params()
-    state += list(ema.ema) if ema else []
-    if scaler is not None:
-        for name in ('scale_value', 'counter'):
-            p = getattr(scaler, name, None)
-            if isinstance(p, ms.Parameter):
-                p.name = 'loss_scaler.' + name
-                state.append(p)
+        amp_level = cfg.amp_level
+    _, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level, run.distributed)
+    state = training_state(model, optimizer, ema, scaler)
     return model, step, ema, state, classes, train_dir, val_dir
 
 
-def evaluate_run(cfg, run, model, ema, classes, val_dir, data):
-    from mindcoat.data import create_dataset, create_transforms
+def evaluate_run(cfg, run, model, ema, classes, val_dir, settings):
+    """The raw model's val loss/top-1/top-5, and the EMA's (``ema_val_*``) when there is one."""
+    from mindcoat.data import create_loader
     from mindcoat.engine import evaluate
-    tf = create_transforms(False, data['image_size'], data['crop_pct'], data['crop_mode'],
-                           data['interpolation'], data['mean'], data['std'])
-    make = lambda: create_dataset(val_dir, classes, tf, cfg.batch_size, False, cfg.num_classes,  # noqa: E731
-                                  cfg.in_channels, run.rank, run.world,
-                                  num_parallel_workers=cfg.num_parallel_workers)
-    loader = make()
-    metrics = evaluate(model, loader, run.distributed)
-    metrics['val_skipped'] = loader.bad_images.take()
-    if ema is not None:  # the EMA weights, swapped in and back
-        saved = {p.name: p.value().copy() for p in model.get_parameters()}
-        ema_weights = ema.weights()
-        for p in model.get_parameters():
-            if p.name in ema_weights:
-                p.set_data(ema_weights[p.name].value())
-        ema_metrics = evaluate(model, make(), run.distributed)
-        for p in model.get_parameters():
-            p.set_data(saved[p.name])
-        metrics.update({'ema_' + k: v for k, v in ema_metrics.items()})
+
+    def run_eval():
+        loader = create_loader(cfg, val_dir, classes, settings, False, run.rank, run.world)
+        summary, skipped = evaluate(model, loader, run.world)
+        for path in skipped:
+            print(f'[rank {run.rank}] validation skipped unreadable image: {path}', flush=True)
+        return {'val_loss': summary['loss'], 'val_top1': summary['top1'],
+                'val_top5': summary['top5'], 'val_images': summary['num_images'],
+                'val_skipped': summary['skipped_images']}
+
+    metrics = run_eval()
+    if ema is not None:
+        with ema.swapped_into(model):
+            metrics.update({'ema_' + k: v for k, v in run_eval().items()
+                            if k in ('val_loss', 'val_top1', 'val_top5')})
     return metrics
 
 
+def describe_repeats(loader, cfg, world):
+    if loader.aug_repeats:
+        return (f'repeated augmentation: each image {loader.aug_repeats} times per epoch, spread '
+                f'over the {world} ranks (RASampler)')
+    if (cfg.aug_repeats or 0) > 1:
+        return (f'repeated augmentation off: aug_repeats {cfg.aug_repeats} applies only when '
+                f'distributed, as in the official trainer (aug_repeats_single_device: True forces '
+                f'it)')
+    return 'repeated augmentation off'
+
+
 def train(cfg):
-    from mindcoat.data import create_dataset, create_transforms
-    from mindcoat.engine import CheckpointKeeper, load_training_state, save_checkpoint, \
-        train_one_epoch
-    from mindcoat.optim import create_lr_schedule, scaled_lr
+    from mindcoat.data import create_loader, resolve_data_settings
+    from mindcoat.engine import CheckpointKeeper, NonFiniteLoss, load_training_state, \
+        save_checkpoint, train_one_epoch
+    from mindcoat.optim import lr_schedule_for
 
     run = setup_context(cfg)
     model, step, ema, state, classes, train_dir, val_dir = build(cfg, run)
-    data = data_settings(cfg, model)
-    train_tf = create_transforms(True, data['image_size'], data['crop_pct'], data['crop_mode'],
-                                 data['interpolation'], data['mean'], data['std'], cfg.scale,
-                                 cfg.ratio, cfg.hflip, cfg.color_jitter, cfg.auto_augment,
-                                 cfg.re_prob)
-    make_train = lambda epoch: create_dataset(  # noqa: E731
-        train_dir, classes, train_tf, cfg.batch_size, True, cfg.num_classes, cfg.in_channels,
-        run.rank, run.world, cfg.seed, epoch, cfg.shuffle, cfg.aug_repeats, cfg.label_smoothing,
-        cfg.mixup, cfg.cutmix, cfg.cutmix_prob, cfg.mixup_switch_prob, cfg.drop_remainder,
-        cfg.num_parallel_workers)
-    per_rank = make_train(0).num_samples
-    steps_per_epoch = per_rank // cfg.batch_size
+    settings = resolve_data_settings(cfg, cfg.model)
+
+    def make_train(epoch):
+        return create_loader(cfg, train_dir, classes, settings, True, run.rank, run.world, epoch)
+
+    first = make_train(0)
+    steps_per_epoch = first.num_samples // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{train_dir}: {per_rank} images per device is less than one batch of "
-                         f"{cfg.batch_size}")
-    global_batch = cfg.batch_size * run.world
-    lr = scaled_lr(cfg.lr, global_batch, cfg.lr_base_batch)
-    lrs = create_lr_schedule(cfg.scheduler, lr, steps_per_epoch, cfg.epoch_size, cfg.min_lr,
-                             cfg.warmup_epochs, cfg.warmup_lr, cfg.warmup_factor,
-                             cfg.decay_epochs, cfg.cooldown_epochs)
+        raise ValueError(f"{train_dir}: {first.num_samples} images per device is less than one "
+                         f"batch of {cfg.batch_size}")
+    lr, lrs = lr_schedule_for(cfg, steps_per_epoch, run.world)
     start_epoch, best = 0, 0.0
     if cfg.resume:
         start_epoch, _, best = load_training_state(cfg.resume, state)
         run.log(f'resumed from {cfg.resume} at the end of epoch {start_epoch}')
     if cfg.dataset_sink_mode:
         run.log('dataset_sink_mode: ignored, the loop feeds each step (per-step lr)')
-    run.log(f'{cfg.model}: {len(classes)} classes, {per_rank * run.world} training images per '
-            f'epoch, {steps_per_epoch} steps x {global_batch} images ({run.world} device(s) x '
-            f'{cfg.batch_size}), peak lr {lr:.3e}, {cfg.epoch_size} epochs on {run.device}')
+    global_batch = cfg.batch_size * run.world
+    run.log(f'{cfg.model}: {len(classes)} classes, {first.num_samples * run.world} training '
+            f'images per epoch, {steps_per_epoch} steps x {global_batch} images ({run.world} '
+            f'device(s) x {cfg.batch_size}), peak lr {lr:.3e} ({cfg.scheduler}), '
+            f'{cfg.epoch_size} epochs on {run.device}')
+    run.log(describe_repeats(first, cfg, run.world))
 
     keeper = CheckpointKeeper(cfg.ckpt_save_dir, cfg.model, cfg.ckpt_save_interval,
                               cfg.keep_checkpoint_max, cfg.ckpt_save_policy)
@@ -187,11 +159,17 @@ def train(cfg):
         _truncate_log(log_path, start_epoch)
     config = {k: v for k, v in vars(cfg).items()}
     for epoch in range(start_epoch, cfg.epoch_size):
-        loader = make_train(epoch)
+        loader = first if epoch == 0 else make_train(epoch)
         record = {'epoch': epoch + 1}
-        record.update(train_one_epoch(step, loader, lrs, epoch, steps_per_epoch,
-                                      show=run.rank == 0, log_interval=cfg.log_interval,
-                                      log=run.log))
+        try:
+            record.update(train_one_epoch(step, loader, lrs, epoch, steps_per_epoch,
+                                          show=run.rank == 0, log_interval=cfg.log_interval,
+                                          log=run.log))
+        except NonFiniteLoss as e:
+            kept = keeper.path('latest')
+            raise NonFiniteLoss(f"{e}: training stopped; " + (
+                f"{kept} (end of epoch {epoch}) is kept" if os.path.exists(kept)
+                else "no checkpoint was written yet")) from None
         skipped = loader.bad_images.take()
         if skipped:
             print(f'[rank {run.rank}] epoch {epoch + 1}: skipped {len(skipped)} unreadable '
@@ -199,25 +177,17 @@ def train(cfg):
         record['train_skipped'] = len(skipped)
         last = epoch + 1 == cfg.epoch_size
         if cfg.val_while_train and ((epoch + 1) % cfg.val_interval == 0 or last):
-            metrics = evaluate_run(cfg, run, model, ema, classes, val_dir, data)
-            if metrics.pop('val_skipped', None):
-                run.log('validation skipped unreadable images')
-            metrics.pop('ema_val_skipped', None)
-            record.update(metrics)
-        top1 = max(record.get('val_top1', -1.0), record.get('ema_val_top1', -1.0))
-        summary = (f"epoch {epoch + 1}/{cfg.epoch_size}  loss {record['train_loss']:.4f}  "
-                   f"lr {record['lr']:.3e}  {record['images_per_sec'] * run.world:.1f} img/s  "
-                   f"{record['epoch_time']:.1f}s")
-        if 'val_top1' in record:
-            summary += f"  val top-1 {record['val_top1']:.2f}  top-5 {record['val_top5']:.2f}"
-        if 'ema_val_top1' in record:
-            summary += f"  (EMA top-1 {record['ema_val_top1']:.2f})"
-        run.log(summary)
+            record.update(evaluate_run(cfg, run, model, ema, classes, val_dir, settings))
+        run.log(_summary(record, cfg, run))
+        # "best" is the raw model's top-1 (the official trainer reports the raw model); a NaN
+        # top-1 never qualifies
+        top1 = record.get('val_top1', -1.0)
         is_best = top1 > best
-        best = max(best, top1)
+        best = max(best, top1) if top1 == top1 else best
         if run.rank == 0:
-            save = lambda path: save_checkpoint(path, state, epoch + 1,  # noqa: E731
-                                                (epoch + 1) * steps_per_epoch, best, config)
+            def save(path):
+                save_checkpoint(path, state, epoch + 1, (epoch + 1) * steps_per_epoch, best,
+                                config)
             if is_best:
                 save(keeper.path('best'))
             keeper.save_epoch(epoch + 1, top1, save)
@@ -227,6 +197,17 @@ def train(cfg):
         save_checkpoint(os.path.join(os.environ['MINDCOAT_RANK_WEIGHTS_DIR'],
                                      f'rank_{run.rank}.ckpt'), state, cfg.epoch_size, 0, best, {})
     return model
+
+
+def _summary(record, cfg, run):
+    text = (f"epoch {record['epoch']}/{cfg.epoch_size}  loss {record['train_loss']:.4f}  "
+            f"lr {record['lr']:.3e}  {record['images_per_sec'] * run.world:.1f} img/s  "
+            f"{record['epoch_time']:.1f}s")
+    if 'val_top1' in record:
+        text += f"  val top-1 {record['val_top1']:.2f}  top-5 {record['val_top5']:.2f}"
+    if 'ema_val_top1' in record:
+        text += f"  (EMA top-1 {record['ema_val_top1']:.2f})"
+    return text
 
 
 def _truncate_log(path, start_epoch):
@@ -249,9 +230,12 @@ def main(argv=None):
         return 2
     from mindcoat.convert import CheckpointError
     from mindcoat.data import DataError
-    from mindcoat.engine import ResumeError
+    from mindcoat.engine import NonFiniteLoss, ResumeError
     try:
         train(cfg)
+    except NonFiniteLoss as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     except (ConfigError, DataError, ResumeError, CheckpointError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

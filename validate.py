@@ -16,9 +16,7 @@ import os
 import sys
 import time
 
-import numpy as np
-
-from mindcoat.cli import UsageError, check_image_size, fail
+from mindcoat.cli import UsageError, fail
 from mindcoat.config import ConfigError, create_parser, parse_config, str2bool
 
 # validate-only flags, kept out of the trainer's key set (which rejects unknown keys)
@@ -52,81 +50,10 @@ def parse_args(argv=None):
     return cfg
 
 
-class Counts:
-    """Running sums whose totals over shards equal the totals of one pass over all images."""
-    FIELDS = ('loss_sum', 'top1', 'top5', 'num', 'skipped')
-
-    def __init__(self):
-        self.values = np.zeros(len(self.FIELDS), np.float64)
-
-    def add(self, logits, labels):
-        logits = logits.astype(np.float64)
-        z = logits - logits.max(axis=1, keepdims=True)
-        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        rows = np.arange(len(labels))
-        k = min(5, logits.shape[1])
-        # ties broken by index, as a stable sort would
-        top = np.argsort(-logits, axis=1, kind='stable')[:, :k]
-        self.values[:4] += (-log_probs[rows, labels].sum(), (top[:, 0] == labels).sum(),
-                            (top == labels[:, None]).any(axis=1).sum(), len(labels))
-
-    def summary(self):
-        loss_sum, top1, top5, num, skipped = self.values
-        if not num:
-            return dict(loss=float('nan'), top1=float('nan'), top5=float('nan'), num_images=0,
-                        skipped_images=int(skipped))
-        return dict(loss=loss_sum / num, top1=100.0 * top1 / num, top5=100.0 * top5 / num,
-                    num_images=int(num), skipped_images=int(skipped))
-
-
-def evaluate(model, batches, batch_size, counts=None):
-    """Feeds (images, labels) numpy batches through ``model``; the last short batch is padded to
-    ``batch_size`` so graph mode compiles a single input shape. Labels may be one-hot."""
-    import mindspore as ms
-    counts = counts or Counts()
-    model.set_train(False)
-    for images, labels in batches:
-        n = len(images)
-        if n < batch_size:
-            images = np.concatenate(
-                [images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
-        logits = model(ms.Tensor(images)).asnumpy()[:n]
-        labels = np.asarray(labels)
-        labels = labels.argmax(axis=1) if labels.ndim == 2 else labels.astype(np.int64)
-        counts.add(logits, labels)
-    return counts
-
-
-def all_reduce_sum(values, world):
-    """Sums a float64 vector over the msrun ranks, exactly: each rank's float64 bits travel as
-    int32 through an AllGather (MindSpore 2.10's CPU collectives take no float64, float32 would
-    round the loss sum, and int64 AllGather came back garbled) and are added here in rank order.
-    A graph-mode Cell: the CPU has no PyNative collective kernels."""
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    class Gather(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.gather = ops.AllGather()
-
-        def construct(self, x):
-            return self.gather(x)
-
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.int32)
-    with_mode = ms.get_context('mode')
-    ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        gathered = Gather()(ms.Tensor(bits)).asnumpy()
-    finally:
-        ms.set_context(mode=with_mode)
-    return np.ascontiguousarray(gathered).view(np.float64).reshape(world, -1).sum(axis=0)
-
-
-def eval_data(cfg, transforms, rank=0, world=1):
+def eval_data(cfg, settings, rank=0, world=1):
     """The trainer's eval pipeline over data_dir/val_split. Labels follow the train split's
     classes when it is present (a val folder missing a class must not shift the indices)."""
-    from mindcoat.data import DataError, check_split, create_dataset, find_classes
+    from mindcoat.data import DataError, check_split, create_loader, find_classes
     val_dir = os.path.join(cfg.data_dir, cfg.val_split)
     train_dir = os.path.join(cfg.data_dir, cfg.train_split)
     if os.path.isdir(train_dir):
@@ -137,12 +64,7 @@ def eval_data(cfg, transforms, rank=0, world=1):
     if len(classes) > cfg.num_classes:
         raise DataError(f"{val_dir} has {len(classes)} classes, the model only {cfg.num_classes} "
                         f"(set --num_classes)")
-    return create_dataset(val_dir, classes, transforms, cfg.batch_size, is_training=False,
-                          num_classes=cfg.num_classes, channels=cfg.in_channels, rank=rank,
-                          world_size=world,
-                          # the recipes ask for 8; mindspore.dataset refuses more than the CPUs
-                          num_parallel_workers=max(1, min(cfg.num_parallel_workers,
-                                                          os.cpu_count() or 1)))
+    return create_loader(cfg, val_dir, classes, settings, False, rank, world)
 
 
 def main(argv=None):
@@ -152,8 +74,8 @@ def main(argv=None):
         fail(str(exc))
     import mindspore as ms
     from mindcoat.cli import build_model, parse_model_kwargs
-    from mindcoat.data.transforms import create_transforms
-    from mindcoat.models import DATA_CONFIGS
+    from mindcoat.data import resolve_data_settings
+    from mindcoat.engine import evaluate
 
     if cfg.device_target and cfg.device_target != 'auto':
         ms.set_device(cfg.device_target)
@@ -175,37 +97,24 @@ def main(argv=None):
         if not cfg.data_dir:
             raise UsageError("--data_dir is required (a folder holding "
                              f"{cfg.val_split}/<class>/<image>)")
-        if cfg.model not in DATA_CONFIGS:
-            raise UsageError(f"unknown model '{cfg.model}'; choose one of: "
-                             f"{', '.join(sorted(DATA_CONFIGS))}")
         # the variant's eval transform unless overridden; data errors surface before any build
-        dc = DATA_CONFIGS[cfg.model]
-        size = cfg.image_resize or dc['input_size'][-1]
-        check_image_size(size)
-        crop_pct = dc['crop_pct'] if cfg.crop_pct is None else cfg.crop_pct
-        interpolation = cfg.interpolation or dc['interpolation']
-        transforms = create_transforms(False, image_size=size, crop_pct=crop_pct,
-                                       crop_mode=dc['crop_mode'], interpolation=interpolation,
-                                       mean=cfg.mean or dc['mean'], std=cfg.std or dc['std'])
-        data = eval_data(cfg, transforms, rank, world)
+        settings = resolve_data_settings(cfg, cfg.model)
+        data = eval_data(cfg, settings, rank, world)
         ckpt = cfg.ckpt_path or (cfg.pretrained if isinstance(cfg.pretrained, str) else None)
         model = build_model(cfg.model, ckpt, cfg.num_classes, cfg.in_channels, cfg.use_ema,
-                            parse_model_kwargs(cfg.model_kwargs), log=log)
+                            parse_model_kwargs(cfg.model_kwargs), log=log,
+                            pretrained=cfg.pretrained is True and not cfg.ckpt_path)
     except (UsageError, ValueError, FileNotFoundError) as exc:  # config, data, weights
         fail(str(exc))
     start = time.time()
-    counts = evaluate(model, data.loader.create_tuple_iterator(num_epochs=1, output_numpy=True),
-                      cfg.batch_size)
-    bad = data.bad_images.take()
+    summary, bad = evaluate(model, data, world)
     for path in bad:
         say(f"skipped unreadable image: {path}")
-    counts.values[4] = len(bad)
-    if world > 1:
-        counts.values = all_reduce_sum(counts.values, world)
+    size, crop_pct, interpolation = settings.image_size, settings.crop_pct, settings.interpolation
     result = dict(model=cfg.model, ckpt_path=ckpt, ema=cfg.use_ema, data_dir=cfg.data_dir,
                   split=cfg.val_split, image_size=size, crop_pct=crop_pct,
-                  interpolation=interpolation, **counts.summary(), ranks=world,
-                  seconds=round(time.time() - start, 2))
+                  crop_mode=settings.crop_mode, interpolation=interpolation, **summary,
+                  ranks=world, seconds=round(time.time() - start, 2))
     if rank != 0:
         return 0
     log(f"{cfg.model} on {result['num_images']} images ({cfg.val_split}, {size}px, crop_pct "

@@ -37,22 +37,21 @@ def check_image_size(size):
 
 
 def build_model(name, ckpt_path=None, num_classes=1000, in_channels=3, use_ema=False,
-                model_kwargs=None, log=print):
-    """create_model + load_weights in inference mode. Bad names, bad overrides and unusable
+                model_kwargs=None, log=print, pretrained=False):
+    """create_model with its weights (``ckpt_path``, or ``pretrained=True``: the official ones,
+    which create_model downloads), in inference mode. Bad names, bad overrides and unusable
     checkpoints surface as UsageError / CheckpointError with a one-line message."""
-    from .convert import load_weights
     from .models import create_model, list_models
     if name not in list_models():
         raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+    if not ckpt_path and not pretrained:
+        log("warning: no checkpoint given, the weights are random")
     try:
         model = create_model(name, num_classes=num_classes, in_channels=in_channels,
-                             **(model_kwargs or {}))
+                             pretrained=pretrained or False, checkpoint_path=ckpt_path or '',
+                             ema=use_ema, log=log, **(model_kwargs or {}))
     except TypeError as exc:  # an override create_model does not know
         raise UsageError(f"bad model override for {name}: {exc}") from None
-    if ckpt_path:
-        load_weights(model, ckpt_path, use_ema=use_ema, log=log)
-    else:
-        log("warning: no checkpoint given, the weights are random")
     model.set_train(False)
     return model
 

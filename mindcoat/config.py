@@ -3,8 +3,10 @@
 MindCV's key names, so its users' YAML files and command lines work unchanged, plus what the
 official CoaT recipe needs (warmup_lr, cooldown_epochs, lr_base_batch, resume, model_kwargs).
 Precedence: parser defaults < YAML (``-c/--config``) < command line. Every key is a flag;
-booleans take a value (``--distribute False``). An unknown key, in the YAML or on the command
-line, is an error naming the closest valid key.
+booleans take a value (``--distribute False``) or none (``--distribute`` means True, as in
+MindCV). An unknown key, in the YAML or on the command line, is an error naming the closest
+valid key. As in MindCV, ``lr`` is absolute unless ``lr_base_batch`` is set (the recipes in
+configs/coat set it to 512: lr per 512 images of global batch, the official scaling).
 
     from mindcoat.config import parse_config
     cfg = parse_config(['-c', 'configs/coat/coat_lite_tiny_ascend.yaml', '--data_dir', '/data'])
@@ -69,7 +71,8 @@ SCHEMA = [
         ('val_while_train', str2bool, True, 'validate every val_interval epochs'),
         ('val_interval', int, 1, 'epochs between validations'),
         ('log_interval', int, 100, 'steps between progress-bar updates and log lines'),
-        ('seed', int, 42, 'seeds weights (same on every rank), data order and augmentation'),
+        ('seed', int, 42, 'seeds weights (same on every rank); seed + rank then seeds each '
+                          'rank\'s drop-path masks; data order and augmentation'),
     ]),
     ('dataset', [
         ('dataset', str, 'imagenet', 'imagenet or imagefolder: DATA_DIR/<split>/<class>/<image>'),
@@ -108,9 +111,10 @@ SCHEMA = [
         ('num_classes', int, 1000, 'classifier size'),
         ('in_channels', int, 3, 'image channels'),
         ('drop_rate', float, 0.0, 'dropout rate'),
-        ('drop_path_rate', float, 0.1, 'stochastic depth rate'),
+        ('drop_path_rate', float, 0.0, 'stochastic depth rate'),
         ('model_kwargs', literal, None, 'architecture overrides, e.g. {embed_dims: [16,16,16,16]}'),
-        ('pretrained', literal, False, 'a local weights file (as ckpt_path); nothing is downloaded'),
+        ('pretrained', literal, False, 'True: the official weights (create_model downloads '
+                                       'them); or a local weights file (as ckpt_path)'),
         ('ckpt_path', optional(str), None, 'weights to start from (fine-tuning): any format the '
                                            'converter reads; weights only'),
         ('ckpt_use_ema', str2bool, False, 'take the EMA weights from ckpt_path'),
@@ -135,15 +139,18 @@ SCHEMA = [
         ('clip_value', float, 5.0, 'max global gradient norm'),
     ]),
     ('scheduler', [
-        ('scheduler', str, 'cosine_decay', 'cosine_decay (alias warmup_cosine_decay) or constant'),
+        ('scheduler', str, 'cosine_decay', 'timm_cosine (per epoch, as the official main.py '
+                                           'steps timm\'s CosineLRScheduler), cosine_decay '
+                                           '(per step; alias warmup_cosine_decay) or constant'),
         ('lr', float, 5e-4, 'peak learning rate (per lr_base_batch images when that is set)'),
-        ('lr_base_batch', optional(int), 512, 'lr is scaled by global batch / this (None: as is)'),
+        ('lr_base_batch', optional(int), None, 'when set, lr is per this many images and is '
+                                               'scaled by global batch / this; None: lr as is'),
         ('min_lr', float, 1e-5, 'cosine floor'),
         ('warmup_epochs', float, 5, 'linear warmup epochs'),
-        ('warmup_lr', optional(float), 1e-6, 'warmup start lr (None: warmup_factor * lr)'),
+        ('warmup_lr', optional(float), None, 'warmup start lr (None: warmup_factor * lr)'),
         ('warmup_factor', float, 0.0, 'warmup start as a fraction of lr, if warmup_lr is None'),
-        ('decay_epochs', optional(float), None, 'cosine length; default epoch_size - warmup - '
-                                                'cooldown'),
+        ('decay_epochs', optional(float), None, 'cosine length; default epoch_size - cooldown, '
+                                                'and minus warmup for the per-step cosine'),
         ('cooldown_epochs', float, 0, 'final epochs held at min_lr'),
     ]),
     ('loss', [
@@ -159,6 +166,8 @@ SCHEMA = [
 ]
 
 KEYS = {key: (typ, default) for _, entries in SCHEMA for key, typ, default, _ in entries}
+# flags that mean True when given without a value (MindCV: nargs='?', const=True)
+BARE_TRUE = {key for key, (typ, _) in KEYS.items() if typ is str2bool} | {'pretrained'}
 
 
 def create_parser():
@@ -171,8 +180,9 @@ def create_parser():
     for group_name, entries in SCHEMA:
         group = parser.add_argument_group(group_name)
         for key, typ, default, text in entries:
+            bare = dict(nargs='?', const=True) if key in BARE_TRUE else {}
             group.add_argument('--' + key, type=typ, default=argparse.SUPPRESS,
-                               help=f'{text} (default: {default})')
+                               help=f'{text} (default: {default})', **bare)
     return parser
 
 

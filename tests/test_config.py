@@ -1,6 +1,7 @@
 """The config: MindCV keys, YAML merged under the command line, clear errors for unknown keys,
 and the official recipe in every shipped YAML."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -68,6 +69,13 @@ def test_missing_data_dir_is_one_line(tmp_path):
     assert str(tmp_path / 'nowhere' / 'train') in lines[0]
 
 
+def official(name):
+    """The official recipe of a variant, as the official parser (src/args.py) resolves its
+    training command (tools/make_lr_fixtures.py)."""
+    with open(os.path.join(REPO, 'tests', 'fixtures', 'lr', 'official_recipes.json')) as f:
+        return json.load(f)['recipes'][name]['args']
+
+
 def test_shipped_configs_carry_the_official_recipe():
     names = {os.path.basename(p)[:-len('_ascend.yaml')] for p in CONFIGS}
     assert names == {'coat_lite_tiny', 'coat_lite_mini', 'coat_lite_small', 'coat_lite_medium',
@@ -75,22 +83,40 @@ def test_shipped_configs_carry_the_official_recipe():
     for path in CONFIGS:
         cfg = parse_config(['-c', path])
         name = os.path.basename(path)[:-len('_ascend.yaml')]
-        assert cfg.model == name and cfg.distribute and cfg.opt == 'adamw'
-        assert (tuple(cfg.betas), cfg.eps, cfg.label_smoothing, cfg.lr_base_batch) == \
-            ((0.9, 0.999), 1e-8, 0.1, 512)
-        assert (cfg.mixup, cfg.cutmix, cfg.mixup_switch_prob, cfg.re_prob, cfg.aug_repeats) == \
-            (0.8, 1.0, 0.5, 0.25, 3)
-        assert cfg.auto_augment == 'rand-m9-mstd0.5-inc1' and cfg.interpolation == 'bicubic'
-        if name == 'coat_lite_medium_384':
-            assert (cfg.batch_size, cfg.drop_path_rate, cfg.ema, cfg.warmup_epochs,
-                    cfg.clip_grad, cfg.clip_value, cfg.image_resize, cfg.lr, cfg.min_lr,
-                    cfg.weight_decay, cfg.epoch_size, cfg.ckpt_save_interval, cfg.scheduler) == \
-                (32, 0.2, False, 0, True, 5.0, 384, 5e-6, 5e-6, 1e-8, 6, 1, 'constant')
-            continue
-        assert (cfg.epoch_size, cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.weight_decay) == \
-            (300, 5e-4, 1e-5, 1e-6, 0.05)
-        special = {'coat_small': (128, 0.2, False, 20, True),
-                   'coat_lite_medium': (128, 0.3, False, 20, True)}
-        assert (cfg.batch_size, cfg.drop_path_rate, cfg.ema, cfg.warmup_epochs, cfg.clip_grad) \
-            == special.get(name, (256, 0.1, True, 5, False))
-        assert cfg.ema_decay == 0.99996 and cfg.clip_value == 5.0
+        args = official(name)
+        assert cfg.model == name and cfg.distribute and cfg.opt == args['opt'] == 'adamw'
+        mine = dict(batch_size=cfg.batch_size, epochs=cfg.epoch_size, drop=cfg.drop_rate,
+                    drop_path=cfg.drop_path_rate, model_ema=cfg.ema,
+                    model_ema_decay=cfg.ema_decay, opt_eps=cfg.eps,
+                    clip_grad=cfg.clip_value if cfg.clip_grad else None,
+                    weight_decay=cfg.weight_decay, lr=cfg.lr, min_lr=cfg.min_lr,
+                    warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
+                    color_jitter=cfg.color_jitter, aa=cfg.auto_augment,
+                    smoothing=cfg.label_smoothing, train_interpolation=cfg.interpolation,
+                    reprob=cfg.re_prob, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                    mixup_prob=cfg.cutmix_prob, mixup_switch_prob=cfg.mixup_switch_prob,
+                    input_size=cfg.image_resize, seed=cfg.seed, save_freq=cfg.val_interval)
+        assert mine == {k: args[k] for k in mine}, name
+        assert tuple(cfg.betas) == (0.9, 0.999) and args['opt_betas'] is None  # AdamW default
+        assert cfg.aug_repeats == 3 and args['repeated_aug']  # RASampler's 3 copies
+        assert cfg.ckpt_save_interval == args['save_freq'] and cfg.cooldown_epochs == 0
+        assert cfg.scheduler == 'timm_cosine' and args['sched'] == 'cosine'
+        assert cfg.lr_base_batch == 512 and cfg.filter_bias_and_bn
+        # eval: Resize(int(256 / 224 * size)) then CenterCrop(size)
+        assert int(cfg.image_resize / cfg.crop_pct) == int(256 / 224 * args['input_size'])
+        assert cfg.loss == 'ce' and args['mixup'] > 0  # SoftTargetCrossEntropy under mixup
+
+
+def test_bare_boolean_flags_mean_true():
+    """MindCV's command lines: --distribute, --pretrained, --val_while_train, --ema alone."""
+    cfg = parse_config(['--distribute', '--pretrained', '--val_while_train', '--ema', '--lr', '1'])
+    assert (cfg.distribute, cfg.pretrained, cfg.val_while_train, cfg.ema, cfg.lr) == \
+        (True, True, True, True, 1.0)
+    cfg = parse_config(['--ema', 'False', '--pretrained', 'w.pth', '--clip_grad'])
+    assert (cfg.ema, cfg.pretrained, cfg.clip_grad) == (False, 'w.pth', True)
+
+
+def test_lr_is_absolute_unless_lr_base_batch_is_set():
+    """MindCV's meaning of lr, and a warmup from 0 unless warmup_lr is given."""
+    cfg = parse_config([])
+    assert cfg.lr_base_batch is None and cfg.warmup_lr is None and cfg.drop_path_rate == 0.0

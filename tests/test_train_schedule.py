@@ -1,17 +1,25 @@
-"""The per-step LR schedule and the AdamW cell against the PyTorch AdamW update rule."""
+"""The LR schedules (the official per-epoch sequence against timm 0.3.2's values, the per-step
+cosine) and the AdamW cell against the PyTorch AdamW update rule."""
+import glob
+import json
 import math
+import os
 
 import mindspore as ms
 import numpy as np
 import pytest
 
-from mindcoat.optim import AdamW, EMA, create_lr_schedule, scaled_lr
+from mindcoat.config import parse_config
+from mindcoat.optim import AdamW, EMA, create_lr_schedule, lr_schedule_for, scaled_lr
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFICIAL = os.path.join(REPO, 'tests', 'fixtures', 'lr', 'official_recipes.json')
 
 
 def test_warmup_then_cosine_per_step():
     steps, epochs = 10, 20
-    lrs = create_lr_schedule('cosine_decay', 1e-3, steps, epochs, min_lr=1e-5, warmup_epochs=2,
-                             warmup_lr=1e-6)
+    lrs = create_lr_schedule('cosine_decay', lr=1e-3, steps_per_epoch=steps, epochs=epochs,
+                             min_lr=1e-5, warmup_epochs=2, warmup_lr=1e-6)
     assert len(lrs) == steps * epochs
     assert lrs[0] == pytest.approx(1e-6)
     assert lrs[10] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 10 / 20)  # per step, mid-warmup
@@ -24,14 +32,54 @@ def test_warmup_then_cosine_per_step():
 
 
 def test_cooldown_constant_and_scaling():
-    lrs = create_lr_schedule('cosine_decay', 1e-3, 4, 10, min_lr=1e-5, warmup_epochs=0,
-                             cooldown_epochs=2)
+    lrs = create_lr_schedule('cosine_decay', lr=1e-3, steps_per_epoch=4, epochs=10, min_lr=1e-5,
+                             warmup_epochs=0, cooldown_epochs=2)
     assert lrs[0] == pytest.approx(1e-3) and np.allclose(lrs[32:], 1e-5)
-    assert np.allclose(create_lr_schedule('constant', 5e-6, 3, 6), 5e-6)
+    assert np.allclose(create_lr_schedule('constant', lr=5e-6, steps_per_epoch=3, epochs=6), 5e-6)
     assert scaled_lr(5e-4, 8 * 256, 512) == pytest.approx(2e-3)
     assert scaled_lr(5e-4, 64, None) == 5e-4
     with pytest.raises(ValueError, match='unknown scheduler'):
-        create_lr_schedule('polynomial', 1e-3, 1, 1)
+        create_lr_schedule('polynomial', lr=1e-3, steps_per_epoch=1, epochs=1)
+
+
+def test_warmup_starts_at_zero_unless_warmup_lr_is_given():
+    """MindCV's meaning: without warmup_lr the warmup starts at warmup_factor * lr (0)."""
+    lrs = create_lr_schedule('cosine_decay', lr=1e-3, steps_per_epoch=2, epochs=4, warmup_epochs=1)
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(5e-4)
+    lrs = create_lr_schedule('timm_cosine', lr=1e-3, steps_per_epoch=2, epochs=4, warmup_epochs=2,
+                             warmup_factor=0.1)
+    assert list(lrs[:6]) == pytest.approx([1e-4, 1e-4, 1e-4, 1e-4, 5.5e-4, 5.5e-4])
+
+
+def official_recipes():
+    with open(OFFICIAL) as f:
+        return json.load(f)
+
+
+RECIPES = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*.yaml')))
+
+
+@pytest.mark.parametrize('path', RECIPES)
+def test_recipe_lr_per_epoch_equals_timm_032_as_main_py_steps_it(path):
+    """Every shipped recipe, on the official 8 devices, trains each epoch at the lr that timm
+    0.3.2's CosineLRScheduler gives when src/main.py steps it after every epoch (values computed
+    with timm 0.3.2 by tools/make_lr_fixtures.py). The lr is constant within an epoch."""
+    name = os.path.basename(path)[:-len('_ascend.yaml')]
+    official = official_recipes()
+    expected = official['recipes'][name]['lr_per_epoch']
+    cfg = parse_config(['-c', path])
+    steps = 3
+    peak, lrs = lr_schedule_for(cfg, steps_per_epoch=steps, world_size=official['world_size'])
+    assert peak == pytest.approx(official['recipes'][name]['scaled_lr'], rel=1e-12)
+    assert len(lrs) == steps * len(expected)
+    per_epoch = lrs.reshape(len(expected), steps)
+    assert np.all(per_epoch == per_epoch[:, :1])
+    np.testing.assert_allclose(per_epoch[:, 0], expected, rtol=1e-12, atol=0)
+    if name == 'coat_lite_medium_384':  # the fine-tune rises toward the unscaled min-lr 5e-6
+        assert list(per_epoch[:, 0]) == pytest.approx([2.5e-6, 2.5e-6, 2.67e-6, 3.125e-6, 3.75e-6,
+                                                       4.375e-6], abs=5e-9)
+    else:  # epochs 0 and 1 both run at warmup_lr: main.py steps the scheduler after the epoch
+        assert per_epoch[0, 0] == per_epoch[1, 0] == 1e-6
 
 
 def test_adamw_matches_the_torch_update_rule():

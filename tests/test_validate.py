@@ -6,13 +6,13 @@ import json
 import os
 
 import mindspore as ms
-import mindspore.dataset.vision as vision
 import numpy as np
 import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
 from mindcoat import create_model
+from mindcoat.models import DATA_CONFIGS
 from weight_files import mindcv_style, state_dict, write_torch_zip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,8 @@ TINY_ARGS = ['--model', 'coat_lite_tiny', '--model_kwargs', '{"embed_dims": [16,
              '"serial_depths": [1, 1, 1, 1]}', '--image_resize', '32', '--num_classes', '7',
              '--batch_size', '4', '--num_parallel_workers', '1']
 CLASSES = [f'c{i}' for i in range(7)]
-SIZE, CROP_PCT = 32, 0.9
+SIZE = 32
+CROP_PCT = DATA_CONFIGS['coat_lite_tiny']['crop_pct']  # the variant's default eval crop
 
 
 def load_validate():
@@ -56,20 +57,28 @@ def val_files(folder):
             for f in sorted(os.listdir(os.path.join(folder, 'val', c))) if 'corrupt' not in f]
 
 
-def direct_numbers(model, folder):
-    """Loss / Acc@1 / Acc@5 computed here: decode, resize short side to SIZE/CROP_PCT (bicubic),
-    center crop, normalise, one image at a time through the model, numpy cross entropy."""
-    mean = [v * 255 for v in (0.485, 0.456, 0.406)]
-    std = [v * 255 for v in (0.229, 0.224, 0.225)]
-    ops = [vision.Resize(int(SIZE / CROP_PCT), vision.Inter.BICUBIC), vision.CenterCrop(SIZE),
-           vision.Normalize(mean, std), vision.HWC2CHW()]
+def official_eval_transform(path, size, crop_pct):
+    """The official eval transform, written out from torchvision's definitions: Resize(short side
+    to int(size / crop_pct), PIL bicubic), CenterCrop(size), ToTensor, Normalize."""
+    img = Image.open(path).convert('RGB')
+    short = int(size / crop_pct)
+    w, h = img.size
+    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    img = img.resize(new, Image.BICUBIC)
+    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
+    x = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255.0
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    return ((x - mean) / std).astype(np.float32).transpose(2, 0, 1)
+
+
+def direct_numbers(model, folder, crop_pct=CROP_PCT):
+    """Loss / Acc@1 / Acc@5 computed here: the official eval transform, one image at a time
+    through the model, numpy cross entropy."""
     model.set_train(False)
     losses, top1, top5 = [], [], []
     for path, label in val_files(folder):
-        x = np.asarray(Image.open(path).convert('RGB'))
-        for op in ops:
-            x = op(x)
-        logits = model(ms.Tensor(x[None].astype(np.float32))).asnumpy()[0].astype(np.float64)
+        x = official_eval_transform(path, SIZE, crop_pct)
+        logits = model(ms.Tensor(x[None])).asnumpy()[0].astype(np.float64)
         log_p = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
         rank = int((logits > logits[label]).sum())
         losses.append(-log_p[label])
@@ -138,7 +147,8 @@ def test_a_recipe_yaml_runs_on_one_device(folder, weights, capsys):
                                + TINY_ARGS + ['--data_dir', folder, '--ckpt_path', files['timm']],
                                capsys)
     assert 'not started by msrun' in err and result['ranks'] == 1
-    assert_same(result, direct_numbers(model, folder))
+    assert result['crop_pct'] == 0.875  # the recipe's: the official Resize(256) + CenterCrop(224)
+    assert_same(result, direct_numbers(model, folder, crop_pct=0.875))
 
 
 @pytest.mark.parametrize('fmt', ['mindcoat', 'official'])
@@ -156,14 +166,15 @@ def test_ema_weights_are_picked(folder, weights, fmt, capsys, tmp_path):
 def test_shards_sum_to_the_single_device_numbers(folder, weights):
     """What each msrun rank computes (its shard, no padding), summed, equals one pass."""
     model, _, _ = weights
-    cfg = validate.parse_args(TINY_ARGS + ['--data_dir', folder])
-    from mindcoat.data import create_transforms
-    transforms = create_transforms(False, image_size=SIZE, crop_pct=CROP_PCT)
-    total = validate.Counts()
+    cfg = validate.parse_args(TINY_ARGS + ['--data_dir', folder, '--crop_pct', str(CROP_PCT)])
+    from mindcoat.data import resolve_data_settings
+    from mindcoat.engine import EvalCounts, count_batches
+    settings = resolve_data_settings(cfg, cfg.model)
+    total = EvalCounts()
     seen = 0
     for rank in range(3):
-        data = validate.eval_data(cfg, transforms, rank=rank, world=3)
-        counts = validate.evaluate(model, data.loader.create_tuple_iterator(
+        data = validate.eval_data(cfg, settings, rank=rank, world=3)
+        counts = count_batches(model, data.loader.create_tuple_iterator(
             num_epochs=1, output_numpy=True), cfg.batch_size)
         total.values += counts.values
         seen += counts.values[3]

@@ -9,7 +9,9 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A CoaT-Lite small enough to compile and train in seconds on 2 CPU cores.
-TINY = "{'embed_dims': (16, 16, 16, 16), 'serial_depths': (1, 1, 1, 1), 'mlp_ratios': (2, 2, 2, 2)}"
+TINY_KWARGS = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1),
+                   mlp_ratios=(2, 2, 2, 2))
+TINY = repr(TINY_KWARGS)  # as --model_kwargs
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
 
 

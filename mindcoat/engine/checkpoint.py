@@ -5,10 +5,13 @@ One file holds everything a resume needs: the model parameters under their own n
 ``mindcoat.convert.load_weights`` and ``create_model(checkpoint_path=...)`` read), the EMA as
 ``ema.<name>``, the AdamW moments and step as ``optimizer.*``, the loss scaler as
 ``loss_scaler.*``, and, as appended values, the completed epoch, the global step, the best top-1
-and the config (JSON). Resume points are epoch boundaries.
+and the config (JSON). Resume points are epoch boundaries. Files are written with MindSpore's
+CRC and read with the CRC check, so a damaged file is refused instead of loading wrong values.
 """
 import json
+import logging
 import os
+from contextlib import contextmanager
 
 import mindspore as ms
 
@@ -19,8 +22,38 @@ class ResumeError(ValueError):
     """A file that cannot be resumed from, reported as one line."""
 
 
+def training_state(model, optimizer, ema=None, loss_scaler=None):
+    """Every Parameter a resume restores: the model's, the optimizer's moments and step, the EMA
+    and the loss scaler's scale and counter (renamed ``loss_scaler.*``)."""
+    state = list(model.get_parameters()) + optimizer.state_params()
+    state += list(ema.ema) if ema is not None else []
+    for name in ('scale_value', 'counter'):
+        p = getattr(loss_scaler, name, None)
+        if isinstance(p, ms.Parameter):
+            p.name = 'loss_scaler.' + name
+            state.append(p)
+    return state
+
+
+@contextmanager
+def _quiet_mindspore_log():
+    """MindSpore logs its own ERROR line before raising on a bad file; ours says it in one."""
+    try:
+        from mindspore import log as ms_log
+        logger = ms_log._get_logger()
+    except (ImportError, AttributeError):
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def save_checkpoint(path, params, epoch, global_step, best_top1, config):
-    """``params``: Parameters (names as stored). Writes ``path`` atomically."""
+    """``params``: Parameters (names as stored). Writes ``path`` atomically, with a CRC."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp.ckpt')
@@ -28,7 +61,8 @@ def save_checkpoint(path, params, epoch, global_step, best_top1, config):
                        append_dict={'format': FORMAT, 'epoch': int(epoch),
                                     'global_step': int(global_step),
                                     'best_top1': float(best_top1),
-                                    'config': json.dumps(config, default=str)})
+                                    'config': json.dumps(config, default=str)},
+                       crc_check=True)
     os.replace(tmp, path)
 
 
@@ -38,10 +72,14 @@ def load_training_state(path, params):
     if not os.path.isfile(path):
         raise ResumeError(f"resume checkpoint not found: {path}")
     try:
-        stored = ms.load_checkpoint(path)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise ResumeError(f"cannot read resume checkpoint {path}: "
-                          f"{str(e).strip().splitlines()[0]}") from None
+        with _quiet_mindspore_log():
+            stored = ms.load_checkpoint(path, crc_check=True)
+    except (ValueError, RuntimeError, OSError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if reason.startswith('Failed to read the checkpoint file'):  # MindSpore's CRC/parse error
+            reason = 'the file is damaged (CRC check failed or unreadable)'
+        raise ResumeError(f"cannot resume from {path}: {reason}; resume from an earlier "
+                          f"checkpoint of the run") from None
     if str(stored.get('format', '')) != FORMAT:
         raise ResumeError(f"{path} is not a mindcoat training checkpoint (use --ckpt_path to "
                           f"start from its weights instead)")

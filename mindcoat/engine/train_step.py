@@ -27,19 +27,21 @@ class NetWithLoss(nn.Cell):
 
 
 def create_loss_scaler(loss_scale_type, loss_scale):
-    """None (float32), a fixed or a dynamic (x2 / 1000 good steps, halve on overflow) scaler."""
+    """None (float32), a fixed or a dynamic scaler (x2 after 2000 finite steps, halved on
+    overflow: torch.cuda.amp.GradScaler's defaults, the official trainer's NativeScaler)."""
     if loss_scale_type in ('none', None) or loss_scale_type == 'fixed' and loss_scale == 1.0:
         return None
     if loss_scale_type == 'fixed':
         return StaticLossScaler(loss_scale)
     if loss_scale_type == 'dynamic':
-        return DynamicLossScaler(loss_scale, scale_factor=2, scale_window=1000)
+        return DynamicLossScaler(loss_scale, scale_factor=2, scale_window=2000)
     raise ValueError(f"unknown loss_scale_type '{loss_scale_type}'; choose dynamic, fixed or none")
 
 
 class TrainStep(nn.Cell):
     """``step(images, targets, lr) -> (loss, grads_finite)``. Updates the weights in place (not at
-    all on overflow when ``drop_overflow_update``)."""
+    all on overflow when ``drop_overflow_update``); the EMA follows the weights after every step,
+    skipped or not, as timm's ModelEma does in the official loop."""
 
     def __init__(self, network, optimizer, ema=None, clip_grad_norm=0.0, loss_scaler=None,
                  drop_overflow_update=True, distributed=False):
@@ -74,16 +76,36 @@ class TrainStep(nn.Cell):
             grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
         if self.use_scaler and self.drop_overflow_update:
             if finite:
-                loss = ops.depend(loss, self._update(grads, lr))
+                loss = ops.depend(loss, self.optimizer(grads, lr))
         else:
-            loss = ops.depend(loss, self._update(grads, lr))
+            loss = ops.depend(loss, self.optimizer(grads, lr))
+        if self.use_ema:  # after the optimizer (side effects run in program order)
+            loss = ops.depend(loss, self.ema())
         return loss, finite
 
     def _scaled_loss(self, images, targets):
         return self.loss_scaler.scale(self.net_with_loss(images, targets))
 
-    def _update(self, grads, lr):
-        done = self.optimizer(grads, lr)
-        if self.use_ema:
-            done = ops.depend(self.ema(), done)
-        return done
+
+def create_train_step(model, cfg, amp_level='O0', distributed=False):
+    """The compiled step for ``model`` and the trainer's config ``cfg`` (optimizer, EMA, clipping,
+    loss scaling keys). ``amp_level`` O2/O3 casts the network's computation to float16
+    (Ascend/GPU); the float32 islands stay float32 whatever the level: the parameters
+    themselves, the AdamW moments and step, the EMA weights, the lr and the loss (computed from
+    float32 logits). Returns (network, step, optimizer, ema, loss_scaler)."""
+    from ..optim import AdamW, EMA, split_decay
+    if amp_level not in ('O0', 'O1', 'O2', 'O3'):
+        raise ValueError(f"amp_level must be O0, O1, O2 or O3, got '{amp_level}'")
+    network = model
+    scaler = None
+    if amp_level != 'O0':
+        network = ms.amp.auto_mixed_precision(model, amp_level)
+        scaler = create_loss_scaler(cfg.loss_scale_type, cfg.loss_scale)
+    params = model.trainable_params()
+    optimizer = AdamW(params, split_decay(params, model.no_weight_decay_names(),
+                                          cfg.weight_decay, cfg.filter_bias_and_bn),
+                      betas=tuple(cfg.betas), eps=cfg.eps)
+    ema = EMA(params, cfg.ema_decay) if cfg.ema else None
+    step = TrainStep(network, optimizer, ema, cfg.clip_value if cfg.clip_grad else 0.0, scaler,
+                     cfg.drop_overflow_update, distributed)
+    return network, step, optimizer, ema, scaler

@@ -1,6 +1,8 @@
-"""AdamW with decay groups, the per-step LR schedule, and the weight EMA."""
+"""AdamW with decay groups, the LR schedules, and the weight EMA."""
 from .adamw import AdamW, split_decay
 from .ema import EMA
-from .scheduler import SCHEDULERS, create_lr_schedule, scaled_lr
+from .scheduler import SCHEDULERS, create_lr_schedule, lr_schedule_for, scaled_lr, \
+    timm_cosine_per_epoch
 
-__all__ = ['AdamW', 'split_decay', 'EMA', 'SCHEDULERS', 'create_lr_schedule', 'scaled_lr']
+__all__ = ['AdamW', 'split_decay', 'EMA', 'SCHEDULERS', 'create_lr_schedule', 'lr_schedule_for',
+           'scaled_lr', 'timm_cosine_per_epoch']

@@ -1,6 +1,8 @@
 """Exponential moving average of the weights (timm's ModelEma: ema = d * ema + (1 - d) * w after
 every optimizer step), kept as parameters named ``ema.<param>`` so that checkpoints carry it and
 ``mindcoat.convert.load_weights(..., use_ema=True)`` finds it."""
+from contextlib import contextmanager
+
 import mindspore as ms
 from mindspore import nn, ops, ParameterTuple, Tensor
 
@@ -28,3 +30,18 @@ class EMA(nn.Cell):
     def weights(self):
         """{param name: EMA value} for swapping into the model (evaluation, export)."""
         return {e.name[len('ema.'):]: e for e in self.ema}
+
+    @contextmanager
+    def swapped_into(self, model):
+        """The EMA weights in ``model`` for the duration of the block, the trained ones after."""
+        ema_weights = self.weights()
+        saved = {p.name: p.value().copy() for p in model.get_parameters() if p.name in ema_weights}
+        for p in model.get_parameters():
+            if p.name in saved:
+                p.set_data(ema_weights[p.name].value())
+        try:
+            yield model
+        finally:
+            for p in model.get_parameters():
+                if p.name in saved:
+                    p.set_data(saved[p.name])
