@@ -26,17 +26,46 @@ def uniform_fan_in(shape, fan_in):
     return Parameter(init.initializer(init.Uniform(1.0 / math.sqrt(fan_in)), shape, ms.float32))
 
 
-class LayerNorm(nn.Cell):
-    """LayerNorm over the last axis with PyTorch's parameter names (weight/bias)."""
+class Float32Island(nn.Cell):
+    """A cell that computes in float32 whatever precision amp asks of the network, as PyTorch's
+    autocast runs layer_norm and softmax (MindSpore's O2 keeps only its own nn.LayerNorm and
+    BatchNorm in float32, O3 nothing). amp sets precision through ``add_flags_recursive`` (also
+    called by ``to_float``): here a float16/bfloat16 request becomes float32 (graph mode then casts
+    the inputs and parameters to float32 at the call; PyNative runs the ops inside in float32),
+    and the requested type is kept in ``amp_dtype`` for casting the result back. Cells inside an
+    island must be islands too: O2 also calls ``to_float`` on each of them."""
+
+    amp_dtype = None  # the low precision amp asked for, None without amp
+
+    def add_flags_recursive(self, **flags):
+        low = [k for k in ('fp16', 'bf16') if flags.get(k)]
+        if low:
+            self.amp_dtype = ms.float16 if low[0] == 'fp16' else ms.bfloat16
+            flags = dict(flags, fp16=False, bf16=False, fp32=True)
+        elif flags.get('fp32'):
+            self.amp_dtype = None
+        return super().add_flags_recursive(**flags)
+
+
+class _LayerNormOpFloat32(Float32Island, LayerNormOp):
+    """``ops.LayerNorm`` or the CPU kernel (LayerNormOp), kept in float32 inside LayerNorm."""
+
+
+class LayerNorm(Float32Island):
+    """LayerNorm over the last axis with PyTorch's parameter names (weight/bias). Always computed
+    in float32; under amp the result is cast back to amp's type, as amp does for nn.LayerNorm."""
 
     def __init__(self, dim, eps=1e-6):
         super().__init__()
         self.weight = ones((dim,))
         self.bias = zeros((dim,))
-        self.norm = LayerNormOp(eps)  # ops.LayerNorm, or a compiled kernel on the CPU
+        self.norm = _LayerNormOpFloat32(eps)  # ops.LayerNorm, or a compiled kernel on the CPU
 
     def construct(self, x):
-        return self.norm(x, self.weight, self.bias)
+        y = self.norm(x, self.weight, self.bias)
+        if self.amp_dtype is None:
+            return y
+        return y.astype(self.amp_dtype)
 
 
 class Linear(nn.Dense):
