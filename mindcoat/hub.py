@@ -66,27 +66,38 @@ def fetch_weights(url, hash_prefix=None, cache=None, progress=True, timeout=30.0
         raise DownloadError(f"{url}: the URL names no file")
     hash_prefix = (hash_prefix or hash_prefix_of(file_name) or '').lower() or None
     folder = cache or cache_dir()
-    os.makedirs(folder, exist_ok=True)
     final = os.path.join(folder, file_name)
     where = _local_file_hint(url, final)
-    with _file_lock(os.path.join(folder, f'.{file_name}.lock')):
-        if os.path.exists(final):
-            digest = sha256_of(final)
-            if hash_prefix and not digest.startswith(hash_prefix):
-                raise DownloadError(f"cached {final} has SHA-256 {digest}, expected it to start "
-                                    f"with {hash_prefix}: delete it to download again; {where}")
-            return final
-        partial = final + '.partial'
-        log(f"downloading {url} to {final}")
-        _download(url, partial, file_name, timeout, progress, where)
-        digest = sha256_of(partial)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with _file_lock(os.path.join(folder, f'.{file_name}.lock')):
+            return _fetch_locked(url, final, hash_prefix, timeout, progress, where, log)
+    except DownloadError:
+        raise
+    except OSError as exc:  # unwritable cache, full disk: what was received stays for a resume
+        raise DownloadError(f"cannot store {file_name} in {folder} ({exc.strerror or exc}): set "
+                            f"MINDCOAT_CACHE to a writable folder; {where}") from None
+
+
+def _fetch_locked(url, final, hash_prefix, timeout, progress, where, log):
+    if os.path.exists(final):
+        digest = sha256_of(final)
         if hash_prefix and not digest.startswith(hash_prefix):
-            os.remove(partial)  # a resume would only extend a wrong file
-            raise DownloadError(f"{url}: SHA-256 mismatch, expected a digest starting with "
-                                f"{hash_prefix}, got {digest} (the file was not kept); {where}")
-        if not hash_prefix:
-            log(f"warning: {file_name} carries no SHA-256 prefix in its name: not verified")
-        os.replace(partial, final)  # never a half-written or unverified file under the final name
+            raise DownloadError(f"cached {final} has SHA-256 {digest}, expected it to start "
+                                f"with {hash_prefix}: delete it to download again; {where}")
+        return final
+    partial = final + '.partial'
+    log(f"downloading {url} to {final}")
+    _download(url, partial, os.path.basename(final), timeout, progress, where)
+    digest = sha256_of(partial)
+    if hash_prefix and not digest.startswith(hash_prefix):
+        os.remove(partial)  # a resume would only extend a wrong file
+        raise DownloadError(f"{url}: SHA-256 mismatch, expected a digest starting with "
+                            f"{hash_prefix}, got {digest} (the file was not kept); {where}")
+    if not hash_prefix:
+        log(f"warning: {os.path.basename(final)} carries no SHA-256 prefix in its name: "
+            "not verified")
+    os.replace(partial, final)  # never a half-written or unverified file under the final name
     return final
 
 

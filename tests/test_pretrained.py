@@ -209,3 +209,12 @@ def test_a_silent_server_times_out(server, cache):
     with pytest.raises(hub.DownloadError, match='timed out'):
         hub.fetch_weights(f'{server.url}/coat_tiny_c6efc33c.pth', timeout=0.5, log=[].append)
     assert time.monotonic() - start < 2.5
+
+
+def test_an_unusable_cache_is_one_line(tmp_path, monkeypatch):
+    blocker = tmp_path / 'not-a-folder'
+    blocker.write_text('')
+    monkeypatch.setenv('MINDCOAT_CACHE', str(blocker))
+    with pytest.raises(hub.DownloadError, match='cannot store coat_tiny_c6efc33c.pth in .*not-a-'
+                                                'folder/weights .*set MINDCOAT_CACHE'):
+        hub.fetch_weights('http://127.0.0.1:9/coat_tiny_c6efc33c.pth', log=[].append)
