@@ -341,11 +341,11 @@ def test_another_variants_file_names_that_variant(tmp_path):
     small = create_model('coat_lite_small')
     path = tmp_path / 'small.safetensors'
     save_file(snapshot(small), str(path))
+    mini = create_model('coat_lite_mini')
     message = refused(path, r'holds coat_lite_small weights \(.*\), not coat_lite_mini',
-                      model=create_model('coat_lite_mini'))
+                      model=mini)
     assert 'serial_depths=(3, 4, 6, 3)' in message and '-m coat_lite_small' in message
-    refused(path, r'holds coat_lite_small weights', model=create_model('coat_lite_mini'),
-            strict=False)
+    refused(path, r'holds coat_lite_small weights', model=mini, strict=False)
 
 
 def test_file_of_an_unregistered_shape_says_so(tmp_path):
