@@ -135,3 +135,17 @@ def test_training_state_beside_the_weights_is_not_unexpected(tmp_path, reference
     assert report.training_state > len(weights)  # two moments per tensor (q/k/v fused)
     got = logits(model, reference['input'])
     assert np.abs(got - reference['mindcv_coat']).max() <= 1e-4
+
+
+def test_every_kind_of_tensor_torch_writes(reference):
+    """torch_objects.pth (pickle protocol 4): bfloat16 widened to float32, float16, int64, bool,
+    non-contiguous and offset views, an expanded (stride 0) tensor, a 0-d tensor, a Parameter
+    with Python attributes (_rebuild_parameter_with_state), torch.Size and a dtype."""
+    tree = read_any(os.path.join(FIXTURES, 'torch_objects.pth'))
+    expected = {k.split('/', 1)[1]: v for k, v in reference.items() if k.startswith('objects/')}
+    assert len(expected) == 10
+    for key, value in expected.items():
+        got = tree[key].numpy()
+        assert got.dtype == (np.float32 if key == 'bfloat16' else value.dtype), key
+        assert got.shape == value.shape and np.array_equal(got, value), key
+    assert tree['size'] == (2, 3) and tree['dtype'] == 'torch.float32'

@@ -13,6 +13,10 @@ Each run writes the files of the tools it can import and updates reference.npz w
   (timm's create_optimizer / create_scheduler / ModelEma, the args of src/args.py's parser) after
   one AMP training step, plus the 'scaler' entry that DeiT's trainer adds (GradScaler state).
 - ``timm_lite.safetensors``: safetensors.torch.save_file of timm's CoaT-Lite state dict.
+- ``torch_objects.pth``: the other objects torch writes into weight files (bfloat16 / float16 /
+  int / bool tensors, non-contiguous views, a view into a larger storage, an expanded (stride 0)
+  tensor, a 0-d tensor, a Parameter with Python attributes, torch.Size, a dtype), pickle
+  protocol 4; their values go to reference.npz as ``objects/<key>``.
 - ``mindcv_coat.ckpt``: ms.save_checkpoint of MindCV 0.3.0's CoaT (parallel blocks). Its
   logits are computed with one line of MindCV patched: MindCV's SerialBlock adds the attention
   branch to the block's input instead of to the output of the convolutional position encoding
@@ -166,6 +170,31 @@ def write_timm_safetensors():
     return {'timm_lite': logits(model)}
 
 
+def write_torch_objects():
+    import torch
+    gen = torch.Generator().manual_seed(6)
+    base = torch.randn(6, 5, generator=gen)
+    shared = torch.arange(20, dtype=torch.float32)
+    param = torch.nn.Parameter(torch.randn(3, generator=gen))
+    param.note = 'an attribute: torch writes _rebuild_parameter_with_state'
+    tensors = {
+        'bfloat16': torch.randn(4, 3, generator=gen).to(torch.bfloat16),
+        'float16': torch.randn(7, generator=gen).half(),
+        'int64': torch.arange(-3, 5),
+        'bool': torch.tensor([True, False, True]),
+        'transposed': base.t(),
+        'strided': base[::2, 1::2],
+        'offset_view': shared[5:11].view(2, 3),
+        'expanded': torch.ones(1, 3).expand(4, 3),
+        'scalar': torch.tensor(3.5),
+        'parameter': param,
+    }
+    obj = dict(tensors, size=torch.Size([2, 3]), dtype=torch.float32)
+    torch.save(obj, os.path.join(OUT, 'torch_objects.pth'), pickle_protocol=4)
+    return {f'objects/{k}': v.detach().float().numpy() if v.dtype == torch.bfloat16 else
+            v.detach().numpy() for k, v in tensors.items()}
+
+
 def torch_fixtures():
     import torch
     torch.set_num_threads(2)
@@ -174,6 +203,7 @@ def torch_fixtures():
     values.update(write_official_state_dict(official))
     values.update(write_official_trainer_checkpoint(official))
     values.update(write_timm_safetensors())
+    values.update(write_torch_objects())
     update_reference(values)
 
 
