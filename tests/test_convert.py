@@ -188,7 +188,7 @@ def test_missing_and_unexpected_keys_need_non_strict(sources, tmp_path):
     assert any('decoder.extra.weight' in line for line in lines)
 
 
-def test_another_variant_is_a_shape_error(sources, tmp_path):
+def test_another_variant_is_refused_and_nothing_loads(sources, tmp_path):
     weights, _ = sources['coat_lite_tiny']
     path = tmp_path / 'lite_tiny.safetensors'
     save_file(weights, str(path))
