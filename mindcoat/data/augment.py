@@ -15,7 +15,6 @@ official recipe's behaviour (N(9, 0.5) reaches 10 for ~2.3% of the posterize dra
 import re
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 MAX_LEVEL = 10.0

@@ -1,7 +1,7 @@
 """Image-folder datasets (ImageNet layout: DATA_DIR/<split>/<class>/<image>) as one epoch's
 mindspore.dataset pipeline per rank.
 
-    classes = find_classes(train_dir)                                # one-line DataError if unusable
+    classes = find_classes(train_dir)       # one-line DataError if unusable
     settings = resolve_data_settings(cfg, cfg.model)
     data = create_loader(cfg, train_dir, classes, settings, is_training=True, rank=r, world=w,
                          epoch=e)
