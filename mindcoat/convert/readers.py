@@ -15,6 +15,7 @@ for (so a training checkpoint's optimizer state is validated but never read). Ev
 are capped (``MINDCOAT_MAX_CHECKPOINT_GB``, default 2).
 """
 import argparse
+import io
 import json
 import logging
 import math
@@ -217,7 +218,6 @@ class _SafeUnpickler(pickle._Unpickler):
     OrderedDict and Namespace stand-ins, and opcodes torch never writes are refused."""
 
     def __init__(self, data, archive, prefix, budget, byteorder):
-        import io
         super().__init__(io.BytesIO(data))
         self._archive, self._prefix, self._budget = archive, prefix, budget
         self._byteorder = byteorder
