@@ -249,10 +249,13 @@ def _probe_cached(lib):
         pass
     failure = probe(lib)
     if failure is None or not failure.startswith('timeout'):  # a slow machine is not a verdict
-        fd, tmp = tempfile.mkstemp(suffix='.tmp', dir=os.path.dirname(lib))
-        with os.fdopen(fd, 'w') as f:
-            json.dump({'sha256': sha, 'failure': failure}, f)
-        os.replace(tmp, record)
+        try:
+            fd, tmp = tempfile.mkstemp(suffix='.tmp', dir=os.path.dirname(lib))
+            with os.fdopen(fd, 'w') as f:
+                json.dump({'sha256': sha, 'failure': failure}, f)
+            os.replace(tmp, record)
+        except OSError:  # a read-only cache: probe again next time
+            pass
     return failure
 
 
