@@ -114,6 +114,22 @@ def test_unreadable_images_are_skipped_and_reported_by_path(tmp_path):
     assert set(train_data.bad_images.take()) <= {bad, twin, truncated}
 
 
+def test_a_mostly_unreadable_split_ends_early_naming_every_file(tmp_path):
+    """More unreadable images than the top-up covers: the epoch runs short (the trainer stops
+    there) and every unreadable file is named."""
+    root = make_color_folder(str(tmp_path), per_class=(3, 1), size=32, classes=2)
+    train = os.path.join(root, 'train')
+    bad = []
+    for k in range(10):
+        bad.append(os.path.join(train, f'class_{k % 2}', f'bad_{k}.jpg'))
+        with open(bad[-1], 'wb') as f:
+            f.write(b'not an image %d' % k)
+    data = loader(recipe('--num_classes', '2', '--batch_size', '2'), train)
+    got = list(data.loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert len(got) < data.num_samples // 2
+    assert sorted(data.bad_images.take()) == sorted(bad)
+
+
 def test_repeated_augmentation_only_when_distributed(folder):
     """DeiT/CoaT use RASampler only with --distributed: aug_repeats 3 on one device is off unless
     aug_repeats_single_device forces it; under several ranks it is on."""

@@ -70,7 +70,7 @@ class Loader:
 
 class _Source:
     """Random-access rows (image CHW float32, label, position, ok) of one rank's epoch.
-    ``order[p]`` is the sample read at position p; positions past len(order) (the top-up pass,
+    ``order[p]`` is the sample read at position p; positions past len(order) (the top-up rows,
     used when bad images shortened the epoch) reread the order with fresh augmentations."""
 
     def __init__(self, samples, order, transform, key, channels, length):
@@ -122,6 +122,14 @@ def repeats_in_effect(cfg, world):
     return repeats
 
 
+def top_up_rows(num_samples, batch_size):
+    """Rows read past the epoch's order (fresh augmentations of its first images) to replace
+    unreadable ones: 2% of the epoch or two batches. Not the whole order again: when the loop
+    drops the iterator, producers blocked on a long remainder held its teardown ~5 s (measured).
+    More unreadable images than this end the epoch early; bad_images then names them."""
+    return max(2 * batch_size, num_samples // 50)
+
+
 def _check_channels(settings, channels):
     if len(settings.mean) != channels:
         raise DataError(f"mean/std have {len(settings.mean)} values for {channels}-channel "
@@ -142,7 +150,7 @@ def create_loader(cfg, split_dir, classes, settings, is_training, rank=0, world=
                                         epoch, cfg.shuffle), np.int64)
         key = (int(cfg.seed) & 0xFFFFFFFF, int(epoch), int(rank))
         source = _Source(samples, order, TrainTransform(settings, cfg), key, cfg.in_channels,
-                         2 * len(order))
+                         len(order) + top_up_rows(len(order), cfg.batch_size))
     else:
         order = np.arange(rank, len(samples), world, dtype=np.int64)
         source = _Source(samples, order, EvalTransform(settings), None, cfg.in_channels,
@@ -166,5 +174,5 @@ def create_loader(cfg, split_dir, classes, settings, is_training, rank=0, world=
                       output_columns=['image', 'label'], per_batch_map=_MixBatch(mix, key),
                       num_parallel_workers=1)
     # The loop takes exactly num_samples // batch_size batches (the same on every rank); the
-    # source's top-up pass replaces images skipped as unreadable.
+    # source's top-up rows replace images skipped as unreadable.
     return Loader(data, bad_images, len(order), cfg.batch_size, repeats)
