@@ -8,6 +8,7 @@ position, and ``BadImageLog`` (the filter after the source) drops it and records
 import os
 import threading
 
+import numpy as np
 from PIL import Image
 
 
@@ -15,9 +16,10 @@ _LISTINGS = {}
 
 
 def list_images(split_dir, classes):
-    """[(path, label)] of the regular files in each class folder, classes in the given order and
-    files sorted by name (hidden files, folders, FIFOs and sockets are left out). Cached while
-    no class folder changes (a loader is built every epoch; ImageNet has 1.28M files)."""
+    """Samples: (path, label) of the regular files in each class folder, classes in the given
+    order and files sorted by name (hidden files, folders, FIFOs and sockets are left out).
+    Cached while no class folder changes (a loader is built every epoch; ImageNet has 1.28M
+    files)."""
     key = (os.path.abspath(split_dir), tuple(classes))
     stamp = tuple(_mtime(os.path.join(split_dir, c)) for c in classes)
     if _LISTINGS.get(key, (None,))[0] != stamp:
@@ -32,16 +34,31 @@ def _mtime(folder):
         return None
 
 
+class Samples:
+    """(path, label) pairs held as two numpy arrays: one buffer each, so that worker processes
+    get them without pickling or copy-on-write of a million Python objects."""
+
+    def __init__(self, pairs):
+        self.paths = np.array([os.fsencode(p) for p, _ in pairs], dtype=bytes)
+        self.labels = np.array([label for _, label in pairs], dtype=np.int32)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return os.fsdecode(self.paths[index]), int(self.labels[index])
+
+
 def _scan(split_dir, classes):
-    samples = []
+    pairs = []
     for label, name in enumerate(classes):
         folder = os.path.join(split_dir, name)
         if not os.path.isdir(folder):
             continue
         files = sorted(e.name for e in os.scandir(folder)
                        if not e.name.startswith('.') and e.is_file())
-        samples += [(os.path.join(folder, f), label) for f in files]
-    return samples
+        pairs += [(os.path.join(folder, f), label) for f in files]
+    return Samples(pairs)
 
 
 def read_image(path, channels=3):
