@@ -2,14 +2,17 @@
 
     python -m mindcoat.predict --model coat_lite_tiny --ckpt_path W.ckpt cat.jpg dog.png
 
-Images go through the variant's eval transform (the one validate.py uses). ImageNet-1k names ship
-with the package; ``--labels FILE`` (one name per line, class-index order) names a fine-tuned
-model's classes. An unreadable image is reported on one line and skipped; the exit status is 1
-if any image failed.
+Images go through the variant's eval transform (the one validate.py uses). The number of classes
+(and, from a mindcoat training checkpoint, the model, its overrides, the eval settings and the
+class names) come from the checkpoint; a --num_classes that contradicts it is refused. Names:
+``--labels FILE`` (one per line, class-index order), else the checkpoint's, else ImageNet-1k's
+for a 1000-class model, else class indices only. Only regular files are opened. An unreadable
+image is reported on one line and skipped; the exit status is 1 if any image failed.
 """
 import argparse
 import json
 import os
+import stat
 import sys
 from types import SimpleNamespace
 
@@ -18,9 +21,83 @@ import numpy as np
 from .cli import UsageError, apply_config, build_model, parse_model_kwargs, run
 
 IMAGENET_CLASSES = os.path.join(os.path.dirname(__file__), 'data', 'imagenet_classes.txt')
+# what each kind of non-regular file is called in a message
+_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISSOCK, 'a socket'),
+          (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
+
+
+def not_a_file(path):
+    """None for an existing regular file, else why not (one phrase). Checked with os.stat before
+    anything opens the path: open() on a FIFO blocks until a writer appears."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return 'no such file'
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), 'a special file')
+    return f'{kind}, not a regular file'
+
+
+def regular_file(path, what):
+    """``path`` if it is an existing regular file, else UsageError naming ``what`` it is."""
+    reason = not_a_file(path)
+    if reason:
+        raise UsageError(f"{what} {path}: {reason}")
+    return path
+
+
+def check_at_least_one(args, names):
+    """Integer arguments that must be >= 1 when given (a batch of 0 images, a top-0 list)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}")
+
+
+def checkpoint_settings(args):
+    """checkpoint_info of --ckpt_path (which must be a regular file), or {} without one."""
+    if not args.ckpt_path:
+        return {}
+    from .convert import checkpoint_info
+    return checkpoint_info(regular_file(args.ckpt_path, 'checkpoint'))
+
+
+def resolve_model(args, info):
+    """The model from the command line, else -c CONFIG, else the checkpoint; its model_kwargs
+    from the checkpoint when it is the checkpoint's model and none were given."""
+    if args.config:
+        regular_file(args.config, 'config file')
+    elif not args.model and info.get('model'):
+        args.model = info['model']
+    apply_config(args)
+    if args.model_kwargs is None and args.model == info.get('model'):
+        args.model_kwargs = info.get('model_kwargs')
+    return args
+
+
+def take_from_checkpoint(args, info, settings=()):
+    """num_classes and in_channels are the checkpoint's: taken when not given, refused when
+    given otherwise (a different head would be re-initialised: random predictions). The eval
+    ``settings`` the checkpoint stored are used where neither the command line nor -c set them."""
+    for key, unit in (('num_classes', 'classes'), ('in_channels', 'input channels')):
+        theirs, mine = info.get(key), getattr(args, key)
+        if theirs is None:
+            continue
+        if mine is not None and mine != theirs:
+            raise UsageError(f"{key} {mine} contradicts {args.ckpt_path}, whose weights have "
+                             f"{theirs} {unit}; drop --{key} (or its -c CONFIG value)")
+        setattr(args, key, theirs)
+    for key in settings:
+        if getattr(args, key, None) is None and info.get(key) is not None:
+            setattr(args, key, info[key])
+    return args
 
 
 def read_labels(path):
+    regular_file(path, 'labels file')
     with open(path, encoding='utf-8') as f:
         names = [line.strip() for line in f if line.strip()]
     if not names:
@@ -28,24 +105,34 @@ def read_labels(path):
     return names
 
 
-def class_names(num_classes, labels_path=None):
-    """Names for each class index: --labels, else ImageNet's for 1000 classes, else 'class i'."""
+def class_names(num_classes, labels_path=None, stored=None):
+    """Names for each class index: --labels, else the checkpoint's ``stored`` names, else
+    ImageNet's for 1000 classes, else None (the tools print indices: any other guess would
+    name another dataset's classes)."""
     if labels_path:
         names = read_labels(labels_path)
         if len(names) != num_classes:
             raise UsageError(f"{labels_path} names {len(names)} classes, the model has "
                              f"{num_classes}")
         return names
+    if stored:
+        return list(stored)
     if num_classes == 1000:
         return read_labels(IMAGENET_CLASSES)
-    return [f'class {i}' for i in range(num_classes)]
+    return None
 
 
 def load_image(path, in_channels=3):
     """File -> decoded PIL image (RGB, or L for 1-channel models). PIL reads far more formats
-    than the dataset decoder; grayscale, palette and RGBA images are converted."""
+    than the dataset decoder; grayscale, palette and RGBA images are converted. Opened without
+    blocking and checked to be a regular file on the open descriptor, so a path replaced by a
+    FIFO after the first check cannot hang the run."""
     from .data.decode import read_image
-    return read_image(path, in_channels)
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    with os.fdopen(fd, 'rb') as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(not_a_file(path) or 'not a regular file')
+        return read_image(f, in_channels)
 
 
 def preprocess(images, transform):
@@ -77,10 +164,9 @@ def topk(logits, k):
 
 def predict_files(model, paths, transforms, names, k=5, batch_size=8, in_channels=3,
                   on_error=None):
-    """Yields (path, [(class index, name, probability), ...]) for each readable image, best first.
-    Batches are padded to ``batch_size`` so that graph mode compiles one shape only."""
+    """Yields (path, [(class index, name or None, probability), ...]) for each readable image,
+    best first. Batches are padded to ``batch_size`` so that graph mode compiles one shape only."""
     import mindspore as ms
-    k = min(k, len(names))
     batch_paths, batch = [], []
 
     def flush():
@@ -91,7 +177,8 @@ def predict_files(model, paths, transforms, names, k=5, batch_size=8, in_channel
         logits = model(ms.Tensor(x)).asnumpy()[:n].astype(np.float64)
         probs, idx = topk(logits, k)
         for p, row_p, row_i in zip(batch_paths, probs, idx):
-            yield p, [(int(i), names[i], float(q)) for i, q in zip(row_i, row_p)]
+            yield p, [(int(i), names[i] if names else None, float(q))
+                      for i, q in zip(row_i, row_p)]
 
     for path in paths:
         try:
@@ -113,58 +200,82 @@ def build_parser():
                                 description='Top-k classes of image files with a CoaT model.')
     p.add_argument('images', nargs='+', help='image files (JPEG, PNG, BMP, ...)')
     p.add_argument('-c', '--config', help='training YAML to take the model and eval settings from')
-    p.add_argument('--model', '-m', help='variant, e.g. coat_lite_tiny')
+    p.add_argument('--model', '-m', help="variant, e.g. coat_lite_tiny (default: the "
+                                         "checkpoint's, when it tells)")
     p.add_argument('--ckpt_path', help='weights in any format mindcoat.convert reads')
     p.add_argument('--ema', action='store_true', help="use the checkpoint's EMA weights")
-    p.add_argument('--labels', help='class names, one per line (default: ImageNet-1k)')
-    p.add_argument('--num_classes', type=int, help='default: number of --labels, else 1000')
-    p.add_argument('--in_channels', type=int, help='default: 3')
+    p.add_argument('--labels', help="class names, one per line (default: the checkpoint's, "
+                                    "else ImageNet-1k's for 1000 classes, else indices)")
+    p.add_argument('--num_classes', type=int,
+                   help="default: the checkpoint's, else the number of --labels, else 1000")
+    p.add_argument('--in_channels', type=int, help="default: the checkpoint's, else 3")
     p.add_argument('--model_kwargs', help='JSON architecture overrides for create_model')
     p.add_argument('--image_size', type=int, help="default: the variant's input size")
     p.add_argument('--crop_pct', type=float, help="default: the variant's crop_pct")
     p.add_argument('--interpolation', help="default: the variant's (bicubic)")
-    p.set_defaults(mean=None, std=None)  # only from -c CONFIG
-    p.add_argument('--topk', type=int, default=5)
+    p.set_defaults(mean=None, std=None, crop_mode=None)  # from -c CONFIG or the checkpoint
+    p.add_argument('--topk', type=int, default=5, help='classes per image (default: 5)')
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--device_target', help='CPU / GPU / Ascend (default: what MindSpore finds)')
     p.add_argument('--json', action='store_true', help='one JSON object per image')
     return p
 
 
+EVAL_SETTINGS = ('image_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
+
+
+def report_unreadable(path, reason):
+    print(f"error: cannot read {path}: {reason}", file=sys.stderr)
+
+
+def print_result(path, top, as_json):
+    if as_json:
+        print(json.dumps({'image': path, 'top': [
+            {'index': i, 'name': n, 'prob': round(q, 6)} for i, n, q in top]}))
+        return
+    print(path)
+    for rank, (i, n, q) in enumerate(top, 1):
+        print(f"  {rank}. {q:7.2%}  {n}  [{i}]" if n is not None else f"  {rank}. {q:7.2%}  [{i}]")
+
+
 def main(argv=None):
-    args = apply_config(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    check_at_least_one(args, ('batch_size', 'topk', 'num_classes', 'in_channels'))
+    failed = [path for path in args.images if not_a_file(path)]
+    for path in failed:
+        report_unreadable(path, not_a_file(path))
+    if len(failed) == len(args.images):
+        return 1  # nothing to classify: no model is built
+    info = checkpoint_settings(args)
+    take_from_checkpoint(resolve_model(args, info), info, EVAL_SETTINGS)
     args.in_channels = args.in_channels or 3
+    if args.num_classes is None:
+        args.num_classes = len(read_labels(args.labels)) if args.labels else 1000
+    if args.topk > args.num_classes:
+        raise UsageError(f"--topk {args.topk} is more than the model's {args.num_classes} "
+                         "classes")
+    names = class_names(args.num_classes, args.labels, info.get('class_names'))
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    transforms = eval_transforms_for(args.model, args.image_size, args.crop_pct,
+                                     args.interpolation, args.mean, args.std, args.crop_mode)
+    if len(transforms.mean) != args.in_channels:
+        raise UsageError(f"the normalisation has {len(transforms.mean)} channel(s), the model "
+                         f"{args.in_channels}: give mean and std per channel (-c CONFIG)")
     import mindspore as ms
     if args.device_target:
         ms.set_device(args.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
-    num_classes = args.num_classes or (len(read_labels(args.labels)) if args.labels else 1000)
-    names = class_names(num_classes, args.labels)
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    transforms = eval_transforms_for(args.model, args.image_size, args.crop_pct,
-                                     args.interpolation, args.mean, args.std,
-                                     getattr(args, 'crop_mode', None))
-    if len(transforms.mean) != args.in_channels:
-        raise UsageError(f"the normalisation has {len(transforms.mean)} channel(s), the model "
-                         f"{args.in_channels}: give mean and std per channel (-c CONFIG)")
-    model = build_model(args.model, args.ckpt_path, num_classes, args.in_channels, args.ema,
+    model = build_model(args.model, args.ckpt_path, args.num_classes, args.in_channels, args.ema,
                         parse_model_kwargs(args.model_kwargs), log=log)
-    failed = []
 
     def on_error(path, exc):
         failed.append(path)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: cannot read {path}: {reason}", file=sys.stderr)
+        report_unreadable(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
-    for path, top in predict_files(model, args.images, transforms, names, args.topk,
+    readable = [path for path in args.images if path not in failed]
+    for path, top in predict_files(model, readable, transforms, names, args.topk,
                                    args.batch_size, args.in_channels, on_error):
-        if args.json:
-            print(json.dumps({'image': path, 'top': [
-                {'index': i, 'name': n, 'prob': round(q, 6)} for i, n, q in top]}))
-        else:
-            print(path)
-            for rank, (i, n, q) in enumerate(top, 1):
-                print(f"  {rank}. {q:7.2%}  {n}  [{i}]")
+        print_result(path, top, args.json)
     if failed:
         print(f"{len(failed)} of {len(args.images)} images could not be read", file=sys.stderr)
         return 1

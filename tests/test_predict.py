@@ -1,8 +1,11 @@
-"""predict on real image files: JPEG/PNG written here plus real MNIST digits, with a corrupt and a
-missing file in the list; probabilities equal a direct computation; class names from the
-packaged ImageNet list or --labels."""
+"""predict on real image files: JPEG/PNG written here plus real MNIST digits, with a corrupt file,
+a missing file, a FIFO and a directory named .jpg in the list; probabilities equal a direct
+computation; the class count, settings and names come from the checkpoint; bad arguments are one
+line before any model is built."""
 import json
 import os
+import signal
+from contextlib import contextmanager
 
 import mindspore as ms
 import numpy as np
@@ -11,6 +14,8 @@ from PIL import Image
 
 from mindcoat import create_model
 from mindcoat.demo import materialise_mnist
+from mindcoat.cli import run
+from mindcoat.engine.checkpoint import save_checkpoint
 from mindcoat.predict import IMAGENET_CLASSES, class_names, main
 
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
@@ -21,7 +26,8 @@ STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 
 @pytest.fixture(scope='module')
 def images(tmp_path_factory):
-    """Two photos-like files, two MNIST digits, a corrupt JPEG and a missing PNG."""
+    """Two photos-like files, two MNIST digits, a corrupt JPEG, a missing PNG, a FIFO and a
+    directory, both named .jpg."""
     root = tmp_path_factory.mktemp('images')
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:48, 0:80]
@@ -32,9 +38,26 @@ def images(tmp_path_factory):
     digits = [os.path.join(mnist, 'val', d, sorted(os.listdir(os.path.join(mnist, 'val', d)))[0])
               for d in ('3', '7')]
     (root / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 this is not a JPEG')
+    os.mkfifo(root / 'fifo.jpg')
+    (root / 'folder.jpg').mkdir()
     return dict(good=[str(root / 'gradient.jpg'), str(root / 'rgba.png')] + digits,
                 broken=str(root / 'broken.jpg'), missing=str(root / 'missing.png'),
-                mnist=mnist)
+                fifo=str(root / 'fifo.jpg'), folder=str(root / 'folder.jpg'), mnist=mnist)
+
+
+@contextmanager
+def deadline(seconds=120):
+    """Fails the test instead of hanging it if something opens a FIFO (SIGALRM interrupts the
+    blocked open())."""
+    def expire(*_):
+        raise TimeoutError(f"predict still running after {seconds} s (blocked on a FIFO?)")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope='module')
@@ -68,15 +91,23 @@ def test_predict_matches_direct_computation_and_survives_bad_files(images, check
     model, ckpt = checkpoint
     labels = tmp_path / 'digits.txt'
     labels.write_text(''.join(f'digit {i}\n' for i in range(10)))
-    paths = images['good'][:2] + [images['broken']] + images['good'][2:] + [images['missing']]
-    code = main(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path', ckpt,
-                 '--labels', str(labels), '--image_size', '32', '--batch_size', '3', '--json']
-                + paths)
+    paths = images['good'][:2] + [images['broken'], images['fifo']] + images['good'][2:] + \
+        [images['missing'], images['folder']]
+    with deadline():
+        code = main(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path',
+                     ckpt, '--labels', str(labels), '--image_size', '32', '--batch_size', '3',
+                     '--json'] + paths)
     out, err = capsys.readouterr()
     assert code == 1  # some images failed
     errors = [line for line in err.splitlines() if line.startswith('error:')]
-    assert len(errors) == 2
-    assert images['broken'] in errors[0] and images['missing'] in errors[1]
+    # the paths that are not regular files are refused before the model is built, in order;
+    # the undecodable file when its batch is read
+    assert errors == [f"error: cannot read {images['fifo']}: a FIFO, not a regular file",
+                      f"error: cannot read {images['missing']}: no such file",
+                      f"error: cannot read {images['folder']}: a directory, not a regular file",
+                      errors[3]]
+    assert errors[3].startswith(f"error: cannot read {images['broken']}: ")
+    assert '4 of 8 images could not be read' in err
     results = [json.loads(line) for line in out.splitlines()]
     assert [r['image'] for r in results] == images['good']  # the others still ran, in order
     for r in results:
@@ -85,6 +116,87 @@ def test_predict_matches_direct_computation_and_survives_bad_files(images, check
         assert [t['index'] for t in r['top']] == order.tolist()
         assert [t['name'] for t in r['top']] == [f'digit {i}' for i in order]
         np.testing.assert_allclose([t['prob'] for t in r['top']], expected[order], atol=2e-6)
+
+
+def test_class_count_and_settings_come_from_a_trainer_checkpoint(images, tmp_path, capsys):
+    """A 4-class training checkpoint, predicted with nothing but --ckpt_path: the model, its
+    overrides, the image size and the class names are the stored ones and the head is the
+    trained one (before: a re-initialised 1000-way head and ImageNet names, exit 0)."""
+    model = create_model('coat_lite_tiny', num_classes=4, **TINY)
+    ckpt = str(tmp_path / 'run' / 'coat_lite_tiny-latest.ckpt')
+    config = {'model': 'coat_lite_tiny', 'num_classes': 4, 'image_resize': 32,
+              'model_kwargs': {'embed_dims': [16] * 4, 'serial_depths': [1] * 4},
+              'class_names': ['cat', 'dog', 'fox', 'owl']}
+    save_checkpoint(ckpt, list(model.get_parameters()), 1, 10, 0.0, config)
+    assert main(['--ckpt_path', ckpt, '--json', '--topk', '4', images['good'][0]]) == 0
+    top = json.loads(capsys.readouterr().out)['top']
+    expected = direct_probs(model, images['good'][0])
+    order = np.argsort(-expected, kind='stable')
+    assert [t['index'] for t in top] == order.tolist()
+    assert [t['name'] for t in top] == [config['class_names'][i] for i in order]
+    np.testing.assert_allclose([t['prob'] for t in top], expected[order], atol=2e-6)
+
+
+def test_weights_without_names_print_class_indices(images, checkpoint, capsys):
+    """A plain 10-class weight file: its head gives the class count; no ImageNet names."""
+    model, ckpt = checkpoint
+    assert main(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path', ckpt,
+                 '--image_size', '32', '--topk', '3', images['good'][0]]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith('loaded 104/104 parameters')  # the head too: nothing re-initialised
+    out = out[1:]
+    order = np.argsort(-direct_probs(model, images['good'][0]), kind='stable')[:3]
+    assert out[0] == images['good'][0]
+    assert [line.split()[-1] for line in out[1:]] == [f'[{i}]' for i in order]
+    assert all(len(line.split()) == 3 for line in out[1:])  # rank, probability, index
+
+
+def run_cli(argv):
+    with pytest.raises(SystemExit) as exc:
+        run(lambda: main(argv))
+    return exc.value.code
+
+
+def test_contradicting_num_classes_is_refused(images, checkpoint, capsys):
+    assert run_cli(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path',
+                    checkpoint[1], '--num_classes', '1000', images['good'][0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert 'num_classes 1000' in err and checkpoint[1] in err and '10 classes' in err
+
+
+@pytest.mark.parametrize('extra, words', [
+    (['--batch_size', '0'], '--batch_size must be at least 1, got 0'),
+    (['--topk', '0'], '--topk must be at least 1, got 0'),
+    (['--topk', '11'], '--topk 11 is more than the model\'s 10 classes'),
+    (['--num_classes', '-3'], '--num_classes must be at least 1, got -3'),
+    (['--labels', '<fifo>'], 'labels file <fifo>: a FIFO, not a regular file'),
+    (['--ckpt_path', '<folder>'], 'checkpoint <folder>: a directory, not a regular file'),
+])
+def test_bad_arguments_are_one_line(images, checkpoint, capsys, extra, words):
+    swap = {'<fifo>': images['fifo'], '<folder>': images['folder']}
+    extra = [swap.get(a, a) for a in extra]
+    for mark, path in swap.items():
+        words = words.replace(mark, path)
+    argv = ['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path',
+            checkpoint[1]] + extra + [images['good'][0]]
+    with deadline():
+        assert run_cli(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ''  # no model was loaded (it prints "loaded N/M parameters")
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+
+
+@pytest.mark.parametrize('which, reason', [('fifo', 'a FIFO, not a regular file'),
+                                           ('missing', 'no such file'),
+                                           ('folder', 'a directory, not a regular file')])
+def test_only_unreadable_inputs_build_no_model(images, capsys, which, reason):
+    with deadline():
+        assert main(['--model', 'coat_lite_tiny', images[which]]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ''  # not even the "weights are random" warning: no model was built
+    assert captured.err.strip().splitlines() == [f"error: cannot read {images[which]}: {reason}"]
 
 
 def test_human_readable_output_with_imagenet_names(images, capsys):
@@ -108,11 +220,11 @@ def test_packaged_imagenet_names():
     with open(IMAGENET_CLASSES, encoding='utf-8') as f:
         lines = f.read().splitlines()
     assert names == lines and len(names) == 1000 and all(names)
-    assert class_names(4) == ['class 0', 'class 1', 'class 2', 'class 3']
+    assert class_names(4) is None  # indices only: no made-up names
+    assert class_names(4, stored=['a', 'b', 'c', 'd']) == ['a', 'b', 'c', 'd']
 
 
 def test_labels_count_must_match_the_model(images, checkpoint, tmp_path, capsys):
-    from mindcoat.cli import run
     labels = tmp_path / 'three.txt'
     labels.write_text('a\nb\nc\n')
     with pytest.raises(SystemExit) as exc:

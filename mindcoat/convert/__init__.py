@@ -5,6 +5,7 @@ checkpoints), timm's ``.pth``/``.safetensors``, MindCV's ``.ckpt`` and mindcoat'
 (EMA under 'ema.*'). No file's code is ever run, and a file is checked whole (names, shapes,
 dtypes, architecture) before the first parameter is assigned.
 """
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from .readers import (DEFAULT_MAX_GB, MAX_GB_ENV, CheckpointError, as_numpy, rea
                       read_mindspore_ckpt)
 
 __all__ = ['CheckpointError', 'LoadReport', 'read_weights', 'load_weights', 'convert_checkpoint',
-           'read_mindspore_ckpt', 'MAX_GB_ENV', 'DEFAULT_MAX_GB']
+           'checkpoint_info', 'read_mindspore_ckpt', 'MAX_GB_ENV', 'DEFAULT_MAX_GB']
 
 # Keys the reference writes but never uses: the stage-1 final norm (and in CoaT-Lite the
 # stage-2/3 norms); a backbone (features_only) also has no use for the classifier.
@@ -133,6 +134,63 @@ def _check_architecture(model, path, weights, params):
         f"{path} holds weights of a CoaT that is not {model_name}: the file has "
         f"{_describe(theirs)}, the model {_describe(ours)}; no registered variant matches, "
         "build the model with those model_kwargs")
+
+
+# ----------------------------------------------------------------------- what a file says
+TRAIN_FORMAT = 'mindcoat-train-v1'  # mindcoat.engine.checkpoint.FORMAT (that module imports ms)
+# trainer config key -> checkpoint_info key, for the settings an inference tool can reuse
+_TRAIN_SETTINGS = {'model': 'model', 'model_kwargs': 'model_kwargs', 'image_resize': 'image_size',
+                   'crop_pct': 'crop_pct', 'crop_mode': 'crop_mode',
+                   'interpolation': 'interpolation', 'mean': 'mean', 'std': 'std',
+                   'class_names': 'class_names'}
+
+
+def checkpoint_info(path, max_gb=None):
+    """What ``path`` says about the model it belongs to, read through the same safe readers as
+    load_weights. Always 'format' ('mindcoat-train-v1' for trainer checkpoints, else 'weights');
+    from the tensors: 'num_classes' (rows of head.weight), 'in_channels' and 'model' when one
+    registered variant has this architecture; from a trainer checkpoint's stored config also
+    'model', 'model_kwargs', 'image_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean',
+    'std' and 'class_names' where set. Keys that cannot be known are absent."""
+    tree = read_any(path, max_gb)
+    shapes = {canonical_name(k): tuple(v.shape)
+              for k, v in select_weights(tree, False, str(path)).items()}
+    info = dict(_from_shapes(shapes), format='weights')
+    if isinstance(tree, dict) and str(tree.get('format', '')) == TRAIN_FORMAT:
+        info['format'] = TRAIN_FORMAT
+        info.update(_from_train_config(tree.get('config'), path, info.get('num_classes')))
+    return info
+
+
+def _from_shapes(shapes):
+    info = {}
+    if len(shapes.get('head.weight', ())) == 2:
+        info['num_classes'] = shapes['head.weight'][0]
+    if len(shapes.get('patch_embed1.proj.weight', ())) == 4:
+        info['in_channels'] = shapes['patch_embed1.proj.weight'][1]
+    arch = architecture(shapes)
+    names = likely_variant(arch) if 'embed_dims' in arch else []
+    if len(names) == 1:
+        info['model'] = names[0]
+    return info
+
+
+def _from_train_config(text, path, num_classes):
+    """The settings a trainer checkpoint stored (its config as JSON), None values left out."""
+    try:
+        config = json.loads(str(text))
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a mindcoat training checkpoint whose stored config is "
+                              "not a JSON object; the file is damaged")
+    out = {mine: config[theirs] for theirs, mine in _TRAIN_SETTINGS.items()
+           if config.get(theirs) is not None}
+    names = out.get('class_names')
+    if names is not None and not (isinstance(names, list) and len(names) == num_classes and
+                                  all(isinstance(n, str) for n in names)):
+        del out['class_names']  # names that do not fit the head name nothing
+    return out
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -552,8 +552,7 @@ def read_mindspore_ckpt(path, numpy=True, cap=None):
     with a CRC (mindcoat's) is refused if any byte changed; files without one (MindCV's) load
     unverified. ``numpy=False`` returns MindSpore's own dict (Parameters, appended values)."""
     import mindspore as ms
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+    _require_regular_file(path)
     cap = size_cap() if cap is None else cap
     if os.path.getsize(path) > cap:
         raise _cap_error(path, 'the file is', os.path.getsize(path), cap)
@@ -593,9 +592,17 @@ def read_any(path, max_gb=None):
                               f"{str(exc)[:120]})") from None
 
 
-def _read_any(path, max_gb):
-    if not os.path.isfile(path):
+def _require_regular_file(path):
+    """Nothing but a regular file is opened: open() on a FIFO blocks until a writer appears."""
+    if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a regular file (a directory, FIFO or device); give "
+                              "the checkpoint file itself")
+
+
+def _read_any(path, max_gb):
+    _require_regular_file(path)
     cap = size_cap(max_gb)
     with open(path, 'rb') as f:
         head = f.read(16)
