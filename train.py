@@ -28,7 +28,23 @@ class Run:
             print(*msg, flush=True)
 
 
+def check_launcher(cfg):
+    """distribute must match how the process was started (msrun sets MS_ROLE / MS_WORKER_NUM)."""
+    from mindcoat.config import ConfigError
+    launched = 'MS_ROLE' in os.environ or 'RANK_TABLE_FILE' in os.environ
+    workers = int(os.environ.get('MS_WORKER_NUM') or 1)
+    if cfg.distribute and not launched:
+        raise ConfigError("distribute is True but train.py was not started by msrun: launch it "
+                          "with msrun --worker_num N --local_worker_num N python train.py ..., or "
+                          "pass --distribute False to train on one device")
+    if launched and not cfg.distribute and workers > 1:
+        raise ConfigError(f"started by msrun with {workers} workers but distribute is False: pass "
+                          f"--distribute True (otherwise each worker trains the whole run alone "
+                          f"and they overwrite each other's files)")
+
+
 def setup_context(cfg):
+    check_launcher(cfg)
     import mindspore as ms
     if cfg.device_target != 'auto':
         ms.set_device(cfg.device_target)
@@ -49,7 +65,8 @@ def setup_context(cfg):
 
 def build(cfg, run):
     """Everything before the first step; raises one-line errors (bad data dir, model, weights).
-    Returns (model, step, ema, state, classes, train_dir, val_dir)."""
+    Returns (model, network: the model as evaluated (under amp on Ascend/GPU), step, ema, state,
+    classes, train_dir, val_dir)."""
     from mindcoat import create_model
     from mindcoat.data import check_split, find_classes
     from mindcoat.engine import build_seeded, create_train_step, training_state
@@ -81,19 +98,21 @@ def build(cfg, run):
         amp_level = 'O0'
     else:
         amp_level = cfg.amp_level
-    _, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level, run.distributed)
+    network, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level,
+                                                              run.distributed)
     state = training_state(model, optimizer, ema, scaler)
-    return model, step, ema, state, classes, train_dir, val_dir
+    return model, network, step, ema, state, classes, train_dir, val_dir
 
 
-def evaluate_run(cfg, run, model, ema, classes, val_dir, settings):
-    """The raw model's val loss/top-1/top-5, and the EMA's (``ema_val_*``) when there is one."""
+def evaluate_run(cfg, run, model, network, ema, classes, val_dir, settings):
+    """The raw model's val loss/top-1/top-5, and the EMA's (``ema_val_*``) when there is one.
+    ``network``: ``model`` as it runs (amp); the EMA weights are swapped into ``model``."""
     from mindcoat.data import create_loader
     from mindcoat.engine import evaluate
 
     def run_eval():
         loader = create_loader(cfg, val_dir, classes, settings, False, run.rank, run.world)
-        summary, skipped = evaluate(model, loader, run.world)
+        summary, skipped = evaluate(network, loader, run.world)
         for path in skipped:
             print(f'[rank {run.rank}] validation skipped unreadable image: {path}', flush=True)
         return {'val_loss': summary['loss'], 'val_top1': summary['top1'],
@@ -112,10 +131,10 @@ def describe_repeats(loader, cfg, world):
     if loader.aug_repeats:
         return (f'repeated augmentation: each image {loader.aug_repeats} times per epoch, spread '
                 f'over the {world} ranks (RASampler)')
-    if (cfg.aug_repeats or 0) > 1:
-        return (f'repeated augmentation off: aug_repeats {cfg.aug_repeats} applies only when '
-                f'distributed, as in the official trainer (aug_repeats_single_device: True forces '
-                f'it)')
+    if (cfg.aug_repeats or 0) > 1:  # the official main.py would repeat on one GPU too
+        return (f'repeated augmentation off on one device: aug_repeats {cfg.aug_repeats} spreads '
+                f'copies of an image over ranks (aug_repeats_single_device: True applies it here '
+                f'too, as the official RASampler does on one GPU)')
     return 'repeated augmentation off'
 
 
@@ -126,7 +145,7 @@ def train(cfg):
     from mindcoat.optim import lr_schedule_for
 
     run = setup_context(cfg)
-    model, step, ema, state, classes, train_dir, val_dir = build(cfg, run)
+    model, network, step, ema, state, classes, train_dir, val_dir = build(cfg, run)
     settings = resolve_data_settings(cfg, cfg.model)
 
     def make_train(epoch):
@@ -177,7 +196,8 @@ def train(cfg):
         record['train_skipped'] = len(skipped)
         last = epoch + 1 == cfg.epoch_size
         if cfg.val_while_train and ((epoch + 1) % cfg.val_interval == 0 or last):
-            record.update(evaluate_run(cfg, run, model, ema, classes, val_dir, settings))
+            record.update(evaluate_run(cfg, run, model, network, ema, classes, val_dir,
+                                       settings))
         run.log(_summary(record, cfg, run))
         # "best" is the raw model's top-1 (the official trainer reports the raw model); a NaN
         # top-1 never qualifies

@@ -120,3 +120,19 @@ def test_lr_is_absolute_unless_lr_base_batch_is_set():
     """MindCV's meaning of lr, and a warmup from 0 unless warmup_lr is given."""
     cfg = parse_config([])
     assert cfg.lr_base_batch is None and cfg.warmup_lr is None and cfg.drop_path_rate == 0.0
+
+
+def test_distribute_must_match_the_launcher(tmp_path):
+    """A recipe (distribute: True) outside msrun, or msrun's workers without distribute: one line
+    each, before anything is built."""
+    recipe = os.path.join(REPO, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')
+    for extra, environ, words in (
+            ([], {}, 'not started by msrun'),
+            (['--distribute', 'False'], {'MS_ROLE': 'MS_WORKER', 'MS_WORKER_NUM': '2'},
+             'started by msrun with 2 workers')):
+        proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '-c', recipe,
+                               '--data_dir', str(tmp_path)] + extra, cwd=str(tmp_path),
+                              env=dict(env(), **environ), capture_output=True, text=True,
+                              timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr

@@ -1,8 +1,12 @@
-"""End-to-end trainer runs on a tiny learnable image folder (CPU, a CoaT-Lite with 16 channels):
-it learns, its validation equals a direct computation, a 2-worker msrun data-parallel run ends
-with the weights of a single-process run over the same global batch, and a run killed with
-SIGKILL then resumed ends with the weights of the uninterrupted run."""
+"""The trainer: end-to-end runs on a tiny learnable image folder (CPU, a CoaT-Lite with 16
+channels) — it learns, its validation equals a direct computation, a 2-worker msrun data-parallel
+run ends with the weights of a single-process run over the same global batch, a run killed with
+SIGKILL then resumed ends with the weights of the uninterrupted run, a NaN loss stops it with the
+last checkpoint kept, a damaged checkpoint is refused — and the engine's pieces in-process: one
+evaluation rule (NaN never a hit, ties by index), per-rank drop-path masks over identical
+weights, float32 optimizer/EMA/loss under amp O2."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train_helpers import REPO, TINY, base_flags, deterministic_flags, env, load_params, \
-    make_color_folder, read_log, run_train
+from train_helpers import REPO, TINY, TINY_KWARGS, base_flags, deterministic_flags, env, \
+    load_params, make_color_folder, read_log, run_train
 
 EPOCHS, GLOBAL_BATCH = 8, 8
 NAME = 'coat_lite_tiny'
@@ -127,23 +131,168 @@ def test_msrun_data_parallel_equals_single_process(reference, tmp_path):
     assert dp_log[-1]['val_loss'] == pytest.approx(single_log[-1]['val_loss'], abs=1e-3)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(reference, tmp_path):
-    out = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py')] +
-                            flags(reference['data'], out), cwd=str(tmp_path), env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = out / f'{NAME}-2.ckpt'
+def test_damaged_trainer_checkpoint_is_one_line_resume_error(reference, tmp_path):
+    """Trainer checkpoints carry a CRC: 200 random bytes in the middle are refused, not loaded."""
+    import mindspore as ms
+    from mindcoat.engine import ResumeError, load_training_state
+    good = str(reference['out'] / f'{NAME}-latest.ckpt')
+    stored = ms.load_checkpoint(good, crc_check=True)
+    params = [ms.Parameter(v, name=k) for k, v in stored.items() if isinstance(v, ms.Parameter)
+              and k not in ('epoch', 'global_step', 'best_top1')]
+    assert load_training_state(good, params)[0] == EPOCHS
+    data = bytearray(open(good, 'rb').read())
+    middle = len(data) // 2
+    data[middle:middle + 200] = np.random.default_rng(0).integers(0, 256, 200, np.uint8).tobytes()
+    bad = tmp_path / 'damaged.ckpt'
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ResumeError) as e:
+        load_training_state(str(bad), params)
+    assert '\n' not in str(e.value) and 'damaged' in str(e.value) and str(bad) in str(e.value)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    """An lr that blows the weights up in epoch 3 (per-epoch schedule: epochs 1 and 2 run at
+    warmup_lr): one line, exit 1, epoch 2's checkpoint and log kept."""
+    data = make_color_folder(str(tmp_path / 'data'), per_class=(4, 1))
+    out = tmp_path / 'out'
+    proc = run_train(base_flags(data, out, 8, 3, deterministic_flags() + [
+        '--scheduler', 'timm_cosine', '--lr', '1e36', '--warmup_lr', '1e-4', '--min_lr', '0',
+        '--warmup_epochs', '1', '--val_while_train', 'False']), cwd=str(tmp_path), check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and re.match(r'error: loss is (nan|inf) at epoch 3, step \d', err[0]), err
+    assert f'{NAME}-latest.ckpt (end of epoch 2) is kept' in err[0]
+    assert [r['epoch'] for r in read_log(out)] == [1, 2]
+    import mindspore as ms
+    kept = ms.load_checkpoint(str(out / f'{NAME}-latest.ckpt'))
+    assert int(kept['epoch'].asnumpy()) == 2
+    weights = load_params(str(out / f'{NAME}-latest.ckpt'))
+    assert all(np.isfinite(v).all() for v in weights.values())
+
+
+def test_one_evaluation_rule_nan_never_hits_ties_by_index():
+    """The trainer and validate.py share this: before, the trainer counted ties as hits, so a NaN
+    model scored 100% top-1 and was saved as -best."""
+    from mindcoat.engine import EvalCounts
+    counts = EvalCounts()
+    nan_rows = np.full((2, 6), np.nan)
+    counts.add(nan_rows, np.array([0, 3]))
+    assert counts.values[1:4].tolist() == [0, 0, 2]
+    assert np.isnan(counts.summary()['loss'])
+    ties = EvalCounts()  # all six logits equal: the lowest index ranks first
+    ties.add(np.zeros((3, 6)), np.array([0, 4, 5]))
+    assert ties.values[1:4].tolist() == [1, 2, 3]  # label 0 top-1, label 4 in the top 5, 5 not
+    inf = EvalCounts()
+    inf.add(np.array([[np.inf, 0, 0], [1.0, 2.0, 0]]), np.array([0, 1]))
+    assert inf.values[1:4].tolist() == [1, 1, 2]  # the inf row never hits, the finite one does
+
+
+def test_ranks_share_weights_and_draw_their_own_drop_path_masks():
+    """build_seeded(seed, rank): weights from seed alone; masks from seed + rank (official
+    main.py), so rank 0 repeats a single-device run and rank 1 drops other branches."""
+    import mindspore as ms
+    from mindcoat import create_model
+    from mindcoat.engine import build_seeded
+    x = ms.Tensor(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32))
+
+    def run(rank):
+        model = build_seeded(lambda: create_model(NAME, num_classes=4, drop_path_rate=0.5,
+                                                  **TINY_KWARGS), 3, rank)
+        model.set_train(True)
+        weights = np.concatenate([p.asnumpy().ravel() for p in model.get_parameters()])
+        return weights, model(x).asnumpy()
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    single, rank0, rank1 = run(0), run(0), run(1)
+    assert np.array_equal(rank0[0], rank1[0]) and np.array_equal(single[0], rank0[0])
+    assert np.array_equal(single[1], rank0[1])
+    assert not np.allclose(rank0[1], rank1[1])
+
+
+def test_amp_o2_keeps_optimizer_ema_lr_and_loss_in_float32():
+    """The O2 train step built as on Ascend/GPU, run on the CPU's native path: float16 compute,
+    float32 islands. The AdamW update is checked against float64 arithmetic with lr 1e-3, which
+    float16 cannot hold (it rounds to 1.0004e-3, an error 40x the tolerance)."""
+    import mindspore as ms
+    from mindcoat import create_model
+    from mindcoat.config import parse_config
+    from mindcoat.engine import create_train_step
+    from mindcoat.ops.dispatch import native_ops
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
+    y = ms.Tensor(np.eye(4, dtype=np.float32)[[1, 3]])
+    cfg = parse_config(['--ema', '--ema_decay', '0.9'])
+    lr = 1e-3
+    with native_ops():
+        ms.set_seed(0)
+        model = create_model(NAME, num_classes=4, **TINY_KWARGS)
+        _, step, opt, ema, scaler = create_train_step(model, cfg, amp_level='O2')
+        before = model.head.weight.asnumpy().astype(np.float64)
+        loss, finite = step(x, y, ms.Tensor(lr, ms.float32))
+    assert model.head.get_flags()['fp16']  # O2 is on: the layers compute in float16
+    assert scaler is not None and bool(finite) and np.isfinite(float(loss))
+    assert loss.dtype == ms.float32
+    assert {p.dtype for p in opt.state_params()} == {ms.float32}
+    assert {p.dtype for p in ema.ema} == {ms.float32}
+    assert {p.dtype for p in model.get_parameters()} == {ms.float32}
+    i = [p.name for p in opt.parameters].index('head.weight')
+    m, v = opt.exp_avg[i].asnumpy().astype(np.float64), opt.exp_avg_sq[i].asnumpy()
+    expected = before * (1 - lr * cfg.weight_decay) - lr / 0.1 * m / (
+        np.sqrt(v.astype(np.float64)) / np.sqrt(1 - 0.999) + 1e-8)
+    after = model.head.weight.asnumpy()
+    assert np.abs(after - before).max() > 5e-4  # a real update (Adam's first step: ~lr)
+    np.testing.assert_allclose(after - before, expected - before, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(ema.ema[i].asnumpy(), 0.9 * before + 0.1 * after, rtol=1e-6,
+                               atol=1e-9)
+
+RECIPE = os.path.join(REPO, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')
+REPRO_EPOCHS = 3
+
+
+def recipe_flags(data_dir, out_dir):
+    """The shipped recipe as is (RandAugment, Mixup/CutMix, erasing, EMA, per-epoch lr), shrunk:
+    a tiny model, 32 px, 4 classes, batch 2, 2 dataset workers, one device."""
+    return ['-c', RECIPE, '--data_dir', str(data_dir), '--ckpt_save_dir', str(out_dir),
+            '--model_kwargs', TINY, '--num_classes', '4', '--image_resize', '32',
+            '--batch_size', '2', '--num_parallel_workers', '2', '--distribute', 'False',
+            '--epoch_size', str(REPRO_EPOCHS), '--ckpt_save_interval', '1',
+            '--device_target', 'CPU', '--log_interval', '1000', '--val_while_train', 'False']
+
+
+def test_recipe_runs_repeat_and_resume_bit_identically(tmp_path):
+    """Two runs of the shipped recipe with the same seed agree after epoch 1 (loss, weights, EMA,
+    Adam moments); the second, killed with SIGKILL in epoch 2 and resumed, ends bit-identical
+    to the uninterrupted first."""
+    data = make_color_folder(str(tmp_path / 'data'), per_class=(8, 1))
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    run_train(recipe_flags(data, first), cwd=str(tmp_path))
+    killed = subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py')] +
+                              recipe_flags(data, second), cwd=str(tmp_path), env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # mid-run, at whatever point epoch 3 has reached
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
-    done = len(read_log(out))  # the log line of epoch 2 may or may not be written yet
-    assert 1 <= done < EPOCHS
-    resumed = run_train(flags(reference['data'], out, extra=[
-        '--resume', str(out / f'{NAME}-latest.ckpt')]), cwd=str(tmp_path))
-    assert 'resumed from' in resumed.stdout
-    assert [r['epoch'] for r in read_log(out)] == list(range(1, EPOCHS + 1))
-    assert_same_weights(final_weights(str(out / f'{NAME}-latest.ckpt')),
-                        final_weights(str(reference['out'] / f'{NAME}-latest.ckpt')), atol=1e-6)
+    while killed.poll() is None and time.time() < deadline and not (
+            (second / 'log.jsonl').exists() and read_log(second)):
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)  # epoch 1 is logged: the run is in epoch 2
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert 1 <= len(read_log(second)) < REPRO_EPOCHS
+    assert read_log(second)[0]['train_loss'] == read_log(first)[0]['train_loss']
+    epoch1 = load_params(str(first / f'{NAME}-1.ckpt'))
+    assert any(k.startswith('ema.') for k in epoch1) and any(k.startswith('optimizer.exp_avg_sq')
+                                                             for k in epoch1)
+    assert_identical(load_params(str(second / f'{NAME}-1.ckpt')), epoch1)
+    run_train(recipe_flags(data, second) + ['--resume', str(second / f'{NAME}-latest.ckpt')],
+              cwd=str(tmp_path))
+    assert [r['train_loss'] for r in read_log(second)] == \
+        [r['train_loss'] for r in read_log(first)]
+    final = load_params(str(first / f'{NAME}-latest.ckpt'))
+    assert_identical(load_params(str(second / f'{NAME}-latest.ckpt')), final)
+    assert max(float(np.abs(final[k] - epoch1[k]).max()) for k in final) > 0  # it trained
+
+
+def assert_identical(a, b):
+    assert sorted(a) == sorted(b)
+    differ = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not differ, f'{len(differ)} of {len(a)} arrays differ, e.g. {differ[:3]}'

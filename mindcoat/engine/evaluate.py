@@ -23,8 +23,8 @@ class EvalCounts:
         labels = np.asarray(labels, np.int64)
         rows = np.arange(len(labels))
         finite = np.isfinite(logits).all(axis=1)
-        z = logits - logits.max(axis=1, keepdims=True)
-        with np.errstate(invalid='ignore', over='ignore'):
+        with np.errstate(invalid='ignore', over='ignore'):  # NaN/inf rows: NaN loss, no hit
+            z = logits - logits.max(axis=1, keepdims=True)
             log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         k = min(5, logits.shape[1])
         top = np.argsort(-logits, axis=1, kind='stable')[:, :k]
