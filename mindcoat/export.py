@@ -6,6 +6,8 @@
 The graph takes a float32 NCHW batch already normalised with the variant's mean/std (the eval
 transform is not part of it) and returns logits. ``--dynamic_batch`` leaves the batch dimension
 open; ``--check`` reloads the file through ``nn.GraphCell`` and compares its logits with the Cell.
+The number of classes (and, from a mindcoat training checkpoint, the model, its overrides and the
+image size) come from the checkpoint; a --num_classes that contradicts it is refused.
 """
 import argparse
 import os
@@ -13,11 +15,34 @@ import sys
 
 import numpy as np
 
-from .cli import UsageError, apply_config, build_model, check_image_size, parse_model_kwargs, run
+from .cli import UsageError, build_model, check_image_size, parse_model_kwargs, run
 from .ops.dispatch import native_ops
+from .predict import (check_at_least_one, checkpoint_settings, resolve_model,
+                      take_from_checkpoint)
 
 ONNX_REFUSAL = ("ONNX export is not available: MindSpore 2.10 cannot export the PadV3 and Erf "
                 "operators CoaT uses to ONNX; export --format MINDIR instead")
+
+
+def output_path(path, file_format):
+    """The file export writes: ``path`` with the format's suffix (MindSpore only loads '.mindir'
+    files), refused in one line if it names a directory or a non-regular file, or if its
+    folder is a file."""
+    suffix = '.' + file_format.lower()
+    for name in (path, path if path.lower().endswith(suffix) else path + suffix):
+        if os.path.isdir(name):
+            raise UsageError(f"-o {name} is a directory; name the file to write, e.g. "
+                             f"{os.path.join(name, 'model' + suffix)}")
+    if not path.lower().endswith(suffix):
+        path += suffix
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(f"-o {path} exists and is not a regular file; name another file")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o {path}: {folder} is a file, not a folder")
+    return path
 
 
 def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_channels=3,
@@ -33,8 +58,7 @@ def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_
     spec = ms.Tensor(shape=shape, dtype=ms.float32) if dynamic_batch else \
         ms.Tensor(np.zeros(shape, np.float32))
     suffix = '.' + file_format.lower()
-    if not path.lower().endswith(suffix):
-        path += suffix
+    path = output_path(path, file_format)
     out_dir = os.path.dirname(os.path.abspath(path))
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, f'.{os.getpid()}.partial')
@@ -58,11 +82,12 @@ def build_parser():
     p = argparse.ArgumentParser(prog='python -m mindcoat.export',
                                 description='Export a CoaT model to MindIR.')
     p.add_argument('-c', '--config', help='training YAML to take the model settings from')
-    p.add_argument('--model', '-m', help='variant, e.g. coat_lite_tiny')
+    p.add_argument('--model', '-m', help="variant, e.g. coat_lite_tiny (default: the "
+                                         "checkpoint's, when it tells)")
     p.add_argument('--ckpt_path', help='weights in any format mindcoat.convert reads')
     p.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
-    p.add_argument('--num_classes', type=int, help='default: 1000')
-    p.add_argument('--in_channels', type=int, help='default: 3')
+    p.add_argument('--num_classes', type=int, help="default: the checkpoint's, else 1000")
+    p.add_argument('--in_channels', type=int, help="default: the checkpoint's, else 3")
     p.add_argument('--model_kwargs', help='JSON architecture overrides for create_model')
     p.add_argument('--image_size', type=int, help="default: the variant's input size")
     p.add_argument('--batch_size', type=int, default=1, help='fixed batch size of the graph')
@@ -81,14 +106,19 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.format == 'ONNX':
         raise UsageError(ONNX_REFUSAL)  # before anything is built
-    args.crop_pct = args.interpolation = args.mean = args.std = None  # not used by export
-    apply_config(args)
-    args.num_classes = args.num_classes or 1000
-    args.in_channels = args.in_channels or 3
     if args.format not in ('MINDIR', 'AIR'):
         raise UsageError(f"unknown --format {args.format}; use MINDIR")
+    check_at_least_one(args, ('batch_size', 'num_classes', 'in_channels'))
+    if args.output:
+        output_path(args.output, args.format)
+    args.crop_pct = args.interpolation = args.mean = args.std = None  # not used by export
+    info = checkpoint_settings(args)
+    take_from_checkpoint(resolve_model(args, info), info, ('image_size',))
+    args.num_classes = args.num_classes or 1000
+    args.in_channels = args.in_channels or 3
     if args.image_size:
         check_image_size(args.image_size)
+    out = output_path(args.output or f'{args.model}.{args.format.lower()}', args.format)
     import mindspore as ms
     if args.device_target:
         ms.set_device(args.device_target)
@@ -98,7 +128,6 @@ def main(argv=None):
     model = build_model(args.model, args.ckpt_path, args.num_classes, args.in_channels,
                         args.ema, parse_model_kwargs(args.model_kwargs))
     size = args.image_size or model.default_cfg['input_size'][-1]
-    out = args.output or f'{args.model}.{args.format.lower()}'
     out = export_model(model, out, size, args.batch_size, args.dynamic_batch, args.in_channels,
                        args.format)
     batch = 'dynamic' if args.dynamic_batch else args.batch_size
