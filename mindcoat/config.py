@@ -103,8 +103,8 @@ SCHEMA = [
         ('cutmix_prob', float, 1.0, 'probability that a batch is mixed at all (Mixup or CutMix)'),
         ('mixup_switch_prob', float, 0.5, 'probability of CutMix rather than Mixup (only 0.5)'),
         ('aug_repeats', int, 0, 'repeated augmentation: copies of each image across ranks (0/1: off)'),
-        ('aug_repeats_single_device', str2bool, False, 'apply aug_repeats on one device too (the '
-                                                       'official recipe repeats only when distributed)'),
+        ('aug_repeats_single_device', str2bool, False, 'apply aug_repeats on one device too (off '
+                                                       'by default; the official main.py would)'),
     ]),
     ('model', [
         ('model', str, 'coat_lite_tiny', 'variant name (mindcoat.list_models())'),

@@ -104,6 +104,7 @@ def test_shipped_configs_carry_the_official_recipe():
         assert cfg.lr_base_batch == 512 and cfg.filter_bias_and_bn
         # eval: Resize(int(256 / 224 * size)) then CenterCrop(size)
         assert int(cfg.image_resize / cfg.crop_pct) == int(256 / 224 * args['input_size'])
+        assert cfg.crop_mode == 'center'
         assert cfg.loss == 'ce' and args['mixup'] > 0  # SoftTargetCrossEntropy under mixup
 
 
