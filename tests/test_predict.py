@@ -16,7 +16,7 @@ from mindcoat import create_model
 from mindcoat.demo import materialise_mnist
 from mindcoat.cli import run
 from mindcoat.engine.checkpoint import save_checkpoint
-from mindcoat.predict import IMAGENET_CLASSES, class_names, main
+from mindcoat.predict import IMAGENET_CLASSES, class_names, load_image, main
 
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
 TINY_JSON = '{"embed_dims": [16, 16, 16, 16], "serial_depths": [1, 1, 1, 1]}'
@@ -197,6 +197,14 @@ def test_only_unreadable_inputs_build_no_model(images, capsys, which, reason):
     captured = capsys.readouterr()
     assert captured.out == ''  # not even the "weights are random" warning: no model was built
     assert captured.err.strip().splitlines() == [f"error: cannot read {images[which]}: {reason}"]
+
+
+def test_a_path_that_became_a_fifo_is_not_waited_on(images):
+    """The open itself refuses a FIFO (a file swapped after the stat check): O_NONBLOCK, then
+    fstat on the descriptor."""
+    with deadline(), pytest.raises(OSError, match='a FIFO, not a regular file'):
+        load_image(images['fifo'])
+    assert load_image(images['good'][0]).size == (80, 48)
 
 
 def test_human_readable_output_with_imagenet_names(images, capsys):
