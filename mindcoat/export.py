@@ -12,6 +12,7 @@ image size) come from the checkpoint; a --num_classes that contradicts it is ref
 import argparse
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -113,7 +114,9 @@ def main(argv=None):
         output_path(args.output, args.format)
     args.crop_pct = args.interpolation = args.mean = args.std = None  # not used by export
     info = checkpoint_settings(args)
-    take_from_checkpoint(resolve_model(args, info), info, ('image_size',))
+    given = SimpleNamespace(**vars(args))
+    for note in take_from_checkpoint(resolve_model(args, info), info, ('image_size',), given):
+        print(note)
     args.num_classes = args.num_classes or 1000
     args.in_channels = args.in_channels or 3
     if args.image_size:

@@ -78,22 +78,27 @@ def resolve_model(args, info):
     return args
 
 
-def take_from_checkpoint(args, info, settings=()):
-    """num_classes and in_channels are the checkpoint's: taken when not given, refused when
-    given otherwise (a different head would be re-initialised: random predictions). The eval
-    ``settings`` the checkpoint stored are used where neither the command line nor -c set them."""
+def take_from_checkpoint(args, info, settings=(), given=None):
+    """num_classes and in_channels are the checkpoint's (a different head would be
+    re-initialised: random predictions): a different value on the command line (``given``, the
+    arguments as parsed, before -c) is refused; one from -c CONFIG (a recipe's, e.g. ImageNet's
+    1000) yields to the checkpoint. The eval ``settings`` the checkpoint stored are used where
+    neither the command line nor -c set them. Returns notes for the log."""
+    given, notes = vars(given or args), []
     for key, unit in (('num_classes', 'classes'), ('in_channels', 'input channels')):
         theirs, mine = info.get(key), getattr(args, key)
-        if theirs is None:
+        if theirs is None or mine == theirs:
             continue
-        if mine is not None and mine != theirs:
-            raise UsageError(f"{key} {mine} contradicts {args.ckpt_path}, whose weights have "
-                             f"{theirs} {unit}; drop --{key} (or its -c CONFIG value)")
+        if given.get(key) is not None:
+            raise UsageError(f"--{key} {mine} contradicts {args.ckpt_path}, whose weights have "
+                             f"{theirs} {unit}; drop --{key}")
+        if mine is not None:
+            notes.append(f"{key} {theirs} from {args.ckpt_path} (the config says {mine})")
         setattr(args, key, theirs)
     for key in settings:
         if getattr(args, key, None) is None and info.get(key) is not None:
             setattr(args, key, info[key])
-    return args
+    return notes
 
 
 def read_labels(path):
@@ -247,7 +252,8 @@ def main(argv=None):
     if len(failed) == len(args.images):
         return 1  # nothing to classify: no model is built
     info = checkpoint_settings(args)
-    take_from_checkpoint(resolve_model(args, info), info, EVAL_SETTINGS)
+    given = SimpleNamespace(**vars(args))
+    notes = take_from_checkpoint(resolve_model(args, info), info, EVAL_SETTINGS, given)
     args.in_channels = args.in_channels or 3
     if args.num_classes is None:
         args.num_classes = len(read_labels(args.labels)) if args.labels else 1000
@@ -256,6 +262,8 @@ def main(argv=None):
                          "classes")
     names = class_names(args.num_classes, args.labels, info.get('class_names'))
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    for note in notes:
+        log(note)
     transforms = eval_transforms_for(args.model, args.image_size, args.crop_pct,
                                      args.interpolation, args.mean, args.std, args.crop_mode)
     if len(transforms.mean) != args.in_channels:
