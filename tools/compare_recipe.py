@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -76,6 +77,8 @@ def parse_args(argv=None):
                                    "cache, $MINDCOAT_CACHE or ~/.cache/mindcoat)")
     p.add_argument('--sides', default='mindcoat,reference',
                    help='comma-separated: mindcoat, reference')
+    p.add_argument('--seeds', help="comma-separated seeds, one run of each side per seed "
+                                   "(default: the config's seed)")
     p.add_argument('--parallel', action='store_true',
                    help='run the two sides at the same time (output goes to their logs only)')
     return p.parse_args(argv)
@@ -220,7 +223,7 @@ def run_mindcoat(root, config, cfg, data, work, echo=True):
     env = dict(START_ENV, PYTHONPATH=root, GLOG_v=START_ENV.get('GLOG_v', '3'))
     py = sys.executable
     train = [py, os.path.join(root, 'train.py'), '-c', config, '--data_dir', data,
-             '--ckpt_save_dir', out]
+             '--ckpt_save_dir', out, '--seed', str(cfg['seed'])]
     _, train_s = run_logged(train, os.path.join(work, 'mindcoat_train.log'), out, env, echo)
     ckpt = os.path.join(out, f"{cfg['model']}-latest.ckpt")
     validate = [py, os.path.join(root, 'validate.py'), '-c', config, '--data_dir', data,
@@ -292,7 +295,7 @@ def report(results, cfg, commit, data):
     print(f"\n=== official CoaT recipe on MNIST digits ({data}): {cfg['model']} "
           f"{cfg['model_kwargs']}, {cfg['image_resize']}x{cfg['image_resize']}, "
           f"{cfg['epoch_size']} epochs, batch {cfg['batch_size']}, lr {lr_per_512(cfg):g} per 512 "
-          f"images, warmup {cfg['warmup_epochs']}, mindcoat {commit} ===")
+          f"images, warmup {cfg['warmup_epochs']}, seed {cfg['seed']}, mindcoat {commit} ===")
     print('| trainer | top-1 | top-5 | EMA top-1 | EMA top-5 | parameters | wall time |')
     print('|---|---:|---:|---:|---:|---:|---:|')
     for side, r in results.items():
@@ -314,6 +317,42 @@ def report(results, cfg, commit, data):
             print(f"  [{side}] {cmd}")
 
 
+def parse_seeds(text, default):
+    if not text:
+        return [default]
+    try:
+        return [int(part) for part in text.split(',') if part.strip()]
+    except ValueError:
+        raise Failure(f"--seeds {text}: expected integers separated by commas") from None
+
+
+def run_sides(sides, args, root, config, cfg, data, work):
+    """{side: result} for one seed: the sides one after the other, or at the same time."""
+    jobs = {'mindcoat': lambda echo: run_mindcoat(root, config, cfg, data, work, echo),
+            'reference': lambda echo: run_reference(args.torch_python, cfg, data, work, echo)}
+    if not args.parallel:
+        return {side: jobs[side](True) for side in sides}
+    with ThreadPoolExecutor(len(sides)) as pool:
+        futures = {side: pool.submit(jobs[side], False) for side in sides}
+        return {side: futures[side].result() for side in sides}
+
+
+def report_seeds(runs):
+    """Top-1 of every seed and the mean per side (single short runs are noisy)."""
+    seeds = list(runs)
+    print(f"\n=== all seeds ({', '.join(map(str, seeds))}) ===")
+    print('| trainer | ' + ' | '.join(f'top-1 seed {s}' for s in seeds)
+          + ' | mean top-1 | mean top-5 | mean EMA top-1 |')
+    print('|---|' + '---:|' * (len(seeds) + 3))
+    for side in runs[seeds[0]]:
+        finals = [runs[s][side]['final'] for s in seeds]
+        emas = [runs[s][side].get('ema_final') for s in seeds]
+        ema_mean = fmt(statistics.mean([e['top1'] for e in emas])) if all(emas) else '—'
+        print(f'| {side} | ' + ' | '.join(fmt(f['top1']) for f in finals)
+              + f" | {fmt(statistics.mean([f['top1'] for f in finals]))} | "
+              f"{fmt(statistics.mean([f['top5'] for f in finals]))} | {ema_mean} |")
+
+
 def main(argv=None):
     args = parse_args(argv)
     sides = [s.strip() for s in args.sides.split(',') if s.strip()]
@@ -333,18 +372,18 @@ def main(argv=None):
         root, commit = export_revision(args.rev, os.path.join(work, 'src'))
     else:
         root, commit = REPO, work_tree_commit()
-    jobs = {'mindcoat': lambda echo: run_mindcoat(root, config, cfg, data, work, echo),
-            'reference': lambda echo: run_reference(args.torch_python, cfg, data, work, echo)}
-    if args.parallel:
-        with ThreadPoolExecutor(len(sides)) as pool:
-            futures = {side: pool.submit(jobs[side], False) for side in sides}
-            results = {side: futures[side].result() for side in sides}
-    else:
-        results = {side: jobs[side](True) for side in sides}
-    report(results, cfg, commit, data)
-    with open(os.path.join(work, 'summary.json'), 'w') as f:
-        json.dump(dict(config=config, settings=cfg, mindcoat_commit=commit, data=data,
-                       results=results), f, indent=1)
+    runs = {}
+    for seed in parse_seeds(args.seeds, cfg['seed']):
+        seed_cfg = dict(cfg, seed=seed)
+        seed_work = os.path.join(work, f'seed{seed}')
+        os.makedirs(seed_work, exist_ok=True)
+        runs[seed] = run_sides(sides, args, root, config, seed_cfg, data, seed_work)
+        report(runs[seed], seed_cfg, commit, data)
+        with open(os.path.join(work, 'summary.json'), 'w') as f:
+            json.dump(dict(config=config, settings=cfg, mindcoat_commit=commit, data=data,
+                           runs=runs), f, indent=1)
+    if len(runs) > 1:
+        report_seeds(runs)
     print(f"\nlogs and summary.json in {work}")
     return 0
 
