@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mindcoat.config import ConfigError, KEYS, parse_config
-from train_helpers import REPO, env
+from train_helpers import REPO, env, make_color_folder
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*.yaml')))
 
@@ -137,3 +137,24 @@ def test_distribute_must_match_the_launcher(tmp_path):
                               timeout=120)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
+
+
+def test_bare_pretrained_flag_downloads_through_create_model(tmp_path):
+    """train.py --pretrained (no value: True) asks create_model for the official weights: here
+    from a port that refuses connections, which is one line naming the file and the way out."""
+    import socket
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    data = make_color_folder(str(tmp_path / 'data'), per_class=(2, 1))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '--data_dir', data,
+                           '--pretrained', '--num_classes', '4', '--image_resize', '32',
+                           '--ckpt_save_dir', str(tmp_path / 'out'), '--device_target', 'CPU'],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                          env=dict(env(), MINDCOAT_CACHE=str(tmp_path / 'cache'),
+                                   MINDCOAT_WEIGHTS_URL=f'http://127.0.0.1:{port}/'))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f'error: could not download http://127.0.0.1:{port}/'
+                               f'coat_lite_tiny_e88e96b0.pth'), lines[0]
+    assert not (tmp_path / 'out').exists()
