@@ -176,7 +176,9 @@ def train(cfg):
     if run.rank == 0:
         os.makedirs(cfg.ckpt_save_dir, exist_ok=True)
         _truncate_log(log_path, start_epoch)
-    config = {k: v for k, v in vars(cfg).items()}
+    # stored in every checkpoint: predict/export/validate read the model, settings and names
+    config = dict(vars(cfg), class_names=classes)
+    config.pop('command_line', None)
     for epoch in range(start_epoch, cfg.epoch_size):
         loader = first if epoch == 0 else make_train(epoch)
         record = {'epoch': epoch + 1}

@@ -73,7 +73,8 @@ def main(argv=None):
     except ConfigError as exc:
         fail(str(exc))
     import mindspore as ms
-    from mindcoat.cli import build_model, parse_model_kwargs
+    from mindcoat.cli import build_model, checkpoint_settings, parse_model_kwargs, \
+        take_from_checkpoint
     from mindcoat.data import resolve_data_settings
     from mindcoat.engine import evaluate
 
@@ -98,9 +99,13 @@ def main(argv=None):
             raise UsageError("--data_dir is required (a folder holding "
                              f"{cfg.val_split}/<class>/<image>)")
         # the variant's eval transform unless overridden; data errors surface before any build
+        ckpt = cfg.ckpt_path or (cfg.pretrained if isinstance(cfg.pretrained, str) else None)
+        # the checkpoint's head decides the class count (a fresh 1000-way head would score 0%)
+        cfg.ckpt_path = ckpt
+        for note in take_from_checkpoint(cfg, checkpoint_settings(cfg), given=cfg.command_line):
+            log(f"note: {note}")
         settings = resolve_data_settings(cfg, cfg.model)
         data = eval_data(cfg, settings, rank, world)
-        ckpt = cfg.ckpt_path or (cfg.pretrained if isinstance(cfg.pretrained, str) else None)
         model = build_model(cfg.model, ckpt, cfg.num_classes, cfg.in_channels, cfg.use_ema,
                             parse_model_kwargs(cfg.model_kwargs), log=log,
                             pretrained=cfg.pretrained is True and not cfg.ckpt_path)

@@ -1,6 +1,8 @@
 """Pieces shared by the command-line tools (predict, export, validate, demo): building a model
 from its name plus weights in any format, and failing with one clear line instead of a traceback."""
 import json
+import os
+import stat
 import sys
 
 
@@ -75,6 +77,86 @@ def apply_config(args):
     if not getattr(args, 'model', None):
         raise UsageError("say which model: --model NAME (or -c CONFIG.yaml)")
     return args
+
+
+# what each kind of non-regular file is called in a message
+_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISSOCK, 'a socket'),
+          (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
+
+
+def not_a_file(path):
+    """None for an existing regular file, else why not (one phrase). Checked with os.stat before
+    anything opens the path: open() on a FIFO blocks until a writer appears."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return 'no such file'
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), 'a special file')
+    return f'{kind}, not a regular file'
+
+
+def regular_file(path, what):
+    """``path`` if it is an existing regular file, else UsageError naming ``what`` it is."""
+    reason = not_a_file(path)
+    if reason:
+        raise UsageError(f"{what} {path}: {reason}")
+    return path
+
+
+def check_at_least_one(args, names):
+    """Integer arguments that must be >= 1 when given (a batch of 0 images, a top-0 list)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be at least 1, got {value}")
+
+
+def checkpoint_settings(args):
+    """checkpoint_info of --ckpt_path (which must be a regular file), or {} without one."""
+    if not args.ckpt_path:
+        return {}
+    from .convert import checkpoint_info
+    return checkpoint_info(regular_file(args.ckpt_path, 'checkpoint'))
+
+
+def resolve_model(args, info):
+    """The model from the command line, else -c CONFIG, else the checkpoint; its model_kwargs
+    from the checkpoint when it is the checkpoint's model and none were given."""
+    if args.config:
+        regular_file(args.config, 'config file')
+    elif not args.model and info.get('model'):
+        args.model = info['model']
+    apply_config(args)
+    if args.model_kwargs is None and args.model == info.get('model'):
+        args.model_kwargs = info.get('model_kwargs')
+    return args
+
+
+def take_from_checkpoint(args, info, settings=(), given=None):
+    """num_classes and in_channels are the checkpoint's (a different head would be
+    re-initialised: random predictions): a different value on the command line (``given``, the
+    arguments as parsed, before -c) is refused; one from -c CONFIG (a recipe's, e.g. ImageNet's
+    1000) yields to the checkpoint. The eval ``settings`` the checkpoint stored are used where
+    neither the command line nor -c set them. Returns notes for the log."""
+    given, notes = vars(given or args), []
+    for key, unit in (('num_classes', 'classes'), ('in_channels', 'input channels')):
+        theirs, mine = info.get(key), getattr(args, key)
+        if theirs is None or mine == theirs:
+            continue
+        if given.get(key) is not None:
+            raise UsageError(f"--{key} {mine} contradicts {args.ckpt_path}, whose weights have "
+                             f"{theirs} {unit}; drop --{key}")
+        if mine is not None:
+            notes.append(f"{key} {theirs} from {args.ckpt_path} (the config says {mine})")
+        setattr(args, key, theirs)
+    for key in settings:
+        if getattr(args, key, None) is None and info.get(key) is not None:
+            setattr(args, key, info[key])
+    return notes
 
 
 def run(main):

@@ -243,6 +243,10 @@ def parse_config(argv=None, parser=None):
     values = {key: default for key, (_, default) in KEYS.items()}
     if args.config:
         values.update(load_yaml(args.config))
-    values.update({k: v for k, v in vars(args).items() if k != 'config'})
+    typed = {k: v for k, v in vars(args).items() if k != 'config'}
+    values.update(typed)
     values['config'] = args.config
-    return argparse.Namespace(**values)
+    cfg = argparse.Namespace(**values)
+    # what the user typed, for tools that let a checkpoint's own values win over the YAML's
+    cfg.command_line = argparse.Namespace(**typed)
+    return cfg

@@ -16,10 +16,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .cli import UsageError, build_model, check_image_size, parse_model_kwargs, run
+from .cli import UsageError, build_model, check_at_least_one, check_image_size, \
+    checkpoint_settings, parse_model_kwargs, resolve_model, run, take_from_checkpoint
 from .ops.dispatch import native_ops
-from .predict import (check_at_least_one, checkpoint_settings, resolve_model,
-                      take_from_checkpoint)
 
 ONNX_REFUSAL = ("ONNX export is not available: MindSpore 2.10 cannot export the PadV3 and Erf "
                 "operators CoaT uses to ONNX; export --format MINDIR instead")

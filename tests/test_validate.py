@@ -183,6 +183,26 @@ def test_shards_sum_to_the_single_device_numbers(folder, weights):
     assert_same(total.summary(), expected)
 
 
+def test_class_count_comes_from_the_checkpoint(folder, weights, capsys):
+    """A 7-class file validated with a recipe YAML (num_classes: 1000) and no --num_classes gets
+    its own head (before: a fresh 1000-way head, Acc@1 0.000, exit 0); --num_classes that
+    contradicts the file is one line."""
+    model, _, files = weights
+    recipe = os.path.join(ROOT, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')
+    no_count = [a for i, a in enumerate(TINY_ARGS)
+                if '--num_classes' not in TINY_ARGS[max(i - 1, 0):i + 1]]
+    result, err = run_validate(['-c', recipe] + no_count + ['--data_dir', folder, '--ckpt_path',
+                                                           files['official'], '--json'], capsys)
+    assert 'num_classes 7 from' in err and 're-initialised' not in err
+    assert_same(result, direct_numbers(model, folder))
+    with pytest.raises(SystemExit) as exc:
+        validate.main(no_count + ['--num_classes', '1000', '--data_dir', folder, '--ckpt_path',
+                                  files['mindcoat']])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'contradicts' in err
+
+
 @pytest.mark.parametrize('extra, words', [
     (['--data_dir', 'nowhere'], 'nowhere'),
     (['--data_dir', '.', '--image_resize', '48'], 'multiple of 32'),
