@@ -4,7 +4,6 @@ statistics of the draws on real photos. The fixtures are written by
 tools/make_augment_fixtures.py with timm 0.3.2's own modules, recording every random draw they
 make; the tests replay those draws through mindcoat's code."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from mindcoat.data.augment import (INCREASING_OPS, RandAugment, apply_op, level_
                                    parse_rand_augment)
 from mindcoat.data.mixing import BatchMix, MixParams, cutmix_box_at
 from mindcoat.data.transforms import random_erasing, random_resized_crop_box
+from augment_fixtures import load_reference, photo
 
-FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'augment')
 PHOTOS = ['chelsea.jpg', 'coffee.jpg', 'rocket.jpg', 'astronaut.png']
 OP_SIZE = (32, 24)
 FILL = (124, 116, 104)
@@ -23,12 +22,7 @@ FILL = (124, 116, 104)
 
 @pytest.fixture(scope='module')
 def ref():
-    return np.load(os.path.join(FIXTURES, 'reference.npz'))
-
-
-def photo(name):
-    with Image.open(os.path.join(FIXTURES, 'photos', name)) as img:
-        return img.convert('RGB')
+    return load_reference()
 
 
 def op_input(k):

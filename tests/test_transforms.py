@@ -14,19 +14,14 @@ from mindcoat.data import DataSettings, EvalTransform, clamp_workers, resolve_da
 from mindcoat.data.settings import available_cpus
 from mindcoat.data.transforms import center_crop, resize_short_side
 from mindcoat.models import DATA_CONFIGS
+from augment_fixtures import load_reference, photo
 
-FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'augment')
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @pytest.fixture(scope='module')
 def ref():
-    return np.load(os.path.join(FIXTURES, 'reference.npz'))
-
-
-def photo(name):
-    with Image.open(os.path.join(FIXTURES, 'photos', name)) as img:
-        return img.convert('RGB')
+    return load_reference()
 
 
 def eval_cases(ref):

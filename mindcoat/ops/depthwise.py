@@ -15,7 +15,7 @@ give the same numbers.
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
+from .dispatch import AtParseTime, all_f32, check, check_tokens, kernel_cells, known
 
 
 def depthwise_nhwc_native(x, weights, biases):
@@ -65,11 +65,7 @@ def _check_weights(channels, weights, biases=None):
 
 
 def _check_tokens(x, hw, channels=None):
-    check(len(x) == 3 and len(hw) == 2, 'tokens must be (B, 1 + H*W, C) with an (H, W) grid')
-    check(known(*hw) and min(hw) >= 1, f'the grid must be static and non-empty, got {tuple(hw)}')
-    if known(x[1]):
-        check(x[1] == 1 + hw[0] * hw[1], f'{x[1]} tokens do not fit a {hw[0]}x{hw[1]} grid plus '
-              'the class token')
+    check_tokens(x, hw)
     if channels is not None and known(x[2]):
         check(x[2] == channels, f'{x[2]} channels where {channels} are needed')
 

@@ -116,6 +116,15 @@ def known(*dims):
     return all(d >= 0 for d in dims)
 
 
+def check_tokens(x, hw):
+    """Shape rule of every token-layout kernel: x is (B, 1 + H*W, C) on a static (H, W) grid."""
+    check(len(x) == 3 and len(hw) == 2, 'tokens must be (B, 1 + H*W, C) with an (H, W) grid')
+    check(known(*hw) and min(hw) >= 1, f'the grid must be static and non-empty, got {tuple(hw)}')
+    if known(x[1]):
+        check(x[1] == 1 + hw[0] * hw[1], f'{x[1]} tokens do not fit a {hw[0]}x{hw[1]} grid plus '
+              'the class token')
+
+
 @contextlib.contextmanager
 def native_ops():
     """Graphs parsed inside use MindSpore's own operators only, not the compiled CPU kernels: a

@@ -10,7 +10,7 @@ Elsewhere, or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_RESIZE=1``, the ref
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
+from .dispatch import AtParseTime, all_f32, check, check_tokens, kernel_cells, known
 
 
 def resize_tokens_native(x, h, w, out_h, out_w):
@@ -35,11 +35,7 @@ def _f32(first, *others):
 
 def _check_tokens(x, hw, like=None):
     """x (B, 1 + H*W, C) on the grid hw (H, W); batch and channels those of ``like``."""
-    check(len(x) == 3 and len(hw) == 2, 'resize takes tokens (B, 1 + H*W, C) and an (H, W) grid')
-    check(known(*hw) and min(hw) >= 1, f'the grid must be static and non-empty, got {tuple(hw)}')
-    if known(x[1]):
-        check(x[1] == 1 + hw[0] * hw[1], f'{x[1]} tokens do not fit a {hw[0]}x{hw[1]} grid plus '
-              'the class token')
+    check_tokens(x, hw)
     if like is not None and known(*x, *like):
         check(x[0] == like[0] and x[2] == like[2], f'{tuple(x)} does not match {tuple(like)}')
 
