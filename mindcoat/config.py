@@ -14,6 +14,8 @@ configs/coat set it to 512: lr per 512 images of global batch, the official scal
 import argparse
 import ast
 import difflib
+import math
+import os
 import sys
 
 import yaml
@@ -101,7 +103,7 @@ SCHEMA = [
         ('mixup', float, 0.8, 'Mixup alpha (0: off)'),
         ('cutmix', float, 1.0, 'CutMix alpha (0: off)'),
         ('cutmix_prob', float, 1.0, 'probability that a batch is mixed at all (Mixup or CutMix)'),
-        ('mixup_switch_prob', float, 0.5, 'probability of CutMix rather than Mixup (only 0.5)'),
+        ('mixup_switch_prob', float, 0.5, 'probability of CutMix rather than Mixup'),
         ('aug_repeats', int, 0, 'repeated augmentation: copies of each image across ranks (0/1: off)'),
         ('aug_repeats_single_device', str2bool, False, 'apply aug_repeats on one device too (off '
                                                        'by default; the official main.py would)'),
@@ -203,17 +205,49 @@ def coerce(key, value):
     return typ(value)
 
 
+# A config file is a page of settings: these bounds stop a file that is not one (a binary, or a
+# few hundred bytes of nested YAML aliases that expand to billions of nodes) before it is used.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+
+def _count_nodes(value, budget):
+    """Nodes in ``value`` with aliases expanded, counting down from ``budget``; stops (returns a
+    negative number) as soon as the budget is spent, so an alias bomb is never walked whole."""
+    budget -= 1
+    if isinstance(value, dict):
+        items = [x for kv in value.items() for x in kv]
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return budget
+    for item in items:
+        if budget < 0:
+            break
+        budget = _count_nodes(item, budget)
+    return budget
+
+
 def load_yaml(path):
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        if os.path.getsize(path) > MAX_YAML_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_YAML_BYTES >> 20} MB: not "
+                              "a config file")
+        with open(path, 'rb') as f:
+            text = f.read().decode('utf-8')
+        data = yaml.safe_load(text) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") \
-            from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?)") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    if _count_nodes(data, MAX_YAML_NODES) < 0:
+        raise ConfigError(f"config file {path} expands to more than {MAX_YAML_NODES} values "
+                          "(nested YAML aliases?): not a config file")
     out = {}
     for key, value in data.items():
         if key not in KEYS:
@@ -223,6 +257,75 @@ def load_yaml(path):
         except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
             raise ConfigError(f"bad value for '{key}' in {path}: {e}") from None
     return out
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pair(low, high):
+    return lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_number, v)) \
+        and low <= v[0] <= v[1] <= high
+
+
+# key -> (test, what the value must be); checked before anything is built or compiled
+RANGES = {
+    'mode': (lambda v: v in (0, 1), '0 (graph) or 1 (PyNative)'),
+    'val_interval': (lambda v: v >= 1, 'at least 1'),
+    'log_interval': (lambda v: v >= 1, 'at least 1'),
+    'num_parallel_workers': (lambda v: v >= 1, 'at least 1'),
+    'batch_size': (lambda v: v >= 1, 'at least 1'),
+    'scale': (_pair(0.0, 1.0), 'two numbers 0 <= min <= max <= 1'),
+    'ratio': (_pair(1e-6, float('inf')), 'two numbers 0 < min <= max'),
+    'hflip': (lambda v: 0 <= v <= 1, 'a probability in [0, 1]'),
+    're_prob': (lambda v: 0 <= v <= 1, 'a probability in [0, 1]'),
+    'crop_pct': (lambda v: v is None or 0 < v <= 1, 'in (0, 1]'),
+    'mixup': (lambda v: v >= 0, 'at least 0 (0: off)'),
+    'cutmix': (lambda v: v >= 0, 'at least 0 (0: off)'),
+    'cutmix_prob': (lambda v: 0 <= v <= 1, 'a probability in [0, 1]'),
+    'mixup_switch_prob': (lambda v: 0 <= v <= 1, 'a probability in [0, 1]'),
+    'aug_repeats': (lambda v: v >= 0, 'at least 0'),
+    'num_classes': (lambda v: v >= 1, 'at least 1'),
+    'in_channels': (lambda v: v >= 1, 'at least 1'),
+    'drop_rate': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'drop_path_rate': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'keep_checkpoint_max': (lambda v: v >= 1, 'at least 1'),
+    'ckpt_save_interval': (lambda v: v >= 1, 'at least 1'),
+    'epoch_size': (lambda v: v >= 1, 'at least 1'),
+    'ema_decay': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (lambda v: v >= 0, 'at least 0'),
+    'betas': (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_number, v))
+              and all(0 <= b < 1 for b in v), 'two numbers in [0, 1)'),
+    'eps': (lambda v: v > 0, 'above 0'),
+    'clip_value': (lambda v: v > 0, 'above 0'),
+    'lr': (lambda v: v > 0, 'above 0'),
+    'lr_base_batch': (lambda v: v is None or v >= 1, 'at least 1 (or None)'),
+    'min_lr': (lambda v: v >= 0, 'at least 0'),
+    'warmup_epochs': (lambda v: v >= 0, 'at least 0'),
+    'warmup_lr': (lambda v: v is None or v >= 0, 'at least 0 (or None)'),
+    'warmup_factor': (lambda v: v >= 0, 'at least 0'),
+    'decay_epochs': (lambda v: v is None or v > 0, 'above 0 (or None)'),
+    'cooldown_epochs': (lambda v: v >= 0, 'at least 0'),
+    'label_smoothing': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'loss_scale': (lambda v: v > 0, 'above 0'),
+}
+
+
+def check_ranges(cfg):
+    """ConfigError (one line) for the first value outside its range; then the relations between
+    values (warmup within the run)."""
+    for key, (test, what) in RANGES.items():
+        value = getattr(cfg, key)
+        numeric = value is None or _number(value) or isinstance(value, (list, tuple))
+        try:
+            ok = numeric and test(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+    if cfg.warmup_epochs > cfg.epoch_size:
+        raise ConfigError(f"warmup_epochs {cfg.warmup_epochs} is longer than the run "
+                          f"(epoch_size {cfg.epoch_size})")
 
 
 def parse_config(argv=None, parser=None):
@@ -247,6 +350,7 @@ def parse_config(argv=None, parser=None):
     values.update(typed)
     values['config'] = args.config
     cfg = argparse.Namespace(**values)
+    check_ranges(cfg)
     # what the user typed, for tools that let a checkpoint's own values win over the YAML's
     cfg.command_line = argparse.Namespace(**typed)
     return cfg

@@ -3,6 +3,7 @@ and the official recipe in every shipped YAML."""
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -158,3 +159,46 @@ def test_bare_pretrained_flag_downloads_through_create_model(tmp_path):
     assert lines[0].startswith(f'error: could not download http://127.0.0.1:{port}/'
                                f'coat_lite_tiny_e88e96b0.pth'), lines[0]
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('flags, words', [
+    (['--lr', '-1'], 'lr must be above 0'),
+    (['--betas', '[2, 3]'], 'betas must be two numbers in [0, 1)'),
+    (['--eps', '-1'], 'eps must be above 0'),
+    (['--epoch_size', '0'], 'epoch_size must be at least 1'),
+    (['--mode', '7'], 'mode must be 0 (graph) or 1 (PyNative)'),
+    (['--val_interval', '0'], 'val_interval must be at least 1'),
+    (['--batch_size', '0'], 'batch_size must be at least 1'),
+    (['--epoch_size', '3', '--warmup_epochs', '5'], 'longer than the run'),
+    (['--scale', '0.5,0.1'], 'scale must be two numbers'),
+    (['--drop_path_rate', '1.5'], 'drop_path_rate must be in [0, 1)'),
+])
+def test_values_out_of_range_are_one_line(flags, words):
+    """Each was accepted before and trained into a loss of 100, NaN or a silent no-op."""
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        parse_config(flags)
+
+
+def test_an_alias_bomb_or_binary_yaml_is_refused(tmp_path):
+    """400 bytes of nested aliases expand to 10^9 values: refused before anything walks them."""
+    bomb = tmp_path / 'bomb.yaml'
+    lines = ['a0: &a0 [x, x, x, x, x, x, x, x, x, x]']
+    lines += [f'a{i}: &a{i} [{", ".join([f"*a{i - 1}"] * 10)}]' for i in range(1, 9)]
+    lines.append('model_kwargs: *a8')
+    bomb.write_text('\n'.join(lines) + '\n')
+    assert bomb.stat().st_size < 800
+    with pytest.raises(ConfigError, match='expands to more than'):
+        parse_config(['-c', str(bomb)])
+    binary = tmp_path / 'binary.yaml'
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match='not UTF-8 text'):
+        parse_config(['-c', str(binary)])
+    big = tmp_path / 'big.yaml'
+    big.write_text('# padding\n' * 200_000)
+    with pytest.raises(ConfigError, match='larger than'):
+        parse_config(['-c', str(big)])
+
+
+def test_shipped_configs_pass_the_range_checks():
+    for path in sorted(glob.glob(os.path.join(REPO, 'configs', '**', '*.yaml'), recursive=True)):
+        parse_config(['-c', path])

@@ -256,8 +256,9 @@ def recipe_flags(data_dir, out_dir):
     return ['-c', RECIPE, '--data_dir', str(data_dir), '--ckpt_save_dir', str(out_dir),
             '--model_kwargs', TINY, '--num_classes', '4', '--image_resize', '32',
             '--batch_size', '2', '--num_parallel_workers', '2', '--distribute', 'False',
-            '--epoch_size', str(REPRO_EPOCHS), '--ckpt_save_interval', '1',
-            '--device_target', 'CPU', '--log_interval', '1000', '--val_while_train', 'False']
+            '--epoch_size', str(REPRO_EPOCHS), '--warmup_epochs', '2',  # within the short run
+            '--ckpt_save_interval', '1', '--device_target', 'CPU', '--log_interval', '1000',
+            '--val_while_train', 'False']
 
 
 def test_recipe_runs_repeat_and_resume_bit_identically(tmp_path):
