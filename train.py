@@ -139,9 +139,9 @@ def describe_repeats(loader, cfg, world):
 
 
 def train(cfg):
-    from mindcoat.data import create_loader, resolve_data_settings
-    from mindcoat.engine import CheckpointKeeper, NonFiniteLoss, load_training_state, \
-        save_checkpoint, train_one_epoch
+    from mindcoat.data import DataError, create_loader, resolve_data_settings
+    from mindcoat.engine import CheckpointKeeper, EpochShort, NonFiniteLoss, \
+        load_training_state, save_checkpoint, train_one_epoch
     from mindcoat.optim import lr_schedule_for
 
     run = setup_context(cfg)
@@ -186,6 +186,10 @@ def train(cfg):
             record.update(train_one_epoch(step, loader, lrs, epoch, steps_per_epoch,
                                           show=run.rank == 0, log_interval=cfg.log_interval,
                                           log=run.log))
+        except EpochShort as e:
+            bad = loader.bad_images.take()
+            raise DataError(f"{e}: {train_dir} has {len(bad)} unreadable image(s): "
+                            f"{', '.join(bad)}; remove or replace them") from None
         except NonFiniteLoss as e:
             kept = keeper.path('latest')
             raise NonFiniteLoss(f"{e}: training stopped; " + (

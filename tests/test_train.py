@@ -170,6 +170,25 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     assert all(np.isfinite(v).all() for v in weights.values())
 
 
+def test_a_mostly_unreadable_split_ends_in_one_line_naming_the_files(tmp_path):
+    """12 of 16 training images corrupt: the epoch cannot fill its batches. One line naming each
+    unreadable file (before: StopIteration traceback), exit 2."""
+    data = make_color_folder(str(tmp_path / 'data'), per_class=(4, 1))
+    bad = []
+    for c in range(4):
+        for i in range(3):
+            path = os.path.join(data, 'train', f'class_{c}', f'{i:03d}.png')
+            with open(path, 'wb') as f:
+                f.write(b'\x89PNG not an image')
+            bad.append(path)
+    proc = run_train(base_flags(data, tmp_path / 'out', 8, 1, deterministic_flags() + [
+        '--val_while_train', 'False']), cwd=str(tmp_path), check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and 'ran out of readable images' in err[0], err
+    assert all(path in err[0] for path in bad) and '12 unreadable' in err[0]
+
+
 def test_one_evaluation_rule_nan_never_hits_ties_by_index():
     """The trainer and validate.py share this: before, the trainer counted ties as hits, so a NaN
     model scored 100% top-1 and was saved as -best."""

@@ -2,11 +2,11 @@
 from .checkpoint import CheckpointKeeper, ResumeError, load_training_state, save_checkpoint, \
     training_state
 from .evaluate import EvalCounts, all_reduce_sum, count_batches, evaluate
-from .loop import NonFiniteLoss, train_one_epoch
+from .loop import EpochShort, NonFiniteLoss, train_one_epoch
 from .seeding import build_seeded
 from .train_step import SoftTargetCrossEntropy, TrainStep, create_loss_scaler, create_train_step
 
 __all__ = ['CheckpointKeeper', 'ResumeError', 'load_training_state', 'save_checkpoint',
            'training_state', 'EvalCounts', 'all_reduce_sum', 'count_batches', 'evaluate',
-           'NonFiniteLoss', 'train_one_epoch', 'build_seeded', 'SoftTargetCrossEntropy',
+           'EpochShort', 'NonFiniteLoss', 'train_one_epoch', 'build_seeded', 'SoftTargetCrossEntropy',
            'TrainStep', 'create_loss_scaler', 'create_train_step']

@@ -13,6 +13,10 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite (not a loss-scale overflow, which is skipped)."""
 
 
+class EpochShort(RuntimeError):
+    """The loader ran out of readable images before the epoch's last step."""
+
+
 def wait_for_device():
     """Blocks until every queued kernel has run. ms.runtime.synchronize() would do, but in
     MindSpore 2.10 its first call on the CPU logs an error and returns without waiting; the
@@ -35,7 +39,12 @@ def train_one_epoch(step, loader, lrs, epoch, steps_per_epoch, show=True, log_in
     start = time.time()
     losses, overflows, lr = [], 0, 0.0
     for i in range(steps_per_epoch):
-        images, targets = next(batches)
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            bar.close()
+            raise EpochShort(f"epoch {epoch + 1} ran out of readable images after {i} of "
+                             f"{steps_per_epoch} steps") from None
         lr = float(lrs[epoch * steps_per_epoch + i])
         loss, finite = step(images, targets, Tensor(lr, ms.float32))
         loss = float(loss)
