@@ -68,7 +68,7 @@ def build(cfg, run):
     Returns (model, network: the model as evaluated (under amp on Ascend/GPU), step, ema, state,
     classes, train_dir, val_dir)."""
     from mindcoat import create_model
-    from mindcoat.data import check_split, find_classes
+    from mindcoat.data import DataError, check_split, find_classes
     from mindcoat.engine import build_seeded, create_train_step, training_state
 
     if not cfg.data_dir:
@@ -76,6 +76,9 @@ def build(cfg, run):
     train_dir = os.path.join(cfg.data_dir, cfg.train_split)
     val_dir = os.path.join(cfg.data_dir, cfg.val_split)
     classes = find_classes(train_dir)
+    if len(classes) > cfg.num_classes:
+        raise DataError(f"{train_dir} has {len(classes)} class folders, more than num_classes "
+                        f"{cfg.num_classes}: pass --num_classes {len(classes)}")
     if cfg.val_while_train:
         check_split(val_dir, classes)
     if cfg.opt.lower() != 'adamw':

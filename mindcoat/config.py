@@ -48,6 +48,11 @@ def literal(value):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         pass
+    if text[:1] in '{[':  # YAML flow syntax, as in the config files: {embed_dims: [16, 16]}
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise argparse.ArgumentTypeError(f"not a list or mapping: {value}") from None
     if ',' in text:
         return tuple(literal(part) for part in text.split(','))
     return value
@@ -309,6 +314,12 @@ RANGES = {
     'label_smoothing': (lambda v: 0 <= v < 1, 'in [0, 1)'),
     'loss_scale': (lambda v: v > 0, 'above 0'),
 }
+# keys whose value is a structure, not a number: key -> (test, what it must be)
+SHAPES = {
+    'model_kwargs': (lambda v: v is None or isinstance(v, dict) and all(isinstance(k, str)
+                                                                         for k in v),
+                     'a mapping of architecture arguments, e.g. {embed_dims: [16, 16, 16, 16]}'),
+}
 
 
 def check_ranges(cfg):
@@ -323,6 +334,9 @@ def check_ranges(cfg):
             ok = False
         if not ok:
             raise ConfigError(f"{key} must be {what}, got {value!r}")
+    for key, (test, what) in SHAPES.items():
+        if not test(getattr(cfg, key)):
+            raise ConfigError(f"{key} must be {what}, got {getattr(cfg, key)!r}")
     if cfg.warmup_epochs > cfg.epoch_size:
         raise ConfigError(f"warmup_epochs {cfg.warmup_epochs} is longer than the run "
                           f"(epoch_size {cfg.epoch_size})")

@@ -172,6 +172,7 @@ def test_bare_pretrained_flag_downloads_through_create_model(tmp_path):
     (['--epoch_size', '3', '--warmup_epochs', '5'], 'longer than the run'),
     (['--scale', '0.5,0.1'], 'scale must be two numbers'),
     (['--drop_path_rate', '1.5'], 'drop_path_rate must be in [0, 1)'),
+    (['--model_kwargs', '16,16'], 'model_kwargs must be a mapping'),
 ])
 def test_values_out_of_range_are_one_line(flags, words):
     """Each was accepted before and trained into a loss of 100, NaN or a silent no-op."""
@@ -202,3 +203,11 @@ def test_an_alias_bomb_or_binary_yaml_is_refused(tmp_path):
 def test_shipped_configs_pass_the_range_checks():
     for path in sorted(glob.glob(os.path.join(REPO, 'configs', '**', '*.yaml'), recursive=True)):
         parse_config(['-c', path])
+
+
+def test_model_kwargs_in_the_yaml_flow_syntax_of_its_help_text():
+    """The example of --model_kwargs' own help text was refused."""
+    cfg = parse_config(['--model_kwargs', '{embed_dims: [16,16,16,16]}'])
+    assert cfg.model_kwargs == {'embed_dims': [16, 16, 16, 16]}
+    assert parse_config(['--model_kwargs', '{"serial_depths": [1, 1, 1, 1]}']).model_kwargs == \
+        {'serial_depths': [1, 1, 1, 1]}
