@@ -9,11 +9,10 @@
 Debug hook: with MINDCOAT_RANK_WEIGHTS_DIR set, every rank also writes its final weights to
 DIR/rank_<N>.ckpt (to check that data-parallel ranks stay identical).
 """
-import json
 import os
 import sys
+import time
 from dataclasses import dataclass
-
 
 
 @dataclass
@@ -22,10 +21,14 @@ class Run:
     world: int = 1
     distributed: bool = False
     device: str = 'CPU'
+    log_file: str = None  # rank 0's copy of what it prints: ckpt_save_dir/train.log
 
     def log(self, *msg):
         if self.rank == 0:
             print(*msg, flush=True)
+            if self.log_file:
+                with open(self.log_file, 'a') as f:
+                    print(time.strftime('%Y-%m-%d %H:%M:%S'), *msg, file=f)
 
 
 def check_launcher(cfg):
@@ -143,11 +146,14 @@ def describe_repeats(loader, cfg, world):
 
 def train(cfg):
     from mindcoat.data import DataError, create_loader, resolve_data_settings
-    from mindcoat.engine import CheckpointKeeper, EpochShort, NonFiniteLoss, \
-        load_training_state, save_checkpoint, train_one_epoch
+    from mindcoat.engine import CheckpointKeeper, EpochLog, EpochShort, NonFiniteLoss, \
+        load_training_state, prepare_run_dir, save_checkpoint, train_one_epoch
     from mindcoat.optim import lr_schedule_for
 
     run = setup_context(cfg)
+    if run.rank == 0:  # before anything is built: a refused folder costs no compile
+        prepare_run_dir(cfg.ckpt_save_dir, cfg.model, bool(cfg.resume), cfg.overwrite)
+        run.log_file = os.path.join(cfg.ckpt_save_dir, 'train.log')
     model, network, step, ema, state, classes, train_dir, val_dir = build(cfg, run)
     settings = resolve_data_settings(cfg, cfg.model)
 
@@ -173,12 +179,11 @@ def train(cfg):
             f'{cfg.epoch_size} epochs on {run.device}')
     run.log(describe_repeats(first, cfg, run.world))
 
+    epoch_log = EpochLog(cfg.ckpt_save_dir)
+    logged = epoch_log.keep_until(start_epoch) if run.rank == 0 else []
     keeper = CheckpointKeeper(cfg.ckpt_save_dir, cfg.model, cfg.ckpt_save_interval,
-                              cfg.keep_checkpoint_max, cfg.ckpt_save_policy)
-    log_path = os.path.join(cfg.ckpt_save_dir, 'log.jsonl')
-    if run.rank == 0:
-        os.makedirs(cfg.ckpt_save_dir, exist_ok=True)
-        _truncate_log(log_path, start_epoch)
+                              cfg.keep_checkpoint_max, cfg.ckpt_save_policy,
+                              scores={r['epoch']: r.get('val_top1', -1.0) for r in logged})
     # stored in every checkpoint: predict/export/validate read the model, settings and names
     config = dict(vars(cfg), class_names=classes)
     config.pop('command_line', None)
@@ -217,11 +222,10 @@ def train(cfg):
             def save(path):
                 save_checkpoint(path, state, epoch + 1, (epoch + 1) * steps_per_epoch, best,
                                 config)
+            epoch_log.append(record)  # first: a checkpoint never holds an epoch the log lacks
             if is_best:
                 save(keeper.path('best'))
             keeper.save_epoch(epoch + 1, top1, save)
-            with open(log_path, 'a') as f:
-                f.write(json.dumps(record) + '\n')
     if os.environ.get('MINDCOAT_RANK_WEIGHTS_DIR'):
         save_checkpoint(os.path.join(os.environ['MINDCOAT_RANK_WEIGHTS_DIR'],
                                      f'rank_{run.rank}.ckpt'), state, cfg.epoch_size, 0, best, {})
@@ -239,16 +243,6 @@ def _summary(record, cfg, run):
     return text
 
 
-def _truncate_log(path, start_epoch):
-    """On resume, drop log lines of epochs that will run again."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)['epoch'] <= start_epoch]
-    with open(path, 'w') as f:
-        f.writelines(lines)
-
-
 def main(argv=None):
     os.environ.setdefault('GLOG_v', '3')
     from mindcoat.config import ConfigError, parse_config
@@ -259,10 +253,10 @@ def main(argv=None):
         return 2
     from mindcoat.convert import CheckpointError
     from mindcoat.data import DataError
-    from mindcoat.engine import NonFiniteLoss, ResumeError
+    from mindcoat.engine import CheckpointWriteError, NonFiniteLoss, ResumeError
     try:
         train(cfg)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, CheckpointWriteError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     except (ConfigError, DataError, ResumeError, CheckpointError) as e:

@@ -128,6 +128,8 @@ SCHEMA = [
         ('resume', optional(str), None, 'a mindcoat training checkpoint to continue exactly'),
         ('keep_checkpoint_max', int, 10, 'epoch checkpoints kept'),
         ('ckpt_save_dir', str, './ckpt', 'checkpoints and the JSON-lines log go here'),
+        ('overwrite', str2bool, False, 'replace the run already in ckpt_save_dir (else: an '
+                                       'error, unless --resume continues it)'),
         ('ckpt_save_interval', int, 1, 'epochs between epoch checkpoints'),
         ('ckpt_save_policy', str, 'latest_k', 'latest_k or top_k (by val top-1)'),
         ('epoch_size', int, 300, 'epochs'),

@@ -141,7 +141,9 @@ def run_demo(config=None, out_dir=None, epochs=None, cache=None, per_class=1):
     from .config import load_yaml
     model = load_yaml(config).get('model', 'coat_lite_tiny')
     py = sys.executable
-    train = [py, 'train.py', '-c', config, '--data_dir', data, '--ckpt_save_dir', out_dir]
+    # the demo's own folder: each run replaces the last
+    train = [py, 'train.py', '-c', config, '--data_dir', data, '--ckpt_save_dir', out_dir,
+             '--overwrite', 'True']
     _run(train + (['--epoch_size', str(epochs)] if epochs else []), root, env)
     ckpt = os.path.join(out_dir, f'{model}-latest.ckpt')
     results = os.path.join(out_dir, 'validate.jsonl')

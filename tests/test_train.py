@@ -163,6 +163,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     assert len(err) == 1 and re.match(r'error: loss is (nan|inf) at epoch 3, step \d', err[0]), err
     assert f'{NAME}-latest.ckpt (end of epoch 2) is kept' in err[0]
     assert [r['epoch'] for r in read_log(out)] == [1, 2]
+    text = (out / 'train.log').read_text()  # the text log beside log.jsonl
+    assert 'epoch 1/3' in text and 'epoch 2/3' in text
     import mindspore as ms
     kept = ms.load_checkpoint(str(out / f'{NAME}-latest.ckpt'))
     assert int(kept['epoch'].asnumpy()) == 2

@@ -1,0 +1,75 @@
+"""A run's output folder (``ckpt_save_dir``): its checkpoints, ``log.jsonl`` (one JSON line per
+epoch) and ``train.log`` (what the trainer printed). A folder that already holds a run is only
+continued with ``--resume`` or replaced with ``--overwrite``, never silently truncated; temporary
+files of writes that were killed are removed at start-up."""
+import glob
+import json
+import os
+import re
+
+from .checkpoint import remove_stale_temporaries
+
+
+class RunDirError(ValueError):
+    """A run folder that cannot be used as asked, reported as one line."""
+
+
+def checkpoint_files(folder, model_name):
+    """{epoch: path} of the numbered checkpoints ``<model>-<epoch>.ckpt`` in ``folder``."""
+    pattern = re.compile(re.escape(model_name) + r'-(\d+)\.ckpt$')
+    found = {}
+    for path in glob.glob(os.path.join(glob.escape(folder), f'{glob.escape(model_name)}-*.ckpt')):
+        m = pattern.match(os.path.basename(path))
+        if m:
+            found[int(m.group(1))] = path
+    return found
+
+
+def prepare_run_dir(folder, model_name, resuming, overwrite):
+    """Creates ``folder`` or checks that it may be written: a folder holding another run (a
+    log.jsonl or <model>-*.ckpt) needs ``resuming`` or ``overwrite``; ``overwrite`` deletes that
+    run's log and checkpoints first."""
+    log = os.path.join(folder, 'log.jsonl')
+    tags = ('latest', 'best')
+    old = [p for p in [log] + [os.path.join(folder, f'{model_name}-{t}.ckpt') for t in tags]
+           if os.path.exists(p)] + sorted(checkpoint_files(folder, model_name).values())
+    if old and not resuming:
+        if not overwrite:
+            raise RunDirError(
+                f"{folder} already holds a run ({len(old)} file(s), e.g. {os.path.basename(old[0])})"
+                f": continue it with --resume {os.path.join(folder, model_name + '-latest.ckpt')}, "
+                "replace it with --overwrite True, or choose another --ckpt_save_dir")
+        for path in old + [os.path.join(folder, 'train.log')]:
+            if os.path.exists(path):
+                os.remove(path)
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+
+
+class EpochLog:
+    """log.jsonl: one record per finished epoch. Each record is written and flushed to disk
+    before that epoch's checkpoints, so the log never lacks an epoch a checkpoint holds; on
+    resume the records of epochs that will run again are dropped."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, 'log.jsonl')
+
+    def records(self):
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def keep_until(self, epoch):
+        kept = [r for r in self.records() if r['epoch'] <= epoch]
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in kept)
+        os.replace(tmp, self.path)
+        return kept
+
+    def append(self, record):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
