@@ -21,6 +21,7 @@ times, and one of the lr, training loss and top-1 of every epoch on both sides.
 import argparse
 import json
 import os
+import shutil
 import shlex
 import statistics
 import subprocess
@@ -219,7 +220,8 @@ def mindcoat_params(root, cfg, env):
 def run_mindcoat(root, config, cfg, data, work, echo=True):
     """train.py then validate.py (raw weights, then EMA) from root; returns the side's result."""
     out = os.path.join(work, 'mindcoat')
-    os.makedirs(out, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # the tool's own scratch run: train.py keeps old runs
+    os.makedirs(out)
     env = dict(START_ENV, PYTHONPATH=root, GLOG_v=START_ENV.get('GLOG_v', '3'))
     py = sys.executable
     train = [py, os.path.join(root, 'train.py'), '-c', config, '--data_dir', data,
