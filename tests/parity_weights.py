@@ -26,6 +26,17 @@ def seeded_weights(shapes, seed=0):
     return out
 
 
+def seed_torch_model(model, seed=0):
+    """Overwrites a PyTorch model's parameters with seeded_weights (for the tools/ fixture
+    generators, which run in a torch environment); returns the model."""
+    import torch
+    weights = seeded_weights({n: tuple(p.shape) for n, p in model.named_parameters()}, seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.from_numpy(weights[n]))
+    return model
+
+
 def seeded_input(batch, height, width, seed=0, channels=3):
     return np.random.default_rng(seed).standard_normal((batch, channels, height, width)) \
         .astype(np.float32)

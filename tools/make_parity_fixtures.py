@@ -13,17 +13,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, '..', 'tests'))
 from parity_weights import BATCH, FEATURE_CASES, GRAD_CASES, GRAD_PARAMS, PARITY_CASES, SEED, \
-    seeded_cotangent, seeded_input, seeded_weights  # noqa
+    seed_torch_model, seeded_cotangent, seeded_input  # noqa
 
 
 def reference(name, size, **kwargs):
-    model = timm.create_model(name, img_size=size, **kwargs).eval()
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    weights = seeded_weights(shapes, SEED)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(torch.from_numpy(weights[n]))
-    return model
+    return seed_torch_model(timm.create_model(name, img_size=size, **kwargs).eval(), SEED)
 
 
 def main():

@@ -34,7 +34,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, '..', 'tests', 'fixtures', 'weights')
 sys.path.insert(0, os.path.join(HERE, '..', 'tests'))
-from parity_weights import seeded_input, seeded_weights  # noqa: E402
+from parity_weights import seed_torch_model, seeded_input, seeded_weights  # noqa: E402
 
 OFFICIAL_REPO = os.environ.get('COAT_MIRROR', '/work/.mirror/mlpc-ucsd+CoaT/repo')
 NUM_CLASSES = 10
@@ -91,16 +91,6 @@ def official_args(model_name):
     return args
 
 
-def randomise(model, seed):
-    import torch
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    weights = seeded_weights(shapes, seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(torch.from_numpy(weights[n]))
-    return model
-
-
 def logits(model):
     import torch
     model.eval()
@@ -110,7 +100,7 @@ def logits(model):
 
 def write_official_state_dict(official):
     import torch
-    model = randomise(official.CoaT(patch_size=4, num_classes=NUM_CLASSES, **LITE), 1)
+    model = seed_torch_model(official.CoaT(patch_size=4, num_classes=NUM_CLASSES, **LITE), 1)
     torch.save(model.state_dict(), os.path.join(OUT, 'official_lite_state_dict.pth'))
     return {'official_lite_state_dict': logits(model)}
 
@@ -124,7 +114,7 @@ def write_official_trainer_checkpoint(official):
     torch.manual_seed(args.seed)
     model = official.CoaT(patch_size=4, num_classes=NUM_CLASSES, **COAT)
     model_ema = ModelEma(model, decay=args.model_ema_decay, device='cpu', resume='')
-    randomise(model, 2)  # so that the EMA (half initial, half these) differs visibly
+    seed_torch_model(model, 2)  # so that the EMA (half initial, half these) differs visibly
     optimizer = create_optimizer(args, model)
     lr_scheduler, _ = create_scheduler(args, optimizer)
     # main.py's NativeScaler wraps torch.cuda.amp.GradScaler, disabled without CUDA: use the
@@ -158,7 +148,7 @@ def write_timm_safetensors():
     import timm
     from safetensors.torch import save_file
     model = timm.models.coat.CoaT(img_size=IMAGE, patch_size=4, num_classes=NUM_CLASSES, **LITE)
-    randomise(model, 4)
+    seed_torch_model(model, 4)
     # save_file refuses tensors that share memory: keep one name per shared module, as timm's
     # hub files do
     state, seen = {}, set()
