@@ -114,8 +114,9 @@ class _MixBatch:
 
 
 def repeats_in_effect(cfg, world):
-    """Repeated augmentation (DeiT's RASampler) only when distributed, as the official trainer
-    (``aug_repeats_single_device: True`` forces it on one device)."""
+    """Repeated augmentation (DeiT's RASampler) only across several ranks, as DeiT does; CoaT's
+    main.py also repeats on one GPU, which ``aug_repeats_single_device: True`` reproduces (off by
+    default: a one-device fine-tune would see a third of its images per epoch)."""
     repeats = int(cfg.aug_repeats or 0)
     if repeats <= 1 or (world <= 1 and not cfg.aug_repeats_single_device):
         return 0
