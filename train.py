@@ -12,7 +12,7 @@ DIR/rank_<N>.ckpt (to check that data-parallel ranks stay identical).
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -22,13 +22,23 @@ class Run:
     distributed: bool = False
     device: str = 'CPU'
     log_file: str = None  # rank 0's copy of what it prints: ckpt_save_dir/train.log
+    early: list = field(default_factory=list)  # lines printed before the folder exists
 
     def log(self, *msg):
         if self.rank == 0:
             print(*msg, flush=True)
+            line = ' '.join([time.strftime('%Y-%m-%d %H:%M:%S')] + [str(m) for m in msg])
             if self.log_file:
                 with open(self.log_file, 'a') as f:
-                    print(time.strftime('%Y-%m-%d %H:%M:%S'), *msg, file=f)
+                    print(line, file=f)
+            else:
+                self.early.append(line)
+
+    def open_log(self, path):
+        self.log_file = path
+        with open(path, 'a') as f:
+            f.writelines(line + '\n' for line in self.early)
+        self.early = []
 
 
 def check_launcher(cfg):
@@ -147,14 +157,16 @@ def describe_repeats(loader, cfg, world):
 def train(cfg):
     from mindcoat.data import DataError, create_loader, resolve_data_settings
     from mindcoat.engine import CheckpointKeeper, EpochLog, EpochShort, NonFiniteLoss, \
-        load_training_state, prepare_run_dir, save_checkpoint, train_one_epoch
+        check_run_dir, load_training_state, prepare_run_dir, save_checkpoint, train_one_epoch
     from mindcoat.optim import lr_schedule_for
 
     run = setup_context(cfg)
     if run.rank == 0:  # before anything is built: a refused folder costs no compile
-        prepare_run_dir(cfg.ckpt_save_dir, cfg.model, bool(cfg.resume), cfg.overwrite)
-        run.log_file = os.path.join(cfg.ckpt_save_dir, 'train.log')
+        check_run_dir(cfg.ckpt_save_dir, cfg.model, bool(cfg.resume), cfg.overwrite)
     model, network, step, ema, state, classes, train_dir, val_dir = build(cfg, run)
+    if run.rank == 0:  # only now: a start that fails leaves the folder as it was
+        prepare_run_dir(cfg.ckpt_save_dir, cfg.model, bool(cfg.resume), cfg.overwrite)
+        run.open_log(os.path.join(cfg.ckpt_save_dir, 'train.log'))
     settings = resolve_data_settings(cfg, cfg.model)
 
     def make_train(epoch):

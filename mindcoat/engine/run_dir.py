@@ -25,23 +25,30 @@ def checkpoint_files(folder, model_name):
     return found
 
 
-def prepare_run_dir(folder, model_name, resuming, overwrite):
-    """Creates ``folder`` or checks that it may be written: a folder holding another run (a
-    log.jsonl or <model>-*.ckpt) needs ``resuming`` or ``overwrite``; ``overwrite`` deletes that
-    run's log and checkpoints first."""
+def check_run_dir(folder, model_name, resuming, overwrite):
+    """RunDirError if ``folder`` holds another run (a log.jsonl or <model>-*.ckpt) and neither
+    ``resuming`` nor ``overwrite``; else the files of that run (what ``overwrite`` replaces).
+    Writes nothing: called before the model is built."""
     log = os.path.join(folder, 'log.jsonl')
     tags = ('latest', 'best')
     old = [p for p in [log] + [os.path.join(folder, f'{model_name}-{t}.ckpt') for t in tags]
            if os.path.exists(p)] + sorted(checkpoint_files(folder, model_name).values())
-    if old and not resuming:
-        if not overwrite:
-            raise RunDirError(
-                f"{folder} already holds a run ({len(old)} file(s), e.g. {os.path.basename(old[0])})"
-                f": continue it with --resume {os.path.join(folder, model_name + '-latest.ckpt')}, "
-                "replace it with --overwrite True, or choose another --ckpt_save_dir")
-        for path in old + [os.path.join(folder, 'train.log')]:
-            if os.path.exists(path):
-                os.remove(path)
+    if old and not resuming and not overwrite:
+        raise RunDirError(
+            f"{folder} already holds a run ({len(old)} file(s), e.g. {os.path.basename(old[0])}): "
+            f"continue it with --resume {os.path.join(folder, model_name + '-latest.ckpt')}, "
+            "replace it with --overwrite True, or choose another --ckpt_save_dir")
+    return [] if resuming else old
+
+
+def prepare_run_dir(folder, model_name, resuming, overwrite):
+    """Creates ``folder`` for the run once the model is built (a failed start leaves an earlier
+    run as it was): with ``overwrite`` the earlier run's log and checkpoints are deleted first;
+    temporaries of killed writes are removed."""
+    old = check_run_dir(folder, model_name, resuming, overwrite)
+    for path in old + ([os.path.join(folder, 'train.log')] if old else []):
+        if os.path.exists(path):
+            os.remove(path)
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
 
