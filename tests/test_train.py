@@ -293,10 +293,11 @@ def test_recipe_runs_repeat_and_resume_bit_identically(tmp_path):
                               recipe_flags(data, second), cwd=str(tmp_path), env=env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
+    # -latest.ckpt is the last file an epoch writes (after its log line and -1.ckpt)
     while killed.poll() is None and time.time() < deadline and not (
-            (second / 'log.jsonl').exists() and read_log(second)):
+            second / f'{NAME}-latest.ckpt').exists():
         time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)  # epoch 1 is logged: the run is in epoch 2
+    killed.send_signal(signal.SIGKILL)  # epoch 1 is saved: the run is in epoch 2
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
     assert 1 <= len(read_log(second)) < REPRO_EPOCHS
