@@ -94,8 +94,6 @@ def build(cfg, run):
                         f"{cfg.num_classes}: pass --num_classes {len(classes)}")
     if cfg.val_while_train:
         check_split(val_dir, classes)
-    if cfg.opt.lower() != 'adamw':
-        raise ValueError(f"opt '{cfg.opt}': the CoaT recipe uses adamw (the only optimizer here)")
     if cfg.loss.lower() != 'ce':
         raise ValueError(f"loss '{cfg.loss}': only ce (soft-target cross entropy) is supported")
     weights = {} if cfg.resume else dict(  # a resume restores every weight itself

@@ -86,8 +86,12 @@ SCHEMA = [
         ('data_dir', optional(str), None, 'root holding the train and val folders'),
         ('train_split', str, 'train', 'training folder under data_dir'),
         ('val_split', str, 'val', 'validation folder under data_dir'),
+        ('dataset_download', str2bool, False, 'MindCV downloads MNIST/CIFAR; here: data_dir '
+                                              'must hold the image folders (True is refused)'),
         ('num_parallel_workers', int, 8, 'dataset workers per process'),
         ('shuffle', str2bool, True, 'shuffle the training set every epoch'),
+        ('num_samples', optional(int), None, 'train on this many images per epoch (None: all)'),
+        ('eval_shuffle', str2bool, False, 'shuffle the evaluation data (no effect on results)'),
         ('batch_size', int, 128, 'images per device per step'),
         ('drop_remainder', str2bool, True, 'drop the last incomplete training batch'),
     ]),
@@ -96,10 +100,16 @@ SCHEMA = [
         ('scale', literal, (0.08, 1.0), 'RandomResizedCrop area range'),
         ('ratio', literal, (0.75, 1.3333333), 'RandomResizedCrop aspect range'),
         ('hflip', float, 0.5, 'horizontal flip probability'),
+        ('vflip', float, 0.0, 'vertical flip probability'),
         ('color_jitter', optional(float), 0.4, 'ColorJitter strength, used when auto_augment is off'),
         ('interpolation', optional(str), None, 'bicubic/bilinear/nearest; default: the model\'s'),
         ('auto_augment', optional(str), 'rand-m9-mstd0.5-inc1', 'timm-style RandAugment spec or none'),
         ('re_prob', float, 0.25, 'random erasing probability'),
+        ('re_scale', literal, (0.02, 0.33), 'random erasing area range'),
+        ('re_ratio', literal, (0.3, 3.3), 'random erasing aspect range'),
+        ('re_value', literal, 0, "random erasing fill: 0, a per-channel list, or 'random'"),
+        ('re_max_attempts', int, 10, 'random erasing tries per image'),
+        ('aug_splits', int, 0, 'AugMix splits (MindCV; 0: off)'),
         ('mean', literal, None, 'normalisation mean (0-1 or 0-255 scale); default: the model\'s'),
         ('std', literal, None, 'normalisation std (0-1 or 0-255 scale); default: the model\'s'),
         ('crop_pct', optional(float), None, 'eval center-crop fraction; default: the model\'s'),
@@ -126,6 +136,8 @@ SCHEMA = [
                                            'converter reads; weights only'),
         ('ckpt_use_ema', str2bool, False, 'take the EMA weights from ckpt_path'),
         ('resume', optional(str), None, 'a mindcoat training checkpoint to continue exactly'),
+        ('resume_opt', str2bool, False, 'MindCV: with ckpt_path, restore the optimizer too; '
+                                        'here --resume restores everything'),
         ('keep_checkpoint_max', int, 10, 'epoch checkpoints kept'),
         ('ckpt_save_dir', str, './ckpt', 'checkpoints and the JSON-lines log go here'),
         ('overwrite', str2bool, False, 'replace the run already in ckpt_save_dir (else: an '
@@ -137,11 +149,17 @@ SCHEMA = [
                                                'steps itself'),
         ('ema', str2bool, False, 'keep an exponential moving average of the weights'),
         ('ema_decay', float, 0.9999, 'EMA decay per step'),
+        ('layer_decay', optional(float), None, 'layer-wise lr decay (MindCV; None: off)'),
+        ('gradient_accumulation_steps', int, 1, 'batches accumulated per update'),
     ]),
     ('optimizer', [
         ('opt', str, 'adamw', 'adamw'),
+        ('momentum', float, 0.9, 'momentum (sgd/momentum optimizers)'),
+        ('use_nesterov', str2bool, False, 'Nesterov momentum (sgd/momentum optimizers)'),
         ('weight_decay', float, 0.05, 'decoupled weight decay'),
         ('filter_bias_and_bn', str2bool, True, 'no decay on class tokens, norms and biases'),
+        ('weight_decay_filter', optional(str), None, "MindCV's filter: disable, auto or "
+                                                     "norm_and_bias (None: filter_bias_and_bn)"),
         ('betas', literal, (0.9, 0.999), 'Adam betas'),
         ('eps', float, 1e-8, 'Adam epsilon'),
         ('clip_grad', str2bool, False, 'clip gradients by global norm'),
@@ -161,16 +179,26 @@ SCHEMA = [
         ('decay_epochs', optional(float), None, 'cosine length; default epoch_size - cooldown, '
                                                 'and minus warmup for the per-step cosine'),
         ('cooldown_epochs', float, 0, 'final epochs held at min_lr'),
+        ('decay_rate', float, 0.9, 'lr decay factor (step/multi-step/exponential decay)'),
+        ('multi_step_decay_milestones', literal, [30, 60, 90], 'epochs at which multi_step_decay '
+                                                             'multiplies lr by decay_rate'),
+        ('lr_epoch_stair', str2bool, False, 'hold the lr constant within each epoch'),
+        ('num_cycles', int, 1, 'cosine_decay cycles'),
+        ('cycle_decay', float, 1.0, 'peak lr factor from one cosine cycle to the next'),
     ]),
     ('loss', [
         ('loss', str, 'ce', 'ce: soft-target cross entropy (targets carry smoothing and mixing)'),
         ('label_smoothing', float, 0.1, 'label smoothing'),
+        ('aux_factor', float, 0.0, 'auxiliary-head loss factor (MindCV; CoaT has none)'),
+        ('reduction', str, 'mean', 'loss reduction over the batch'),
     ]),
     ('amp', [
         ('amp_level', str, 'O2', 'O0/O2/O3 on Ascend and GPU; the CPU always runs O0 (float32)'),
         ('loss_scale_type', str, 'dynamic', 'dynamic, fixed or none'),
         ('loss_scale', float, 65536.0, 'initial (dynamic) or constant (fixed) loss scale'),
         ('drop_overflow_update', str2bool, True, 'skip steps whose gradients overflow'),
+        ('val_amp_level', str, 'O0', 'amp level of validation'),
+        ('amp_cast_list', optional(str), None, "MindCV's custom amp cast list (None: built-in)"),
     ]),
 ]
 

@@ -93,7 +93,7 @@ def create_train_step(model, cfg, amp_level='O0', distributed=False):
     (Ascend/GPU); the float32 islands stay float32 whatever the level: the parameters
     themselves, the AdamW moments and step, the EMA weights, the lr and the loss (computed from
     float32 logits). Returns (network, step, optimizer, ema, loss_scaler)."""
-    from ..optim import AdamW, EMA, split_decay
+    from ..optim import EMA, create_optimizer
     if amp_level not in ('O0', 'O1', 'O2', 'O3'):
         raise ValueError(f"amp_level must be O0, O1, O2 or O3, got '{amp_level}'")
     network = model
@@ -101,11 +101,8 @@ def create_train_step(model, cfg, amp_level='O0', distributed=False):
     if amp_level != 'O0':
         network = ms.amp.auto_mixed_precision(model, amp_level)
         scaler = create_loss_scaler(cfg.loss_scale_type, cfg.loss_scale)
-    params = model.trainable_params()
-    optimizer = AdamW(params, split_decay(params, model.no_weight_decay_names(),
-                                          cfg.weight_decay, cfg.filter_bias_and_bn),
-                      betas=tuple(cfg.betas), eps=cfg.eps)
-    ema = EMA(params, cfg.ema_decay) if cfg.ema else None
+    optimizer = create_optimizer(model, cfg)
+    ema = EMA(model.trainable_params(), cfg.ema_decay) if cfg.ema else None
     step = TrainStep(network, optimizer, ema, cfg.clip_value if cfg.clip_grad else 0.0, scaler,
                      cfg.drop_overflow_update, distributed)
     return network, step, optimizer, ema, scaler

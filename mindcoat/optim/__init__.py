@@ -1,8 +1,9 @@
 """AdamW with decay groups, the LR schedules, and the weight EMA."""
 from .adamw import AdamW, split_decay
 from .ema import EMA
+from .factory import create_optimizer
 from .scheduler import SCHEDULERS, create_lr_schedule, lr_schedule_for, scaled_lr, \
     timm_cosine_per_epoch
 
-__all__ = ['AdamW', 'split_decay', 'EMA', 'SCHEDULERS', 'create_lr_schedule', 'lr_schedule_for',
+__all__ = ['AdamW', 'split_decay', 'EMA', 'create_optimizer', 'SCHEDULERS', 'create_lr_schedule', 'lr_schedule_for',
            'scaled_lr', 'timm_cosine_per_epoch']
