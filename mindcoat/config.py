@@ -149,6 +149,7 @@ SCHEMA = [
                                                'steps itself'),
         ('ema', str2bool, False, 'keep an exponential moving average of the weights'),
         ('ema_decay', float, 0.9999, 'EMA decay per step'),
+        ('ema_warmup', str2bool, True, "MindCV's ramp: decay*(1 - exp(-n/2000)); False: timm's"),
         ('layer_decay', optional(float), None, 'layer-wise lr decay (MindCV; None: off)'),
         ('gradient_accumulation_steps', int, 1, 'batches accumulated per update'),
     ]),

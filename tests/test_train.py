@@ -243,7 +243,7 @@ def test_amp_o2_keeps_optimizer_ema_lr_and_loss_in_float32():
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(np.eye(4, dtype=np.float32)[[1, 3]])
-    cfg = parse_config(['--ema', '--ema_decay', '0.9'])
+    cfg = parse_config(['--ema', '--ema_decay', '0.9', '--ema_warmup', 'False'])
     lr = 1e-3
     with native_ops():
         ms.set_seed(0)

@@ -25,9 +25,9 @@ class ResumeError(ValueError):
 
 def training_state(model, optimizer, ema=None, loss_scaler=None):
     """Every Parameter a resume restores: the model's, the optimizer's moments and step, the EMA
-    and the loss scaler's scale and counter (renamed ``loss_scaler.*``)."""
+    and its update counter, and the loss scaler's scale and counter (renamed ``loss_scaler.*``)."""
     state = list(model.get_parameters()) + optimizer.state_params()
-    state += list(ema.ema) if ema is not None else []
+    state += list(ema.ema) + ema.state_params() if ema is not None else []
     for name in ('scale_value', 'counter'):
         p = getattr(loss_scaler, name, None)
         if isinstance(p, ms.Parameter):

@@ -41,7 +41,8 @@ def create_loss_scaler(loss_scale_type, loss_scale):
 class TrainStep(nn.Cell):
     """``step(images, targets, lr) -> (loss, grads_finite)``. Updates the weights in place (not at
     all on overflow when ``drop_overflow_update``); the EMA follows the weights after every step,
-    skipped or not, as timm's ModelEma does in the official loop."""
+    skipped or not, as timm's ModelEma does in the official loop, or (``ema.warmup``, MindCV's
+    EMA) only after the steps whose update was applied."""
 
     def __init__(self, network, optimizer, ema=None, clip_grad_norm=0.0, loss_scaler=None,
                  drop_overflow_update=True, distributed=False):
@@ -51,6 +52,7 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.ema = ema
         self.use_ema = ema is not None
+        self.ema_every_step = ema is not None and ema.follows_dropped_steps
         self.clip_grad_norm = float(clip_grad_norm)
         self.loss_scaler = loss_scaler
         self.use_scaler = loss_scaler is not None
@@ -77,9 +79,13 @@ class TrainStep(nn.Cell):
         if self.use_scaler and self.drop_overflow_update:
             if finite:
                 loss = ops.depend(loss, self.optimizer(grads, lr))
+                if self.use_ema and not self.ema_every_step:
+                    loss = ops.depend(loss, self.ema())
         else:
             loss = ops.depend(loss, self.optimizer(grads, lr))
-        if self.use_ema:  # after the optimizer (side effects run in program order)
+            if self.use_ema and not self.ema_every_step:
+                loss = ops.depend(loss, self.ema())
+        if self.ema_every_step:  # after the optimizer (side effects run in program order)
             loss = ops.depend(loss, self.ema())
         return loss, finite
 
@@ -102,7 +108,7 @@ def create_train_step(model, cfg, amp_level='O0', distributed=False):
         network = ms.amp.auto_mixed_precision(model, amp_level)
         scaler = create_loss_scaler(cfg.loss_scale_type, cfg.loss_scale)
     optimizer = create_optimizer(model, cfg)
-    ema = EMA(model.trainable_params(), cfg.ema_decay) if cfg.ema else None
+    ema = EMA(model.trainable_params(), cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
     step = TrainStep(network, optimizer, ema, cfg.clip_value if cfg.clip_grad else 0.0, scaler,
                      cfg.drop_overflow_update, distributed)
     return network, step, optimizer, ema, scaler

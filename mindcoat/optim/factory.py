@@ -10,6 +10,7 @@ MINDCV_ONLY = ('sgd', 'nesterov', 'momentum', 'adam', 'rmsprop', 'adagrad', 'lam
                'adan')
 WEIGHT_DECAY_FILTERS = ('disable', 'auto', 'norm_and_bias')
 ADAM_BETAS = (0.9, 0.999)  # the config's default for `betas`
+ADAM_EPS = 1e-8  # AdamW's own (MindCV's and timm's)
 
 
 _NORM_LEAVES = {'weight': 'gamma', 'bias': 'beta'}
@@ -80,7 +81,15 @@ def create_optimizer(model, cfg):
     betas = _betas(cfg, LION_BETAS if opt == 'lion' else ADAM_BETAS)
     if opt == 'lion':
         return Lion(params, decays, betas=betas)
-    return AdamW(params, decays, betas=betas, eps=cfg.eps)
+    return AdamW(params, decays, betas=betas, eps=_setting(cfg, 'eps', ADAM_EPS))
+
+
+def _setting(cfg, key, default):
+    """``cfg.<key>`` when the YAML or the command line set it, else ``default``. (MindCV's
+    create_optimizer passes its ``eps`` key to rmsprop only: its AdamW always runs at 1e-8, as
+    timm's, whatever the config's default 1e-10 says.)"""
+    given = getattr(cfg, 'given', None)
+    return getattr(cfg, key) if given is None or key in given else default
 
 
 def _betas(cfg, default):

@@ -1,23 +1,32 @@
 """Learning rate of every step of a run.
 
-Two shapes of warmup + cosine:
+``timm_cosine`` (the official recipes): timm's CosineLRScheduler as DeiT/CoaT's src/main.py
+drives it — t_initial = the run's epochs, warmup_prefix False, ``lr_scheduler.step(epoch)``
+called after each epoch. So the lr is constant within an epoch, epoch 0 runs at warmup_lr
+(there is no step before it) and epoch e >= 1 at the scheduler's value for t = e - 1: epochs 0
+and 1 both run at warmup_lr, and the cosine counts its epochs from 0, warmup included.
 
-- ``timm_cosine`` (the official recipes): timm's CosineLRScheduler as DeiT/CoaT's src/main.py
-  drives it — t_initial = the run's epochs, warmup_prefix False, ``lr_scheduler.step(epoch)``
-  called after each epoch. So the lr is constant within an epoch, epoch 0 runs at warmup_lr
-  (there is no step before it) and epoch e >= 1 at the scheduler's value for t = e - 1: epochs 0
-  and 1 both run at warmup_lr, and the cosine counts its epochs from 0, warmup included.
-- ``cosine_decay`` / ``warmup_cosine_decay`` (per step, MindCV's name): linear warmup from
-  warmup_lr to lr over warmup_epochs, then cosine to min_lr over decay_epochs (default: what is
-  left after warmup and cooldown), evaluated at every step.
+Every other name is MindCV's (0.3.0, mindcv.scheduler.create_scheduler), with its arithmetic: a
+linear warmup over warmup_epochs from warmup_factor * lr (or warmup_lr, ours, when given) to lr,
+then the named decay over the remaining epochs, its epoch counter restarting at 0 after the
+warmup; every value is recomputed each step (``lr_epoch_stair``: at each epoch's first step).
 
-``constant``: the same per-step warmup, then lr.
+- ``cosine_decay`` = ``warmup_cosine_decay``: ``num_cycles`` cosines of ``decay_epochs`` each
+  (default: what is left after warmup and cooldown), the n-th (from 0) from
+  lr * cycle_decay**n down towards min_lr; min_lr after the last cycle.
+- ``constant``: lr. ``step_decay``: lr * decay_rate**floor(epoch / decay_epochs).
+  ``multi_step_decay``: lr * decay_rate**(milestones passed). ``exponential_decay``:
+  lr * decay_rate**epoch. ``polynomial_decay``: lr * (1 - epoch / epochs)**decay_rate.
+- ``one_cycle`` and ``cyclic`` (no warmup, no stair): MindCV's one_cycle_lr (peak lr, start
+  lr / 25, end min_lr, 30% rising) and triangular cyclic_lr between min_lr and lr with
+  ``num_cycles`` cycles.
 """
 import math
 
 import numpy as np
 
-SCHEDULERS = ('timm_cosine', 'cosine_decay', 'warmup_cosine_decay', 'constant')
+SCHEDULERS = ('timm_cosine', 'cosine_decay', 'warmup_cosine_decay', 'constant', 'step_decay',
+              'multi_step_decay', 'exponential_decay', 'polynomial_decay', 'one_cycle', 'cyclic')
 
 
 def scaled_lr(lr, global_batch, lr_base_batch):
@@ -50,11 +59,14 @@ def timm_cosine_per_epoch(lr, epochs, min_lr=0.0, warmup_epochs=0, warmup_lr=0.0
 
 
 def create_lr_schedule(scheduler, *, lr, steps_per_epoch, epochs, min_lr=0.0, warmup_epochs=0,
-                       warmup_lr=None, warmup_factor=0.0, decay_epochs=None, cooldown_epochs=0):
+                       warmup_lr=None, warmup_factor=0.0, decay_epochs=None, cooldown_epochs=0,
+                       decay_rate=0.9, milestones=(), num_cycles=1, cycle_decay=1.0,
+                       lr_epoch_stair=False):
     """A float64 array with the lr of every step of the run (len = steps_per_epoch * epochs).
     The warmup starts at ``warmup_lr``, or at ``warmup_factor * lr`` when that is None.
     ``decay_epochs`` (default: the rest of the run minus ``cooldown_epochs``) is the cosine's
-    length; for timm_cosine it is timm's t_initial, which includes the warmup."""
+    length (per cycle); for timm_cosine it is timm's t_initial, which includes the warmup; for
+    step_decay the epochs between two decays."""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
     start = warmup_start(lr, warmup_lr, warmup_factor)
@@ -62,19 +74,116 @@ def create_lr_schedule(scheduler, *, lr, steps_per_epoch, epochs, min_lr=0.0, wa
         per_epoch = timm_cosine_per_epoch(lr, epochs, min_lr, warmup_epochs, start,
                                           decay_epochs or epochs - cooldown_epochs)
         return np.repeat(np.asarray(per_epoch, np.float64), steps_per_epoch)
-    total = int(steps_per_epoch * epochs)
-    warmup = int(round(warmup_epochs * steps_per_epoch))
-    if decay_epochs is None:
-        decay_epochs = epochs - warmup_epochs - cooldown_epochs
-    decay = max(int(round(decay_epochs * steps_per_epoch)), 1)
-    step = np.arange(total, dtype=np.float64)
-    warm = start + (lr - start) * step / max(warmup, 1)
-    if scheduler == 'constant':
-        after = np.full(total, lr)
-    else:
-        t = np.clip(step - warmup, 0, decay) / decay
-        after = min_lr + 0.5 * (lr - min_lr) * (1.0 + np.cos(math.pi * t))
-    return np.where(step < warmup, warm, after)
+    total = int(round(steps_per_epoch * epochs))
+    warm = _linear_warmup(start, lr, warmup_epochs, steps_per_epoch, lr_epoch_stair)
+    main_epochs = epochs - warmup_epochs
+    main = _MAIN[scheduler](
+        lr=lr, steps=total - len(warm), steps_per_epoch=steps_per_epoch, epochs=main_epochs,
+        min_lr=min_lr, decay_epochs=main_epochs - cooldown_epochs if decay_epochs is None
+        else decay_epochs, decay_rate=decay_rate, milestones=milestones, num_cycles=num_cycles,
+        cycle_decay=cycle_decay, stair=lr_epoch_stair, warmup=len(warm) > 0)
+    return np.concatenate([warm, main]).astype(np.float64)
+
+
+def _epoch(steps, steps_per_epoch, stair):
+    """The (fractional, or with ``stair`` whole) epoch of each step, counted from 0."""
+    i = np.arange(steps, dtype=np.float64)
+    return np.floor(i / steps_per_epoch) if stair else i / steps_per_epoch
+
+
+def _linear_warmup(start, lr, warmup_epochs, steps_per_epoch, stair):
+    """MindCV's linear_refined_lr (linear_lr with ``stair``) from ``start`` to ``lr``."""
+    if warmup_epochs <= 0:
+        return np.zeros(0)
+    e = _epoch(int(round(warmup_epochs * steps_per_epoch)), steps_per_epoch, stair)
+    return start + np.minimum(e, warmup_epochs) / warmup_epochs * (lr - start)
+
+
+def _cosine(*, lr, steps, steps_per_epoch, min_lr, decay_epochs, num_cycles, cycle_decay, stair,
+            **_):
+    """MindCV's cosine_decay_refined_lr (cosine_decay_lr with ``stair``): cycle c runs
+    min_lr + 0.5 (lr cycle_decay^c - min_lr)(1 + cos(pi t / decay_epochs)), t its epoch."""
+    if num_cycles < 1:
+        raise ValueError(f"num_cycles must be at least 1, got {num_cycles}")
+    cycle_steps = int(round(decay_epochs * steps_per_epoch))
+    if cycle_steps < 1:
+        raise ValueError(f"decay_epochs {decay_epochs} is shorter than one step")
+    i = np.arange(steps)
+    cycle, within = i // cycle_steps, i % cycle_steps
+    t = np.minimum(_epoch(cycle_steps, steps_per_epoch, stair)[within], decay_epochs)
+    delta = 0.5 * (lr * np.power(float(cycle_decay), np.minimum(cycle, num_cycles)) - min_lr)
+    lrs = min_lr + delta * (1.0 + np.cos(math.pi * t / decay_epochs))
+    return np.where(cycle < num_cycles, lrs, min_lr)
+
+
+def _constant(*, lr, steps, **_):
+    return np.full(steps, float(lr))
+
+
+def _step(*, lr, steps, steps_per_epoch, decay_epochs, decay_rate, **_):
+    """lr * decay_rate^floor(epoch / decay_epochs), whole epochs (MindCV's step_lr)."""
+    e = _epoch(steps, steps_per_epoch, True)
+    return lr * np.power(float(decay_rate), np.floor(e / decay_epochs))
+
+
+def _multi_step(*, lr, steps, steps_per_epoch, decay_rate, milestones, **_):
+    """lr * decay_rate^(milestones <= epoch), whole epochs (MindCV's multi_step_lr)."""
+    e = _epoch(steps, steps_per_epoch, True)
+    passed = np.searchsorted(np.sort(np.asarray(milestones, np.float64)), e, side='right')
+    return lr * np.power(float(decay_rate), passed)
+
+
+def _exponential(*, lr, steps, steps_per_epoch, decay_rate, stair, **_):
+    return lr * np.power(float(decay_rate), _epoch(steps, steps_per_epoch, stair))
+
+
+def _polynomial(*, lr, steps, steps_per_epoch, epochs, decay_rate, stair, **_):
+    """lr (1 - epoch / epochs)^decay_rate over the epochs after warmup (MindCV's
+    polynomial_refined_lr / polynomial_lr)."""
+    e = _epoch(steps, steps_per_epoch, stair)
+    return lr * np.power(1 - np.minimum(e, epochs) / epochs, float(decay_rate))
+
+
+def _no_warmup_or_stair(name, warmup, stair):
+    if warmup or stair:
+        raise ValueError(f"scheduler {name} takes no warmup_epochs and no lr_epoch_stair "
+                         "(as in MindCV): set warmup_epochs: 0 and lr_epoch_stair: False")
+
+
+def _one_cycle(*, lr, steps, min_lr, stair, warmup, **_):
+    """MindCV's one_cycle_lr(max_lr=lr, final_div_factor=(lr / 25) / min_lr): cosine from lr / 25
+    up to lr over the first 30% of the steps, then down to min_lr."""
+    _no_warmup_or_stair('one_cycle', warmup, stair)
+    if min_lr <= 0:
+        raise ValueError("scheduler one_cycle needs min_lr above 0 (its final lr)")
+    initial = lr / 25.0
+    final = initial / (initial / min_lr)
+    up, end = float(0.3 * steps) - 1, float(steps) - 1
+    if up <= 0 or end <= up:
+        raise ValueError(f"scheduler one_cycle needs more steps than {steps}")
+    i = np.arange(steps, dtype=np.float64)
+
+    def anneal(high, low, pct):
+        return low + (high - low) / 2.0 * (np.cos(math.pi * pct) + 1)
+    return np.where(i <= up, anneal(initial, lr, i / up), anneal(lr, final, (i - up) / (end - up)))
+
+
+def _cyclic(*, lr, steps, min_lr, num_cycles, stair, warmup, **_):
+    """MindCV's triangular cyclic_lr between min_lr and lr, ``num_cycles`` cycles."""
+    _no_warmup_or_stair('cyclic', warmup, stair)
+    half = float(int(steps / num_cycles / 2))
+    if half < 1:
+        raise ValueError(f"scheduler cyclic: {steps} steps are too few for {num_cycles} cycles")
+    i = np.arange(steps, dtype=np.float64)
+    cycle = np.floor(1 + i / (2 * half))
+    x = 1.0 + i / (2 * half) - cycle
+    scale = np.where(x <= 0.5, x / 0.5, (x - 1) / (0.5 - 1))
+    return min_lr + (lr - min_lr) * scale
+
+
+_MAIN = {'cosine_decay': _cosine, 'warmup_cosine_decay': _cosine, 'constant': _constant,
+         'step_decay': _step, 'multi_step_decay': _multi_step, 'exponential_decay': _exponential,
+         'polynomial_decay': _polynomial, 'one_cycle': _one_cycle, 'cyclic': _cyclic}
 
 
 def lr_schedule_for(cfg, steps_per_epoch, world_size):
@@ -85,4 +194,6 @@ def lr_schedule_for(cfg, steps_per_epoch, world_size):
         cfg.scheduler, lr=lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epoch_size,
         min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
         warmup_factor=cfg.warmup_factor, decay_epochs=cfg.decay_epochs,
-        cooldown_epochs=cfg.cooldown_epochs)
+        cooldown_epochs=cfg.cooldown_epochs, decay_rate=cfg.decay_rate,
+        milestones=cfg.multi_step_decay_milestones, num_cycles=cfg.num_cycles,
+        cycle_decay=cfg.cycle_decay, lr_epoch_stair=cfg.lr_epoch_stair)
