@@ -89,13 +89,14 @@ def build(cfg, run):
     train_dir = os.path.join(cfg.data_dir, cfg.train_split)
     val_dir = os.path.join(cfg.data_dir, cfg.val_split)
     classes = find_classes(train_dir)
+    if cfg.num_classes is None:  # set by neither the YAML nor the command line: as MindCV
+        cfg.num_classes = len(classes)
+        run.log(f'num_classes {cfg.num_classes}: the class folders of {train_dir}')
     if len(classes) > cfg.num_classes:
         raise DataError(f"{train_dir} has {len(classes)} class folders, more than num_classes "
                         f"{cfg.num_classes}: pass --num_classes {len(classes)}")
     if cfg.val_while_train:
         check_split(val_dir, classes)
-    if cfg.loss.lower() != 'ce':
-        raise ValueError(f"loss '{cfg.loss}': only ce (soft-target cross entropy) is supported")
     weights = {} if cfg.resume else dict(  # a resume restores every weight itself
         pretrained=cfg.pretrained or False, checkpoint_path=cfg.ckpt_path or '',
         ema=cfg.ckpt_use_ema)
@@ -197,6 +198,7 @@ def train(cfg):
     # stored in every checkpoint: predict/export/validate read the model, settings and names
     config = dict(vars(cfg), class_names=classes)
     config.pop('command_line', None)
+    config.pop('given', None)
     for epoch in range(start_epoch, cfg.epoch_size):
         loader = first if epoch == 0 else make_train(epoch)
         record = {'epoch': epoch + 1}
@@ -255,9 +257,10 @@ def _summary(record, cfg, run):
 
 def main(argv=None):
     os.environ.setdefault('GLOG_v', '3')
-    from mindcoat.config import ConfigError, parse_config
+    from mindcoat.config import ConfigError, check_training, parse_config
     try:
         cfg = parse_config(argv)
+        check_training(cfg)
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

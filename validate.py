@@ -6,7 +6,13 @@
 Takes the trainer's YAML files and flags (MindCV names: batch_size, num_parallel_workers,
 image_resize, crop_pct, interpolation, ...), the variant's eval transform, and weights in any
 format mindcoat.convert reads. Validate-only flags: --ema (the checkpoint's EMA weights), --json
-(only the JSON line on stdout), --results_file (append the JSON line to a file). Under msrun with
+(only the JSON line on stdout), --results_file (append the JSON line to a file).
+
+EMA weights, as MindCV's validate.py reads the YAML's ``ema``: ``--ema`` or ``ckpt_use_ema`` on a
+file without EMA weights is an error; the YAML's ``ema: True`` evaluates the file's EMA weights
+when it has them (said in the output) and its weights when it has none (an official release),
+with one line saying so. ``val_amp_level`` casts the evaluated network on Ascend/GPU (MindCV's
+meaning); the CPU evaluates in float32 and says so. Under msrun with
 --distribute True each rank evaluates its own shard (every image exactly once) and the counts are
 summed, so the numbers equal a single-device run. The last line printed is always JSON.
 """
@@ -17,11 +23,11 @@ import sys
 import time
 
 from mindcoat.cli import UsageError, fail
-from mindcoat.config import ConfigError, create_parser, parse_config, str2bool
+from mindcoat.config import ConfigError, check_evaluation, create_parser, parse_config, str2bool
 
 # validate-only flags, kept out of the trainer's key set (which rejects unknown keys)
 EXTRA = [
-    # the YAML's 'ema' key (train with an EMA) is not read here: only the command line chooses
+    # parsed apart from the YAML's 'ema' so that the typed flag can be strict (see choose_ema)
     ('--ema', dict(nargs='?', const=True, default=False, type=str2bool,
                    help="evaluate the checkpoint's EMA weights (same as --ckpt_use_ema True)")),
     ('--json', dict(action='store_true', help='print only the JSON result line on stdout')),
@@ -44,7 +50,8 @@ def parse_args(argv=None):
         else:
             group.add_argument(flag, **dict(kw, default=argparse.SUPPRESS))
     cfg = parse_config(rest, parser)
-    cfg.use_ema = bool(extra.ema or cfg.ckpt_use_ema)
+    check_evaluation(cfg)
+    cfg.strict_ema = bool(extra.ema or cfg.ckpt_use_ema)
     cfg.json = extra.json
     cfg.results_file = extra.results_file
     return cfg
@@ -61,10 +68,41 @@ def eval_data(cfg, settings, rank=0, world=1):
         check_split(val_dir, classes)
     else:
         classes = find_classes(val_dir)
+    if cfg.num_classes is None:  # no checkpoint head and no config value: as MindCV
+        cfg.num_classes = len(classes)
     if len(classes) > cfg.num_classes:
         raise DataError(f"{val_dir} has {len(classes)} classes, the model only {cfg.num_classes} "
                         f"(set --num_classes)")
     return create_loader(cfg, val_dir, classes, settings, False, rank, world)
+
+
+def choose_ema(cfg, ckpt, pretrained, log):
+    """Whether to evaluate EMA weights: ``--ema``/``ckpt_use_ema`` demand them (the loader
+    refuses a file without); the YAML's ``ema: True`` takes them where the file has them."""
+    if cfg.strict_ema or not cfg.ema:
+        return cfg.strict_ema
+    if not ckpt:
+        if pretrained:
+            log("note: the config says ema: True; the official weights have no EMA copy: "
+                "evaluating the weights")
+        return False
+    from mindcoat.cli import has_ema_weights
+    if has_ema_weights(ckpt):
+        log(f"note: evaluating the EMA weights of {ckpt} (the config says ema: True)")
+        return True
+    log(f"note: {ckpt} has no EMA weights: evaluating its weights (the config says ema: True)")
+    return False
+
+
+def with_val_amp(model, level, log):
+    """``model`` cast for val_amp_level on Ascend/GPU; the CPU evaluates in float32."""
+    if level == 'O0':
+        return model
+    import mindspore as ms
+    if ms.get_context('device_target') == 'CPU':
+        log(f"note: val_amp_level {level} is for Ascend/GPU: the CPU evaluates in float32")
+        return model
+    return ms.amp.auto_mixed_precision(model, level)
 
 
 def main(argv=None):
@@ -106,11 +144,14 @@ def main(argv=None):
             log(f"note: {note}")
         settings = resolve_data_settings(cfg, cfg.model)
         data = eval_data(cfg, settings, rank, world)
+        pretrained = cfg.pretrained is True and not cfg.ckpt_path
+        cfg.use_ema = choose_ema(cfg, ckpt, pretrained, log)
         model = build_model(cfg.model, ckpt, cfg.num_classes, cfg.in_channels, cfg.use_ema,
                             parse_model_kwargs(cfg.model_kwargs), log=log,
-                            pretrained=cfg.pretrained is True and not cfg.ckpt_path)
+                            pretrained=pretrained)
     except (UsageError, ValueError, FileNotFoundError) as exc:  # config, data, weights
         fail(str(exc))
+    model = with_val_amp(model, cfg.val_amp_level, log)
     start = time.time()
     summary, bad = evaluate(model, data, world)
     for path in bad:

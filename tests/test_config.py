@@ -121,7 +121,8 @@ def test_bare_boolean_flags_mean_true():
 def test_lr_is_absolute_unless_lr_base_batch_is_set():
     """MindCV's meaning of lr, and a warmup from 0 unless warmup_lr is given."""
     cfg = parse_config([])
-    assert cfg.lr_base_batch is None and cfg.warmup_lr is None and cfg.drop_path_rate == 0.0
+    assert cfg.lr_base_batch is None and cfg.warmup_lr is None and cfg.warmup_factor == 0.0
+    assert cfg.drop_path_rate is None  # the variant's own (0), as MindCV's None
 
 
 def test_distribute_must_match_the_launcher(tmp_path):
@@ -211,3 +212,152 @@ def test_model_kwargs_in_the_yaml_flow_syntax_of_its_help_text():
     assert cfg.model_kwargs == {'embed_dims': [16, 16, 16, 16]}
     assert parse_config(['--model_kwargs', '{"serial_depths": [1, 1, 1, 1]}']).model_kwargs == \
         {'serial_depths': [1, 1, 1, 1]}
+
+
+# --- MindCV's defaults and the recipes' independence from them -----------------------------------
+
+def mindcv_parsed():
+    """MindCV's own parser on its defaults and its CoaT YAMLs (tools/make_mindcv_config_fixtures.py
+    ran MindCV's config.py)."""
+    with open(os.path.join(REPO, 'tests', 'fixtures', 'mindcv_configs', 'mindcv_parsed.json')) as f:
+        return json.load(f)
+
+
+def same_value(mine, theirs):
+    if isinstance(mine, (list, tuple)) and isinstance(theirs, (list, tuple)):
+        return list(mine) == list(theirs)
+    return mine == theirs and type(mine) is not bool or mine is theirs
+
+
+# Where the default here differs from MindCV's, and why that cannot change a MindCV run:
+# each is in the README's table.
+WIDER_DEFAULTS = {
+    'device_target': ('auto', 'Ascend'),    # what MindSpore finds (Ascend on Ascend)
+    'data_dir': (None, './'),               # required: a missing --data_dir is one line
+    'image_resize': (None, 224),            # the variant's: 224, or 384 for the 384 model
+    'interpolation': (None, 'bilinear'),    # the variant's: bicubic, the official transform
+    'mean': (None, [123.675, 116.28, 103.53]),   # the variant's: the same ImageNet mean
+    'std': (None, [58.395, 57.120000000000005, 57.375]),
+    'crop_pct': (None, 0.875),              # the variant's: 0.875
+    'model': ('coat_lite_tiny', 'mobilenet_v2_035_224'),  # only CoaT here
+    'ckpt_path': (None, ''),                # both: no checkpoint
+    'dataset_sink_mode': (False, True),     # the loop feeds its own steps either way
+}
+
+
+def test_parser_defaults_are_mindcv_s():
+    """A MindCV YAML relies on MindCV's defaults for what it leaves out (eps 1e-10, weight
+    decay on every parameter, a fixed loss scale of 1, ...): each shared key defaults to MindCV's
+    value, except the documented widenings above."""
+    theirs = mindcv_parsed()['defaults']
+    assert len(theirs) == 86 and set(theirs) <= set(KEYS)
+    mine = parse_config([])
+    differ = {k: (getattr(mine, k), v) for k, v in theirs.items()
+              if not same_value(getattr(mine, k), v)}
+    assert differ == {k: v for k, v in WIDER_DEFAULTS.items()}
+
+
+# run-time choices, not part of a recipe
+RUN_KEYS = {'device_target', 'jit_level', 'pretrained', 'ckpt_use_ema', 'resume', 'resume_opt',
+            'overwrite'}
+
+
+def test_shipped_recipes_do_not_depend_on_parser_defaults():
+    """Every key a recipe's meaning depends on is written in each configs/coat/*.yaml, so it
+    parses to the same values whatever the parser's defaults are (they became MindCV's)."""
+    from mindcoat.config import load_yaml
+    for path in CONFIGS:
+        written = load_yaml(path)
+        assert sorted(set(KEYS) - RUN_KEYS - set(written)) == [], path
+        cfg = parse_config(['-c', path])
+        assert {k: getattr(cfg, k) for k in written} == written, path
+        assert cfg.decay_epochs == cfg.epoch_size  # timm's t_initial, not MindCV's 100
+        assert cfg.weight_decay_filter is None and cfg.filter_bias_and_bn  # timm's rule
+        assert (cfg.re_value, cfg.re_sampling) == ('random', 'timm')  # --remode pixel
+        assert cfg.ema_warmup is False  # timm's ModelEma has no ramp
+
+
+def test_demo_configs_keep_their_meaning():
+    """The demo's YAMLs set what changed with MindCV's defaults to their earlier values."""
+    for name in ('coat_lite_mnist', 'coat_lite_mnist_recipe'):
+        cfg = parse_config(['-c', os.path.join(REPO, 'configs', 'demo', name + '.yaml')])
+        assert (cfg.opt, cfg.eps, cfg.weight_decay, cfg.weight_decay_filter) == \
+            ('adamw', 1e-8, 0.05, None), name
+        assert (cfg.amp_level, cfg.loss_scale_type, cfg.loss_scale, cfg.drop_overflow_update) == \
+            ('O2', 'dynamic', 65536.0, True), name
+        assert cfg.num_classes == 10 and cfg.label_smoothing == 0.1
+    mnist = parse_config(['-c', os.path.join(REPO, 'configs', 'demo', 'coat_lite_mnist.yaml')])
+    assert mnist.decay_epochs == mnist.epoch_size - mnist.warmup_epochs and mnist.val_while_train
+    recipe = parse_config(['-c', os.path.join(REPO, 'configs', 'demo',
+                                              'coat_lite_mnist_recipe.yaml')])
+    assert recipe.decay_epochs == recipe.epoch_size and not recipe.ema_warmup
+
+
+@pytest.mark.parametrize('flags, words', [
+    (['--dataset', 'cifar10'], "dataset 'cifar10' is read by MindCV's own downloader"),
+    (['--dataset', 'coco'], "dataset 'coco': choose imagenet or imagefolder"),
+    (['--dataset_download'], 'dataset_download: True is not available here'),
+    (['--aug_splits', '3'], 'aug_splits 3 (AugMix splits'),
+    (['--layer_decay', '0.75'], 'layer_decay 0.75 (layer-wise lr decay) is not available'),
+    (['--gradient_accumulation_steps', '4'], 'gradient_accumulation_steps 4 is not available'),
+    (['--aux_factor', '0.4'], 'CoaT has no auxiliary head'),
+    (['--reduction', 'sum'], "reduction 'sum' is not available"),
+    (['--amp_cast_list', '[nn.Conv2d]'], 'amp_cast_list is not available'),
+    (['--resume_opt', '--ckpt_path', 'last.ckpt'], 'use --resume last.ckpt'),
+    (['--loss', 'BCE'], "loss 'BCE': only CE"),
+    (['--num_samples', '100', '--aug_repeats', '3'], 'num_samples and aug_repeats cannot'),
+    (['--val_amp_level', 'O5'], 'val_amp_level must be one of O0, O1, O2, O3'),
+])
+def test_what_cannot_apply_here_is_one_line(flags, words):
+    from mindcoat.config import check_training
+    cfg = parse_config(flags)
+    with pytest.raises(ConfigError, match=re.escape(words)) as e:
+        check_training(cfg)
+    assert '\n' not in str(e.value)
+
+
+def test_accepted_and_unused_keys_pass():
+    """MindCV's momentum and use_nesterov are accepted and unused by adamw and lion (as in
+    MindCV); resume_opt without ckpt_path does nothing there either."""
+    from mindcoat.config import check_training
+    check_training(parse_config(['--momentum', '0.5', '--use_nesterov', '--resume_opt']))
+
+
+def test_refusals_come_before_anything_is_built(tmp_path):
+    """train.py and validate.py print the refusal as one line, exit 2, before any folder or
+    model exists."""
+    out = tmp_path / 'out'
+    for script in ('train.py', 'validate.py'):
+        proc = subprocess.run([sys.executable, os.path.join(REPO, script), '--data_dir',
+                               str(tmp_path), '--dataset', 'mnist', '--dataset_download',
+                               'False', '--ckpt_save_dir', str(out)], cwd=str(tmp_path),
+                              env=env(), capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("error: dataset 'mnist' is read by MindCV's own downloader")
+    assert not out.exists()
+
+
+def test_parse_config_records_the_keys_that_were_set(tmp_path):
+    path = tmp_path / 'c.yaml'
+    path.write_text('batch_size: 7\nnum_classes: null\n')
+    cfg = parse_config(['-c', str(path), '--lr', '0.2'])
+    assert cfg.given == ['batch_size', 'lr', 'num_classes'] and cfg.num_classes is None
+    assert vars(cfg.command_line) == {'lr': 0.2}
+
+
+def test_train_counts_the_classes_when_num_classes_is_not_given(tmp_path, capsys):
+    """MindCV's num_classes None: the training split's class folders (said in the log), so a
+    4-class folder gets a 4-way head, not a 1000-way one."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_script', os.path.join(REPO, 'train.py'))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    data = make_color_folder(str(tmp_path / 'data'), per_class=(2, 1))
+    cfg = parse_config(['--data_dir', data, '--model_kwargs', '{embed_dims: [16, 16, 16, 16], '
+                        'serial_depths: [1, 1, 1, 1]}', '--opt', 'adamw', '--image_resize', '32'])
+    assert cfg.num_classes is None
+    model = train.build(cfg, train.Run(device='CPU'))[0]
+    assert cfg.num_classes == 4 and model.head.weight.shape[0] == 4
+    assert f"num_classes 4: the class folders of {os.path.join(data, 'train')}" in \
+        capsys.readouterr().out

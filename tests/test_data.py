@@ -2,6 +2,7 @@
 is, soft targets under Mixup/CutMix, unreadable images skipped and reported by path (identical
 files included), repeated augmentation only when distributed, samplers, one-line errors."""
 import os
+import random
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from mindcoat.config import parse_config
 from mindcoat.data import DataError, EvalTransform, TrainTransform, create_loader, find_classes, \
     rank_indices, resolve_data_settings
+from mindcoat.data.transforms import random_erasing
 from train_helpers import REPO, make_color_folder
 
 RECIPE = os.path.join(REPO, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')
@@ -180,3 +182,90 @@ def test_missing_or_empty_data_dir(tmp_path):
     (tmp_path / 'empty' / 'cls').mkdir()
     with pytest.raises(DataError, match='no images'):
         find_classes(str(tmp_path / 'empty'))
+
+
+# --- MindCV's augmentation and sampling keys ---------------------------------------------------
+
+class PythonRandom:
+    """The numpy Generator methods random_erasing calls, answered from Python's ``random`` and
+    numpy's global generator: the sources mindspore.dataset.vision.RandomErasing draws from, so
+    that both see the same numbers."""
+
+    def random(self):
+        return random.random()
+
+    def uniform(self, low, high):
+        return random.uniform(low, high)
+
+    def integers(self, low, high):  # numpy: high excluded; random.randint: included
+        return random.randint(low, high - 1)
+
+    def standard_normal(self, shape, dtype):
+        return np.random.normal(0.0, 1.0, size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize('value', [0, [1, 20, 3], 'random'])
+def test_mindspore_erasing_is_mindspores_random_erasing(value):
+    """re_sampling: mindspore with MindCV's re_* values gives, draw for draw, what MindCV's
+    vision.RandomErasing(prob, scale, ratio, value, max_attempts) does to a normalised image:
+    box (uniform aspect, w from the area), fill (a number, one per channel, or N(0, 1) noise)."""
+    import mindspore.dataset.vision as vision
+    x = np.random.default_rng(0).normal(size=(3, 24, 40)).astype(np.float32)
+    erased = 0
+    for seed in range(12):
+        random.seed(seed)
+        np.random.seed(seed)
+        theirs = vision.RandomErasing(prob=0.7, scale=(0.02, 0.4), ratio=(0.3, 3.3),
+                                      value=tuple(value) if isinstance(value, list) else value,
+                                      max_attempts=3)(x.copy())
+        random.seed(seed)
+        np.random.seed(seed)
+        mine = random_erasing(x.copy(), 0.7, PythonRandom(), area=(0.02, 0.4), aspect=(0.3, 3.3),
+                              value=value, max_attempts=3, sampling='mindspore')
+        np.testing.assert_array_equal(mine, theirs)
+        erased += not np.array_equal(mine, x)
+    assert 3 <= erased < 12  # both erased and untouched images were compared
+
+
+def test_vflip_flips_top_to_bottom(folder):
+    """vflip 1.0 mirrors every training image vertically (MindCV's RandomVerticalFlip, after
+    the horizontal flip); 0 draws nothing, so the other augmentations keep their draws."""
+    cfg = recipe('--mixup', '0', '--cutmix', '0', '--auto_augment', 'none', '--re_prob', '0',
+                 '--color_jitter', '0', '--hflip', '0', '--scale', '1,1', '--ratio', '1,1')
+    settings = resolve_data_settings(cfg, cfg.model)
+    flipped = parse_config(['-c', RECIPE, '--vflip', '1.0', '--hflip', '0', '--scale', '1,1',
+                            '--ratio', '1,1', '--auto_augment', 'none', '--color_jitter', '0',
+                            '--re_prob', '0', '--image_resize', '32'])
+    path = os.path.join(folder, 'train', 'class_0', '000.png')
+    with Image.open(path) as img:
+        plain = TrainTransform(settings, cfg)(img.convert('RGB'), np.random.default_rng(1))
+        upside = TrainTransform(settings, flipped)(img.convert('RGB'), np.random.default_rng(1))
+    assert not np.array_equal(plain, plain[:, ::-1])
+    np.testing.assert_array_equal(upside, plain[:, ::-1])
+
+
+def test_num_samples_reads_a_seeded_subset_per_epoch(folder):
+    """num_samples 8 (of 30): 8 images per epoch and device, another subset each epoch, the same
+    subset for the same (seed, epoch); per rank under msrun, as MindCV's DistributedSampler."""
+    train = os.path.join(folder, 'train')
+    cfg = recipe('--num_samples', '8', '--aug_repeats', '0')
+    assert loader(cfg, train).num_samples == 8
+    subsets = [rank_indices(30, 1, 0, seed=3, epoch=e, limit=8) for e in (0, 0, 1)]
+    assert subsets[0] == subsets[1] and set(subsets[0]) != set(subsets[2])
+    assert len(set(subsets[0])) == 8
+    assert len(rank_indices(30, 2, 1, seed=3, epoch=0, limit=8)) == 8
+    assert len(rank_indices(30, 4, 1, seed=3, epoch=0, limit=20)) == 7  # never more than a share
+
+
+def test_eval_shuffle_reorders_but_reads_every_image_once(folder):
+    val = os.path.join(folder, 'val')
+
+    def labels(*flags):
+        data = loader(recipe('--batch_size', '9', *flags), val, is_training=False)
+        return np.concatenate([y for _, y in data.loader.create_tuple_iterator(
+            num_epochs=1, output_numpy=True)])
+
+    plain, shuffled = labels(), labels('--eval_shuffle', 'True')
+    assert list(plain) == sorted(plain) and list(shuffled) != list(plain)
+    assert sorted(shuffled) == sorted(plain)
+    assert list(labels('--eval_shuffle', 'True')) == list(shuffled)  # seeded

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train_helpers import REPO, TINY, TINY_KWARGS, base_flags, deterministic_flags, env, \
-    load_params, make_color_folder, read_log, run_train
+from train_helpers import PRE_MINDCV_DEFAULTS, REPO, TINY, TINY_KWARGS, base_flags, \
+    deterministic_flags, env, load_params, make_color_folder, read_log, run_train
 
 EPOCHS, GLOBAL_BATCH = 8, 8
 NAME = 'coat_lite_tiny'
@@ -243,7 +243,8 @@ def test_amp_o2_keeps_optimizer_ema_lr_and_loss_in_float32():
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(np.eye(4, dtype=np.float32)[[1, 3]])
-    cfg = parse_config(['--ema', '--ema_decay', '0.9', '--ema_warmup', 'False'])
+    cfg = parse_config(['--ema', '--ema_decay', '0.9', '--ema_warmup', 'False'] +
+                       PRE_MINDCV_DEFAULTS)
     lr = 1e-3
     with native_ops():
         ms.set_seed(0)

@@ -137,7 +137,7 @@ def test_eval_loader_with_more_workers_than_cpus(tmp_path):
         "from mindcoat.data.settings import available_cpus\n"
         f"val = {os.path.join(root, 'val')!r}\n"
         "cfg = Namespace(batch_size=4, num_parallel_workers=available_cpus() + 62, "
-        "in_channels=3)\n"
+        "in_channels=3, eval_shuffle=False)\n"
         "s = DataSettings(32, 0.875, 'center', 'bicubic', (0.5,) * 3, (0.5,) * 3)\n"
         "for _ in range(2):\n"
         "    data = create_loader(cfg, val, find_classes(val), s, False)\n"

@@ -187,14 +187,16 @@ def test_class_count_comes_from_the_checkpoint(folder, weights, capsys):
     """A 7-class file validated with a recipe YAML (num_classes: 1000) and no --num_classes gets
     its own head (before: a fresh 1000-way head, Acc@1 0.000, exit 0); --num_classes that
     contradicts the file is one line."""
-    model, _, files = weights
+    _, ema, files = weights
     recipe = os.path.join(ROOT, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')
     no_count = [a for i, a in enumerate(TINY_ARGS)
                 if '--num_classes' not in TINY_ARGS[max(i - 1, 0):i + 1]]
     result, err = run_validate(['-c', recipe] + no_count + ['--data_dir', folder, '--ckpt_path',
                                                            files['official'], '--json'], capsys)
     assert 'num_classes 7 from' in err and 're-initialised' not in err
-    assert_same(result, direct_numbers(model, folder))
+    # the recipe says ema: True and the official trainer file has EMA weights: those are used
+    assert result['ema'] is True
+    assert_same(result, direct_numbers(ema, folder))
     with pytest.raises(SystemExit) as exc:
         validate.main(no_count + ['--num_classes', '1000', '--data_dir', folder, '--ckpt_path',
                                   files['mindcoat']])
@@ -246,3 +248,32 @@ def test_msrun_two_ranks_equal_one_device(folder, weights, tmp_path, capsys):
     assert_same(result, single)
     assert result['skipped_images'] == 1  # the corrupt file, met by exactly one rank
     assert not any(ln.startswith('{') for ln in worker_logs['worker_1.log'].splitlines())
+
+
+@pytest.mark.parametrize('fmt, has_ema', [('mindcoat', True), ('timm', False)])
+def test_the_yaml_s_ema_takes_the_ema_weights_where_the_file_has_them(
+        folder, weights, fmt, has_ema, capsys, tmp_path):
+    """As MindCV's validate.py, the YAML's ema: True evaluates the file's EMA weights, and says
+    so; a file without them (an official release) is evaluated as it is, with one line saying
+    the file has no EMA weights (before: the YAML's ema was ignored)."""
+    model, ema, files = weights
+    config = tmp_path / 'ema.yaml'
+    config.write_text('ema: True\n')
+    result, err = run_validate(['-c', str(config)] + TINY_ARGS + [
+        '--data_dir', folder, '--ckpt_path', files[fmt], '--json'], capsys)
+    assert result['ema'] is has_ema
+    assert_same(result, direct_numbers(ema if has_ema else model, folder))
+    words = (f"evaluating the EMA weights of {files[fmt]}" if has_ema else
+             f"{files[fmt]} has no EMA weights: evaluating its weights")
+    assert sum(words in line for line in err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize('flags', [['--ema'], ['--ckpt_use_ema', 'True']])
+def test_asking_for_ema_weights_of_a_file_without_them_is_one_line(folder, weights, flags,
+                                                                   capsys):
+    _, _, files = weights
+    with pytest.raises(SystemExit) as exc:
+        validate.main(TINY_ARGS + ['--data_dir', folder, '--ckpt_path', files['timm']] + flags)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'no EMA weights' in err, err

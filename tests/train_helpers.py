@@ -39,6 +39,18 @@ def deterministic_flags():
             '--drop_path_rate', '0', '--aug_repeats', '0']
 
 
+# The parser defaults these tests were written against (before the defaults became MindCV's),
+# given explicitly so that each test keeps its meaning.
+PRE_MINDCV_DEFAULTS = [
+    '--val_while_train', 'True', '--ratio', '0.75,1.3333333', '--auto_augment',
+    'rand-m9-mstd0.5-inc1', '--re_prob', '0.25', '--re_value', 'random', '--re_sampling', 'timm',
+    '--re_scale', '0.02,0.3333333333333333', '--re_ratio', '0.3,3.3333333333333335', '--mixup',
+    '0.8', '--cutmix', '1.0', '--drop_rate', '0.0', '--drop_path_rate', '0.0', '--opt', 'adamw',
+    '--weight_decay', '0.05', '--weight_decay_filter', 'None', '--eps', '1e-8', '--decay_epochs',
+    'None', '--label_smoothing', '0.1', '--amp_level', 'O2', '--loss_scale_type', 'dynamic',
+    '--loss_scale', '65536', '--drop_overflow_update', 'True']
+
+
 def base_flags(data_dir, out_dir, batch_size, epochs, extra=()):
     return ['--data_dir', str(data_dir), '--ckpt_save_dir', str(out_dir), '--model',
             'coat_lite_tiny', '--model_kwargs', TINY, '--num_classes', '4', '--image_resize',
@@ -46,7 +58,8 @@ def base_flags(data_dir, out_dir, batch_size, epochs, extra=()):
             '--num_parallel_workers', '2', '--distribute', 'False', '--ema', 'True',
             '--ema_decay', '0.9', '--clip_grad', 'True', '--clip_value', '1.0', '--lr', '2e-3',
             '--lr_base_batch', 'None', '--warmup_epochs', '1', '--warmup_lr', '1e-4',
-            '--min_lr', '1e-4', '--device_target', 'CPU', '--log_interval', '1000'] + list(extra)
+            '--min_lr', '1e-4', '--device_target', 'CPU', '--log_interval', '1000'] + \
+        PRE_MINDCV_DEFAULTS + list(extra)
 
 
 def env():

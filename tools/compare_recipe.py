@@ -53,6 +53,9 @@ FIXED = {
     'crop_pct': 0.875, 'opt': 'adamw', 'betas': [0.9, 0.999], 'filter_bias_and_bn': True,
     'clip_grad': False, 'loss': 'ce', 'drop_rate': 0.0, 'in_channels': 3, 'distribute': False,
     'drop_remainder': True, 'shuffle': True, 'cooldown_epochs': 0, 'aug_repeats': 0,
+    # timm's RandomErasing (mode pixel) and weight-decay rule: not the parser's MindCV defaults
+    're_scale': [0.02, 1 / 3], 're_ratio': [0.3, 1 / 0.3], 're_value': 'random',
+    're_sampling': 'timm', 'weight_decay_filter': None, 'ema_warmup': False,
 }
 # Read from the config and given to both trainers.
 SHARED = ('model', 'model_kwargs', 'image_resize', 'epoch_size', 'batch_size', 'lr',
@@ -108,6 +111,9 @@ def read_config(path):
                       f"config, so it must set them (parser defaults differ between versions)")
     wrong = [f"{k}: {cfg[k]!r} (reference: {v!r})" for k, v in FIXED.items()
              if not same(cfg[k], v)]
+    if cfg.get('decay_epochs') != cfg['epoch_size']:  # timm's t_initial is --epochs
+        wrong.append(f"decay_epochs: {cfg.get('decay_epochs')!r} (reference: epoch_size "
+                     f"{cfg['epoch_size']})")
     if cfg.get('crop_mode', 'center') != 'center':
         wrong.append(f"crop_mode: {cfg['crop_mode']!r} (reference: 'center')")
     if wrong:

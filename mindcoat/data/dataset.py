@@ -137,6 +137,15 @@ def _check_channels(settings, channels):
                         f"images: set mean and std with {channels} value(s)")
 
 
+def eval_order(num_samples, rank, world, shuffle_seed=None):
+    """The images a rank evaluates: every world-th from ``rank``, so the ranks together read each
+    image once; with ``shuffle_seed`` (eval_shuffle) in a seeded random order (same results)."""
+    order = np.arange(num_samples, dtype=np.int64)
+    if shuffle_seed is not None:
+        order = np.random.default_rng([int(shuffle_seed) & 0xFFFFFFFF, 1]).permutation(order)
+    return order[rank::world]
+
+
 def create_loader(cfg, split_dir, classes, settings, is_training, rank=0, world=1, epoch=0):
     """One epoch's pipeline for this rank. ``cfg``: the parsed config (batch size, workers, seed,
     sampler, augmentation and mixing keys); ``settings``: resolve_data_settings(...)."""
@@ -148,12 +157,12 @@ def create_loader(cfg, split_dir, classes, settings, is_training, rank=0, world=
     repeats = repeats_in_effect(cfg, world) if is_training else 0
     if is_training:
         order = np.asarray(rank_indices(len(samples), world, rank, max(repeats, 1), cfg.seed,
-                                        epoch, cfg.shuffle), np.int64)
+                                        epoch, cfg.shuffle, cfg.num_samples), np.int64)
         key = (int(cfg.seed) & 0xFFFFFFFF, int(epoch), int(rank))
         source = _Source(samples, order, TrainTransform(settings, cfg), key, cfg.in_channels,
                          len(order) + top_up_rows(len(order), cfg.batch_size))
     else:
-        order = np.arange(rank, len(samples), world, dtype=np.int64)
+        order = eval_order(len(samples), rank, world, cfg.seed if cfg.eval_shuffle else None)
         source = _Source(samples, order, EvalTransform(settings), None, cfg.in_channels,
                          len(order))
     if len(order) == 0:

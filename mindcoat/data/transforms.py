@@ -1,8 +1,10 @@
 """Per-image transforms on PIL images, as the official CoaT code builds them (timm 0.3.2 for
 training, torchvision for evaluation), every random draw from a ``np.random.Generator``.
 
-Train: RandomResizedCrop(scale, ratio) -> horizontal flip -> RandAugment (or ColorJitter when
-auto_augment is off) -> ToTensor + Normalize -> RandomErasing ('pixel' mode, after normalize).
+Train: RandomResizedCrop(scale, ratio) -> horizontal flip -> vertical flip (MindCV's vflip) ->
+RandAugment (or ColorJitter when auto_augment is off) -> ToTensor + Normalize -> RandomErasing
+(after normalize; timm's box and 'pixel' fill in the official recipes, MindSpore's box and fill as
+MindCV's YAMLs leave them).
 Eval (official src/datasets.py): resize the short side to int(size / crop_pct) (crop_pct 0.875:
 256 for 224, 438 for 384) with PIL bicubic (antialiased), center crop, ToTensor + Normalize.
 crop_mode 'squash' resizes both sides to int(size / crop_pct) instead (timm's option).
@@ -131,30 +133,58 @@ def color_jitter(img, strength, rng):
     return img
 
 
-def random_erasing(x, prob, rng, area=(0.02, 1 / 3), min_aspect=0.3):
-    """timm's RandomErasing, mode 'pixel', count 1, on a normalised CHW float32 array (in place):
-    with probability ``prob`` a box of area fraction uniform in ``area`` and aspect ratio
-    log-uniform in (min_aspect, 1 / min_aspect) gets per-pixel N(0, 1) noise (10 tries to fit)."""
+def random_erasing(x, prob, rng, area=(0.02, 1 / 3), min_aspect=0.3, *, aspect=None,
+                   value='random', max_attempts=10, sampling='timm'):
+    """Random erasing on a normalised CHW float32 array (in place): with probability ``prob`` one
+    box of area fraction uniform in ``area`` is filled with ``value``, written as is into the
+    normalised image: a number (0 is the mean pixel), one number per channel, or 'random'
+    (per-pixel N(0, 1) noise). ``max_attempts`` boxes are drawn until one fits; else the image is
+    unchanged. The box follows ``sampling``:
+
+    - 'timm' (timm's RandomErasing, the official recipe's): aspect log-uniform in ``aspect``
+      (default (min_aspect, 1 / min_aspect)), h = round(sqrt(area * aspect)),
+      w = round(sqrt(area / aspect));
+    - 'mindspore' (mindspore.dataset.vision.RandomErasing, which MindCV uses): aspect uniform in
+      ``aspect``, w = round(sqrt(area * aspect)), h = round(w / aspect).
+
+    Either way the box must be smaller than the image and its top-left corner is uniform over the
+    places it fits. With the default arguments this is timm's mode 'pixel', count 1."""
     if rng.random() > prob:
         return x
     chans, height, width = x.shape
-    log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
-    for _ in range(10):
+    lo, hi = aspect if aspect is not None else (min_aspect, 1 / min_aspect)
+    for _ in range(max_attempts):
         target_area = rng.uniform(*area) * height * width
-        aspect = math.exp(rng.uniform(*log_aspect))
-        h = int(round(math.sqrt(target_area * aspect)))
-        w = int(round(math.sqrt(target_area / aspect)))
+        if sampling == 'timm':
+            ratio = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+            h = int(round(math.sqrt(target_area * ratio)))
+            w = int(round(math.sqrt(target_area / ratio)))
+        else:
+            ratio = rng.uniform(lo, hi)
+            w = int(round(math.sqrt(target_area * ratio)))
+            h = int(round(w / ratio))
         if w < width and h < height:
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
-            x[:, top:top + h, left:left + w] = rng.standard_normal((chans, h, w), np.float32)
+            x[:, top:top + h, left:left + w] = _erase_fill(value, (chans, h, w), rng)
             break
     return x
 
 
+def _erase_fill(value, shape, rng):
+    if isinstance(value, str):  # 'random' (checked by the config)
+        return rng.standard_normal(shape, np.float32)
+    if isinstance(value, (list, tuple)):
+        if len(value) != shape[0]:
+            raise ValueError(f"re_value has {len(value)} values for {shape[0]}-channel images")
+        return np.asarray(value, np.float32)[:, None, None]
+    return np.float32(value)
+
+
 class TrainTransform:
     """``TrainTransform(settings, aug)(pil_image, rng) -> CHW float32``; ``aug`` holds the
-    augmentation keys (scale, ratio, hflip, color_jitter, auto_augment, re_prob)."""
+    augmentation keys (scale, ratio, hflip, vflip, color_jitter, auto_augment, re_prob, re_scale,
+    re_ratio, re_value, re_max_attempts, re_sampling)."""
 
     def __init__(self, settings, aug):
         self.size = settings.image_size
@@ -168,7 +198,11 @@ class TrainTransform:
             fill = tuple(min(255, round(255 * m)) for m in settings.mean)
             self.rand_augment = RandAugment(parse_rand_augment(aug.auto_augment), fill,
                                             self.interpolation)
+        self.vflip = float(aug.vflip)
         self.re_prob = float(aug.re_prob)
+        self.erasing = dict(area=tuple(aug.re_scale), aspect=tuple(aug.re_ratio),
+                            value=aug.re_value, max_attempts=int(aug.re_max_attempts),
+                            sampling=aug.re_sampling)
 
     def _resample(self, rng):
         if self.interpolation == 'random':
@@ -182,12 +216,14 @@ class TrainTransform:
                                                               self._resample(rng))
         if self.hflip > 0 and rng.random() < self.hflip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.vflip > 0 and rng.random() < self.vflip:  # MindCV: RandomVerticalFlip after hflip
+            img = img.transpose(Image.FLIP_TOP_BOTTOM)
         if self.rand_augment is not None:
             img = self.rand_augment(img, rng)
         elif self.jitter > 0:
             img = color_jitter(img, self.jitter, rng)
         x = to_tensor(img, self.mean, self.std)
         if self.re_prob > 0:
-            random_erasing(x, self.re_prob, rng)
+            random_erasing(x, self.re_prob, rng, **self.erasing)
         return x
 
