@@ -466,6 +466,9 @@ def check_training(cfg):
          "epoch) instead of --ckpt_path and --resume_opt"),
         (str(cfg.loss).lower() != 'ce', f"loss '{cfg.loss}': only CE (cross entropy on "
                                         f"smoothed, mixed soft targets) is available here"),
+        (str(cfg.loss_scale_type).lower() not in ('fixed', 'dynamic', 'none'),
+         f"loss_scale_type '{cfg.loss_scale_type}' is not available here: set fixed, dynamic "
+         f"(what MindSpore's Model picks itself under O2/O3 for MindCV's auto) or none"),
         (cfg.num_samples is not None and cfg.aug_repeats > 1,
          "num_samples and aug_repeats cannot be set together (as in MindCV): set one of them "
          "to its default"),
@@ -476,6 +479,15 @@ def check_training(cfg):
     if cfg.amp_level not in AMP_LEVELS:
         raise ConfigError(f"amp_level must be one of {', '.join(AMP_LEVELS)}, got "
                           f"'{cfg.amp_level}'")
+    if cfg.ckpt_save_policy not in ('latest_k', 'top_k'):
+        raise ConfigError(f"ckpt_save_policy must be latest_k or top_k, got "
+                          f"'{cfg.ckpt_save_policy}'")
+    if cfg.auto_augment and str(cfg.auto_augment).lower() != 'none':
+        from .data.augment import parse_rand_augment  # MindCV's autoaug/augmix/...: one line
+        try:
+            parse_rand_augment(cfg.auto_augment)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def parse_config(argv=None, parser=None):

@@ -305,6 +305,9 @@ def test_demo_configs_keep_their_meaning():
     (['--amp_cast_list', '[nn.Conv2d]'], 'amp_cast_list is not available'),
     (['--resume_opt', '--ckpt_path', 'last.ckpt'], 'use --resume last.ckpt'),
     (['--loss', 'BCE'], "loss 'BCE': only CE"),
+    (['--loss_scale_type', 'auto'], "loss_scale_type 'auto' is not available here"),
+    (['--auto_augment', 'augmix-m5'], "auto_augment 'augmix-m5': only RandAugment specs"),
+    (['--ckpt_save_policy', 'None'], 'ckpt_save_policy must be latest_k or top_k'),
     (['--num_samples', '100', '--aug_repeats', '3'], 'num_samples and aug_repeats cannot'),
     (['--val_amp_level', 'O5'], 'val_amp_level must be one of O0, O1, O2, O3'),
 ])

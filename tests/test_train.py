@@ -184,7 +184,7 @@ def test_a_mostly_unreadable_split_ends_in_one_line_naming_the_files(tmp_path):
                 f.write(b'\x89PNG not an image')
             bad.append(path)
     proc = run_train(base_flags(data, tmp_path / 'out', 8, 1, deterministic_flags() + [
-        '--val_while_train', 'False']), cwd=str(tmp_path), check=False)
+        '--val_while_train', 'False', '--warmup_epochs', '0']), cwd=str(tmp_path), check=False)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'ran out of readable images' in err[0], err
