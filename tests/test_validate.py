@@ -255,10 +255,11 @@ def test_the_yaml_s_ema_takes_the_ema_weights_where_the_file_has_them(
         folder, weights, fmt, has_ema, capsys, tmp_path):
     """As MindCV's validate.py, the YAML's ema: True evaluates the file's EMA weights, and says
     so; a file without them (an official release) is evaluated as it is, with one line saying
-    the file has no EMA weights (before: the YAML's ema was ignored)."""
+    the file has no EMA weights (before: the YAML's ema was ignored). The YAML's val_amp_level O2
+    is for Ascend/GPU: the CPU evaluates in float32 (the direct numbers) and says so once."""
     model, ema, files = weights
     config = tmp_path / 'ema.yaml'
-    config.write_text('ema: True\n')
+    config.write_text('ema: True\nval_amp_level: O2\n')
     result, err = run_validate(['-c', str(config)] + TINY_ARGS + [
         '--data_dir', folder, '--ckpt_path', files[fmt], '--json'], capsys)
     assert result['ema'] is has_ema
@@ -266,6 +267,8 @@ def test_the_yaml_s_ema_takes_the_ema_weights_where_the_file_has_them(
     words = (f"evaluating the EMA weights of {files[fmt]}" if has_ema else
              f"{files[fmt]} has no EMA weights: evaluating its weights")
     assert sum(words in line for line in err.splitlines()) == 1, err
+    assert sum('val_amp_level O2 is for Ascend/GPU: the CPU evaluates in float32' in line
+               for line in err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize('flags', [['--ema'], ['--ckpt_use_ema', 'True']])
