@@ -149,7 +149,8 @@ SCHEMA = [
                                              'checkpoint)'),
         ('in_channels', int, 3, 'image channels'),
         ('drop_rate', optional(float), None, 'dropout rate (None: the variant\'s, 0)'),
-        ('drop_path_rate', optional(float), None, 'stochastic depth rate (None: the variant\'s, 0)'),
+        ('drop_path_rate', optional(float), None, 'stochastic depth rate (None: the '
+                                                  'variant\'s, 0)'),
         ('model_kwargs', literal, None, 'architecture overrides, e.g. {embed_dims: [16,16,16,16]}'),
         ('pretrained', literal, False, 'True: the official weights (create_model downloads '
                                        'them); or a local weights file (as ckpt_path)'),
@@ -171,13 +172,15 @@ SCHEMA = [
         ('ema', str2bool, False, 'keep an exponential moving average of the weights'),
         ('ema_decay', float, 0.9999, 'EMA decay per step'),
         ('ema_warmup', str2bool, True, "MindCV's ramp: decay*(1 - exp(-n/2000)); False: timm's"),
-        ('layer_decay', optional(float), None, 'layer-wise lr decay (MindCV); only None (off) here'),
+        ('layer_decay', optional(float), None, 'layer-wise lr decay (MindCV); only None (off) '
+                                               'here'),
         ('gradient_accumulation_steps', int, 1, 'batches accumulated per update; only 1 here'),
     ]),
     ('optimizer', [
         ('opt', str, 'adam', 'optimizer (MindCV\'s default adam is refused here: adamw or lion)'),
         ('momentum', float, 0.9, 'momentum (sgd/momentum optimizers; unused by adamw and lion)'),
-        ('use_nesterov', str2bool, False, 'Nesterov momentum (sgd/momentum; unused by adamw and lion)'),
+        ('use_nesterov', str2bool, False, 'Nesterov momentum (sgd/momentum; unused by adamw '
+                                          'and lion)'),
         ('weight_decay', float, 1e-6, 'decoupled weight decay'),
         ('filter_bias_and_bn', str2bool, True, 'no decay on class tokens, norms and biases'),
         ('weight_decay_filter', optional(str), 'disable', "MindCV's filter: disable (decay every "
@@ -199,8 +202,9 @@ SCHEMA = [
         ('warmup_epochs', float, 3, 'linear warmup epochs'),
         ('warmup_lr', optional(float), None, 'warmup start lr (None: warmup_factor * lr)'),
         ('warmup_factor', float, 0.0, 'warmup start as a fraction of lr, if warmup_lr is None'),
-        ('decay_epochs', optional(float), 100, 'cosine length (MindCV: 100); None: epoch_size - '
-                                               'cooldown, and minus warmup for the per-step cosine'),
+        ('decay_epochs', optional(float), 100, 'decay length in epochs (MindCV: 100); None: '
+                                              'epoch_size - cooldown, and minus warmup for '
+                                              'the per-step cosine'),
         ('cooldown_epochs', float, 0, 'final epochs held at min_lr'),
         ('decay_rate', float, 0.9, 'lr decay factor (step/multi-step/exponential decay)'),
         ('multi_step_decay_milestones', literal, [30, 60, 90], 'epochs at which multi_step_decay '

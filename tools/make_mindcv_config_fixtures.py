@@ -5,9 +5,12 @@ mindcoat's parser against these values.
 
 Run it with the Python of an environment where MindCV's config.py imports (it needs only PyYAML):
 
-    git -C /path/to/mindcv show HEAD:config.py > /tmp/mindcv_config.py
-    /tmp/mindcv/bin/python tools/make_mindcv_config_fixtures.py --mindcv_config /tmp/mindcv_config.py \
-        --mindcv_commit $(git -C /path/to/mindcv rev-parse HEAD)
+    git -C MINDCV show HEAD:config.py > /tmp/mindcv_config.py
+    /tmp/mindcv/bin/python tools/make_mindcv_config_fixtures.py \
+        --mindcv_config /tmp/mindcv_config.py \
+        --mindcv_commit $(git -C MINDCV rev-parse HEAD)
+
+MINDCV is a clone of mindspore-lab/mindcv; the committed JSON came from commit 51b0636.
 """
 import argparse
 import glob
