@@ -102,8 +102,9 @@ def test_everything_before_the_first_step_builds(name, tmp_path):
 def test_coat_tiny_trains_one_epoch_and_validates(tmp_path):
     """MindCV's coat_tiny YAML (Lion, EMA 0.9995 with its ramp, dynamic loss scale, top_k
     checkpoints, validation every epoch) as shipped: --warmup_epochs 0 is needed because its
-    20 warmup epochs are longer than the 1-epoch run (refused otherwise); the rest shrinks it."""
-    data = make_color_folder(str(tmp_path / 'data'), per_class=(4, 1))
+    20 warmup epochs are longer than the 1-epoch run (refused otherwise); the rest shrinks it
+    (two steps of 4 images, 4 validation images)."""
+    data = make_color_folder(str(tmp_path / 'data'), per_class=(2, 1))
     config = os.path.join(SHIPPED, 'coat_tiny_ascend.yaml')
     tiny = ['--model_kwargs', TINY_COAT, '--image_resize', '32', '--batch_size', '4',
             '--num_parallel_workers', '2']
