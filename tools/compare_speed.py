@@ -243,10 +243,11 @@ def _rss_gb(pid):
     return 0.0
 
 
-def run_measurement(cmd, timeout, min_free_gb):
+def run_measurement(cmd, limits):
     """Runs ``cmd`` in a scratch directory (MindSpore drops rank_0/ and kernel_meta/ into the
     cwd) and its own process group; returns (result dict, None) or (None, why it failed). The
-    child is stopped when the machine's available memory falls under ``min_free_gb``."""
+    child is stopped past ``limits`` (timeout, max_rss_gb, min_free_gb), and when the driver
+    itself is interrupted."""
     env = dict(os.environ, GLOG_v='3',
                PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
     with tempfile.TemporaryDirectory(prefix='compare_speed_') as cwd:
@@ -254,7 +255,12 @@ def run_measurement(cmd, timeout, min_free_gb):
         with open(out_path, 'w') as out, open(err_path, 'w') as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env,
                                     start_new_session=True)
-            why = _watch(proc, timeout, min_free_gb)
+            try:
+                why = _watch(proc, limits)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
         with open(out_path) as f:
             stdout = f.read()
         with open(err_path) as f:
@@ -267,17 +273,19 @@ def run_measurement(cmd, timeout, min_free_gb):
     return None, (stderr.strip().splitlines() or ['no output'])[-1][:300]
 
 
-def _watch(proc, timeout, min_free_gb):
+def _watch(proc, limits):
     """Waits for ``proc``; stops its process group on timeout or when memory runs short.
     Returns None when it ended by itself, else why it was stopped."""
     start, why = time.time(), None
     while proc.poll() is None:
-        free = _meminfo_gb()
-        if time.time() - start > timeout:
-            why = f'timed out after {timeout} s'
-        elif free is not None and free < min_free_gb:
-            why = (f'stopped at {_rss_gb(proc.pid):.1f} GB RSS: the machine had under '
-                   f'{min_free_gb} GB free')
+        free, rss = _meminfo_gb(), _rss_gb(proc.pid)
+        if time.time() - start > limits.timeout:
+            why = f'timed out after {limits.timeout} s'
+        elif rss > limits.max_rss_gb:
+            why = f'stopped at {rss:.1f} GB RSS (over --max_rss_gb {limits.max_rss_gb})'
+        elif free is not None and free < limits.min_free_gb:
+            why = (f'stopped at {rss:.1f} GB RSS: the machine had under '
+                   f'{limits.min_free_gb} GB free')
         if why:
             os.killpg(proc.pid, 9)
             proc.wait()
@@ -376,6 +384,14 @@ def machine():
 
 # ---- driver ------------------------------------------------------------------------------------
 
+def _cost(model):
+    """Rough size of a variant, to run the cheap ones first (a stopped run has those)."""
+    from mindcoat.models import ARCHS, DATA_CONFIGS
+    arch = ARCHS[model]
+    depth = sum(arch['serial_depths']) + arch.get('parallel_depth', 0)
+    return DATA_CONFIGS[model]['input_size'][-1], max(arch['embed_dims']) * depth
+
+
 def _has(python, module):
     if not python or not os.path.exists(python):
         return False
@@ -411,12 +427,14 @@ def plan(models, pythons, args):
     first one rotating."""
     available = {(s, m): bool(py) and (s == 'mindcoat' or has_variant(py, s, m))
                  for s, py in pythons.items() for m in models}
+    wanted = {'mindcv': set(args.mindcv_measurements)}
     jobs, turn = [], 0
     for model in models:
         for measurement in args.measurements:
             order = SYSTEMS[turn % 3:] + SYSTEMS[:turn % 3]
             turn += 1
-            jobs += [(s, model, measurement) for s in order if available[(s, model)]]
+            jobs += [(s, model, measurement) for s in order if available[(s, model)]
+                     and measurement in wanted.get(s, MEASUREMENTS)]
     return jobs
 
 
@@ -446,8 +464,13 @@ def main():
     p.add_argument('--mindcv_python', default=None, help='default: /tmp/mindcv/bin/python')
     p.add_argument('--skip', nargs='*', default=[], choices=SYSTEMS)
     p.add_argument('--timeout', type=int, default=1800, help='seconds per measurement')
-    p.add_argument('--min_free_gb', type=float, default=1.5,
+    p.add_argument('--max_rss_gb', type=float, default=12.0,
+                   help='stop a measurement whose process grows past this (a shared machine)')
+    p.add_argument('--min_free_gb', type=float, default=2.0,
                    help='stop a measurement when the machine has less memory available')
+    p.add_argument('--mindcv_measurements', nargs='*', default=list(MEASUREMENTS),
+                   choices=list(MEASUREMENTS), help="MindCV's (its training step needs "
+                   "~19 GB for coat_lite_tiny at batch 16)")
     p.add_argument('--md', default='compare_speed.md', help='markdown table written here')
     p.add_argument('--json_out', default='compare_speed.json', help='raw numbers written here')
     # worker side (internal)
@@ -461,7 +484,7 @@ def main():
         return worker_main(args)
     from mindcoat.models import list_models
 
-    models = args.models or list_models()
+    models = args.models or sorted(list_models(), key=_cost)
     unknown = [m for m in models if m not in list_models()]
     if unknown:
         sys.exit(f"error: unknown model(s) {', '.join(unknown)}; choose from "
@@ -486,7 +509,7 @@ def main():
         _progress(f'{i}/{len(jobs)} {system} {model} {measurement} (load '
                   f"{' '.join(f'{x:.2f}' for x in load)}) ...")
         start = time.time()
-        res, err = run_measurement(cmd, args.timeout, args.min_free_gb)
+        res, err = run_measurement(cmd, args)
         mode, batch, unit, _ = MEASUREMENTS[measurement]
         records.append({'system': system, 'model': model, 'measurement': measurement,
                         'mode': mode, 'batch_size': batch or args.batch_size,
