@@ -192,13 +192,15 @@ def image_size_of(model):
     return DATA_CONFIGS[model]['input_size'][-1]
 
 
-def has_variant(python, system, model):
-    """Whether the peer's framework has the variant (MindCV 0.3.0 lacks coat_lite_medium_384)."""
-    code = {'timm': f"import timm; assert '{model}' in timm.list_models('coat*')",
-            'mindcv': f"from mindcv.models import list_models; "
-                      f"assert '{model}' in list_models('coat*')"}[system]
-    return subprocess.run([python, '-c', code], capture_output=True, timeout=300,
-                          env=dict(os.environ, GLOG_v='3')).returncode == 0
+def peer_variants(python, system):
+    """The CoaT variants the peer's framework has (MindCV 0.3.0 lacks coat_lite_medium_384)."""
+    code = {'timm': "import json, timm; print(json.dumps(timm.list_models('coat_*')))",
+            'mindcv': "import json; from mindcv.models import list_models; "
+                      "print(json.dumps(list_models('coat_*')))"}[system]
+    res = subprocess.run([python, '-c', code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, GLOG_v='3'))
+    lines = res.stdout.strip().splitlines()
+    return set(json.loads(lines[-1])) if res.returncode == 0 and lines else set()
 
 
 def command(system, python, model, measurement, args, recipe_path, recipe):
@@ -425,8 +427,9 @@ def _progress(text):
 def plan(models, pythons, args):
     """The measurements in run order: per variant and measurement, every system in turn, the
     first one rotating."""
-    available = {(s, m): bool(py) and (s == 'mindcoat' or has_variant(py, s, m))
-                 for s, py in pythons.items() for m in models}
+    has = {s: set(models) if s == 'mindcoat' else peer_variants(py, s)
+           for s, py in pythons.items() if py}
+    available = {(s, m): m in has.get(s, ()) for s in pythons for m in models}
     wanted = {'mindcv': set(args.mindcv_measurements)}
     jobs, turn = [], 0
     for model in models:
