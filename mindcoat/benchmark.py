@@ -1,13 +1,17 @@
 """Throughput, latency, graph compile time and peak host memory of a CoaT variant.
 
     python -m mindcoat.benchmark --model coat_lite_tiny --batch_size 16 --image_size 224 \\
-        --mode infer|train [--amp_level O0|O2|O3] [--steps 5] [--warmup 2] [--json]
+        --mode infer|train [--config YAML] [--amp_level O0|O2|O3] [--steps 5] [--warmup 2] [--json]
 
-Synthetic inputs (the data pipeline is not measured). ``--mode train`` times a whole training
-step as one graph cell: forward, soft-target cross-entropy, backward and an AdamWeightDecay update.
-The first call compiles the graph: compile seconds = first call - steady-state step. Steady
-state = median of ``--steps`` timed steps after ``--warmup`` untimed ones. ``measure()`` is the
-reusable core (``tools/compare_speed.py`` calls this module in a subprocess).
+Synthetic inputs (the data pipeline is not measured). ``--mode train`` times the trainer's own
+compiled step (``mindcoat.engine.create_train_step``) built from a training config: the
+variant's shipped recipe ``configs/coat/<model>_ascend.yaml`` unless ``--config`` names another,
+so the optimizer, EMA, gradient clipping, loss scaling and the model's dropout / drop path are as
+configured. As train.py does, the CPU runs float32 (amp O0, hence no loss scaler) unless
+``--amp_level`` says otherwise. The first call compiles the graph: compile seconds = first call -
+steady-state step. Steady state = median of ``--steps`` timed steps after ``--warmup`` untimed
+ones. ``measure()`` is the reusable core (``tools/compare_speed.py`` runs this module in a
+subprocess).
 """
 import argparse
 import json
@@ -20,38 +24,11 @@ import time
 
 import numpy as np
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def _cells():
-    """Loss and train-step cells, built lazily so that ``--help`` does not import MindSpore."""
-    from mindspore import nn, ops
 
-    class SoftTargetCE(nn.Cell):
-        """Cross-entropy against a probability target (label smoothing / mixup style)."""
-
-        def construct(self, logits, target):
-            return (-target * ops.log_softmax(logits, axis=-1)).sum(-1).mean()
-
-    class TrainStep(nn.Cell):
-        """One optimisation step (the TrainOneStepCell pattern): loss, grads, update."""
-
-        def __init__(self, model, loss_fn, optimizer):
-            super().__init__()
-            self.model = model
-            self.loss_fn = loss_fn
-            self.optimizer = optimizer
-            self.weights = optimizer.parameters
-            self.grad = ops.GradOperation(get_by_list=True)
-
-        def forward_loss(self, x, target):
-            return self.loss_fn(self.model(x), target)
-
-        def construct(self, x, target):
-            loss = self.forward_loss(x, target)
-            grads = self.grad(self.forward_loss, self.weights)(x, target)
-            self.optimizer(grads)
-            return loss
-
-    return SoftTargetCE, TrainStep
+class BenchmarkError(ValueError):
+    """A bad request (unknown model, missing or unusable config), reported as one line."""
 
 
 def peak_rss_mb():
@@ -75,33 +52,6 @@ def time_steps(step, steps=5, warmup=2):
     return first, [_timed(step) for _ in range(max(steps, 1))]
 
 
-def make_step(net, mode, batch_size, image_size, num_classes=1000, no_decay=(), seed=0):
-    """A zero-argument callable running one inference or training step of a MindSpore ``net``
-    on synthetic data and waiting for its result. Works for any classifier Cell (also MindCV's)."""
-    import mindspore as ms
-    from mindspore import nn
-
-    rng = np.random.default_rng(seed)
-    x = ms.Tensor(rng.normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32))
-    if mode == 'infer':
-        net.set_train(False)
-        return lambda: net(x).asnumpy()  # asnumpy waits for the device
-    if mode != 'train':
-        raise ValueError(f"mode must be 'infer' or 'train', got {mode!r}")
-    SoftTargetCE, TrainStep = _cells()
-    labels = rng.integers(0, num_classes, batch_size)
-    target = np.full((batch_size, num_classes), 0.1 / num_classes, np.float32)
-    target[np.arange(batch_size), labels] += 0.9
-    target = ms.Tensor(target)
-    params = [{'params': [p for p in net.trainable_params() if p.name not in no_decay],
-               'weight_decay': 0.05},
-              {'params': [p for p in net.trainable_params() if p.name in no_decay],
-               'weight_decay': 0.0}]
-    train = TrainStep(net, SoftTargetCE(), nn.AdamWeightDecay(params, learning_rate=1e-4))
-    train.set_train(True)
-    return lambda: train(x, target).asnumpy()
-
-
 def summarize(first, times, batch_size):
     median = statistics.median(times)
     return {'images_per_s': batch_size / median, 'ms_per_step': median * 1000.0,
@@ -110,42 +60,213 @@ def summarize(first, times, batch_size):
             'step_times_ms': [t * 1000.0 for t in times]}
 
 
-def measure(model='coat_lite_tiny', batch_size=16, image_size=224, mode='infer', amp_level='O0',
-            steps=5, warmup=2, device=None, graph=True, num_classes=1000, seed=0):
-    """Builds a mindcoat model and times it; returns a dict of the figures."""
+def synthetic_batch(batch_size, image_size, num_classes=1000, smoothing=0.1, seed=0):
+    """Normal images and label-smoothed one-hot targets (numpy), as the trainer's batches are
+    shaped: float32 (B, 3, H, W) and float32 (B, num_classes)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(batch_size, 3, image_size, image_size)).astype(np.float32)
+    targets = np.full((batch_size, num_classes), smoothing / num_classes, np.float32)
+    targets[np.arange(batch_size), rng.integers(0, num_classes, batch_size)] += 1.0 - smoothing
+    return images, targets
+
+
+def make_infer_step(net, batch_size, image_size, seed=0):
+    """A zero-argument callable: one forward pass of any MindSpore classifier Cell (also MindCV's)
+    on synthetic images, waiting for its result."""
     import mindspore as ms
 
-    from mindcoat.models import create_model
-    from mindcoat.ops import depthwise_path
+    images, _ = synthetic_batch(batch_size, image_size, seed=seed)
+    x = ms.Tensor(images)
+    net.set_train(False)
+    return lambda: net(x).asnumpy()  # asnumpy waits for the device
+
+
+# ---- the trainer's step ----------------------------------------------------------------------
+
+def default_config_path(model):
+    """The variant's shipped recipe (in a source checkout: configs/ is not part of the wheel)."""
+    return os.path.join(REPO, 'configs', 'coat', f'{model}_ascend.yaml')
+
+
+def load_train_config(model=None, config=None):
+    """The trainer's config for the benchmark: ``config`` or the variant's recipe, parsed by
+    mindcoat.config.parse_config (so a bad file fails as it would in train.py). Returns
+    (model name, cfg, config path)."""
+    from .config import ConfigError, parse_config
+
+    _check_name(model)
+    if config is None:
+        if model is None:
+            model = 'coat_lite_tiny'
+        config = default_config_path(model)
+        if not os.path.isfile(config):
+            raise BenchmarkError(f"no shipped recipe for '{model}' at {config} (configs/ is in "
+                                 f"the source checkout, not the wheel): pass --config YAML")
+    try:
+        cfg = parse_config(['-c', config, '--distribute', 'False'])
+    except ConfigError as e:
+        raise BenchmarkError(str(e)) from None
+    if model is not None and model != cfg.model:
+        raise BenchmarkError(f"--model {model} but {config} is the recipe of {cfg.model}: pass "
+                             f"only one of them, or a config whose model is {model}")
+    return cfg.model, cfg, config
+
+
+def recipe_summary(cfg, amp_level, loss_scaler):
+    """What of the config shapes the timed step (reported with the figures)."""
+    return {'optimizer': cfg.opt, 'weight_decay': cfg.weight_decay,
+            'ema': bool(cfg.ema), 'ema_decay': cfg.ema_decay if cfg.ema else None,
+            'clip_grad_norm': cfg.clip_value if cfg.clip_grad else None,
+            'loss_scaler': type(loss_scaler).__name__ if loss_scaler is not None else None,
+            'drop_rate': cfg.drop_rate, 'drop_path_rate': cfg.drop_path_rate,
+            'label_smoothing': cfg.label_smoothing, 'amp_level': amp_level}
+
+
+def run_train_step(step, images, targets, lr):
+    """The one place that calls the trainer's step, as train.py's loop calls it today:
+    ``step(images, targets, lr) -> (loss, grads_finite)``. Returns the loss Tensor."""
+    loss, _ = step(images, targets, lr)
+    return loss
+
+
+def make_train_step(model, cfg, batch_size, image_size, amp_level='O0', seed=0):
+    """A zero-argument callable running one step of the trainer's compiled step
+    (``create_train_step``) for ``model`` and ``cfg`` on a fixed synthetic batch, waiting until
+    the update has landed. Returns (callable, {'step', 'optimizer', 'ema', 'loss_scaler'})."""
+    import mindspore as ms
+
+    from .engine import create_train_step
+    from .engine.loop import wait_for_device
+
+    _, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level, distributed=False)
+    step.set_train(True)
+    images, targets = synthetic_batch(batch_size, image_size, model.num_classes,
+                                      cfg.label_smoothing, seed)
+    images, targets = ms.Tensor(images), ms.Tensor(targets)
+    lr = ms.Tensor(cfg.lr, ms.float32)
+
+    def call():
+        run_train_step(step, images, targets, lr).asnumpy()
+        wait_for_device()  # the optimizer's and the EMA's assignments too, not only the loss
+
+    return call, {'step': step, 'optimizer': optimizer, 'ema': ema, 'loss_scaler': scaler}
+
+
+# ---- measure ---------------------------------------------------------------------------------
+
+def _context(device, graph, jit_level=None):
+    import mindspore as ms
 
     if device:
         ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
+    if jit_level:
+        ms.set_context(jit_config={'jit_level': jit_level})
+    return ms.get_context('device_target')
+
+
+def _check_name(model):
+    from .models import list_models
+
+    if model is not None and model not in list_models():
+        raise BenchmarkError(f"unknown model '{model}'; choose one of: {', '.join(list_models())}")
+
+
+def _build(model, num_classes, arch):
+    from .models import create_model
+
+    _check_name(model)
+    try:
+        return create_model(model, num_classes=num_classes, **arch)
+    except TypeError as e:
+        raise BenchmarkError(f"bad model override for {model}: {e}") from None
+
+
+def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=None, steps=5,
+            warmup=2, device=None, graph=True, num_classes=1000, seed=0, config=None,
+            model_kwargs=None):
+    """Builds a mindcoat model and times it; returns a dict of the figures. ``mode='train'``
+    times the trainer's step built from ``config`` (default: the variant's recipe);
+    ``model_kwargs`` override the architecture (and the config's model_kwargs)."""
+    import mindspore as ms
+
+    from .ops import depthwise_path
+
+    if mode not in ('infer', 'train'):
+        raise BenchmarkError(f"mode must be 'infer' or 'train', got {mode!r}")
+    arch, cfg, recipe = dict(model_kwargs or {}), None, None
+    if mode == 'train':
+        model, cfg, config = load_train_config(model, config)
+        arch = dict(cfg.model_kwargs or {}, drop_rate=cfg.drop_rate,
+                    drop_path_rate=cfg.drop_path_rate, **arch)
+    model = model or 'coat_lite_tiny'
+    jit_level = None
+    if cfg is not None:  # the trainer's context (train.py's setup_context)
+        on_ascend = (device or ms.get_context('device_target')) == 'Ascend'
+        jit_level = cfg.jit_level or ('O2' if on_ascend else 'O0')
+    target = _context(device, graph, jit_level)
+    if amp_level is None:  # train.py: float32 on the CPU, the config's level elsewhere
+        amp_level = cfg.amp_level if cfg is not None and target != 'CPU' else 'O0'
     ms.set_seed(seed)
-    net = create_model(model, num_classes=num_classes)
-    no_decay = net.no_weight_decay_names()
-    if amp_level != 'O0':
-        net = ms.amp.auto_mixed_precision(net, amp_level)
-    step = make_step(net, mode, batch_size, image_size, num_classes, no_decay, seed)
+    net = _build(model, num_classes, arch)
+    if mode == 'train':
+        try:
+            step, parts = make_train_step(net, cfg, batch_size, image_size, amp_level, seed)
+        except ValueError as e:  # the trainer's own check of the config (optimizer, amp, ...)
+            raise BenchmarkError(f'{config}: {e}') from None
+        recipe = dict(recipe_summary(cfg, amp_level, parts['loss_scaler']), config=config)
+    else:
+        if amp_level != 'O0':
+            net = ms.amp.auto_mixed_precision(net, amp_level)
+        step = make_infer_step(net, batch_size, image_size, seed)
     first, times = time_steps(step, steps, warmup)
-    return dict({
-        'model': model, 'mode': mode, 'batch_size': batch_size, 'image_size': image_size,
-        'amp_level': amp_level, 'graph_mode': graph,
-        'device': ms.get_context('device_target'),
-        'depthwise_kernel': depthwise_path(),
-        'warmup': warmup, 'mindspore': ms.__version__,
-        'threads': int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count()),
-    }, **summarize(first, times, batch_size))
+    counter = getattr(parts['optimizer'], 'step', None) if mode == 'train' else None
+    if counter is not None:  # every call was a whole update: the optimizer counted each one
+        recipe['optimizer_updates'] = int(counter.asnumpy())
+    res = {'model': model, 'mode': mode, 'batch_size': batch_size, 'image_size': image_size,
+           'amp_level': amp_level, 'graph_mode': graph, 'device': target,
+           'depthwise_kernel': depthwise_path(), 'warmup': warmup, 'mindspore': ms.__version__,
+           'threads': int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count()),
+           'model_kwargs': model_kwargs or None}
+    if recipe is not None:
+        res['recipe'] = recipe
+    res.update(summarize(first, times, batch_size))
+    return res
+
+
+def _print_text(res):
+    print(f"{res['model']} {res['mode']} on {res['device']} (MindSpore {res['mindspore']}, "
+          f"{'graph' if res['graph_mode'] else 'pynative'} mode, amp {res['amp_level']}, "
+          f"depthwise kernel: {res['depthwise_kernel']}), batch {res['batch_size']}, "
+          f"{res['image_size']}x{res['image_size']}")
+    if 'recipe' in res:
+        r = res['recipe']
+        print(f"  trainer's step from {r['config']}: {r['optimizer']}, EMA "
+              f"{r['ema_decay'] if r['ema'] else 'off'}, clip "
+              f"{r['clip_grad_norm'] or 'off'}, loss scaler {r['loss_scaler'] or 'none'}, "
+              f"drop path {r['drop_path_rate']}")
+    print(f"  {res['images_per_s']:.2f} images/s, {res['ms_per_step']:.1f} ms/step "
+          f"(median of {res['steps']}), graph compile {res['compile_s']:.1f} s, "
+          f"peak host memory {res['peak_rss_mb']:.0f} MB")
 
 
 def main(argv=None):
+    from .cli import UsageError, parse_model_kwargs
+
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--model', default='coat_lite_tiny')
+    p.add_argument('--model', default=None,
+                   help="variant (default: the --config's model, else coat_lite_tiny)")
     p.add_argument('--batch_size', type=int, default=16)
     p.add_argument('--image_size', type=int, default=224)
     p.add_argument('--mode', choices=('infer', 'train'), default='infer')
-    p.add_argument('--amp_level', choices=('O0', 'O2', 'O3'), default='O0',
-                   help='mixed precision (O1 crashes MindSpore 2.10 on functional ops)')
+    p.add_argument('--config', default=None,
+                   help='train mode: the training YAML whose step is timed (default: '
+                        'configs/coat/<model>_ascend.yaml)')
+    p.add_argument('--model_kwargs', default=None,
+                   help='JSON architecture overrides, e.g. \'{"serial_depths": [1, 1, 1, 1]}\'')
+    p.add_argument('--amp_level', choices=('O0', 'O2', 'O3'), default=None,
+                   help="mixed precision (default: O0 on the CPU as train.py; the config's "
+                        "level elsewhere in train mode). O1 crashes MindSpore 2.10 on the CPU")
     p.add_argument('--steps', type=int, default=5, help='timed steps (median reported)')
     p.add_argument('--warmup', type=int, default=2, help='untimed steps after the first call')
     p.add_argument('--device', default=None, help="CPU, GPU or Ascend (default: MindSpore's)")
@@ -153,18 +274,22 @@ def main(argv=None):
     p.add_argument('--json', action='store_true', help='print one JSON object instead of text')
     args = p.parse_args(argv)
     os.environ.setdefault('GLOG_v', '3')
-    res = measure(args.model, args.batch_size, args.image_size, args.mode, args.amp_level,
-                  args.steps, args.warmup, args.device, not args.pynative)
+    try:
+        if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
+            raise BenchmarkError('--batch_size and --steps must be at least 1, --warmup at least 0')
+        if args.image_size <= 0 or args.image_size % 32:
+            raise BenchmarkError(f'--image_size must be a positive multiple of 32 (CoaT '
+                                 f'downsamples by 32), got {args.image_size}')
+        res = measure(args.model, args.batch_size, args.image_size, args.mode, args.amp_level,
+                      args.steps, args.warmup, args.device, not args.pynative,
+                      config=args.config, model_kwargs=parse_model_kwargs(args.model_kwargs))
+    except (BenchmarkError, UsageError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return None
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps(res), flush=True)
     else:
-        print(f"{res['model']} {res['mode']} on {res['device']} (MindSpore {res['mindspore']}, "
-              f"{'graph' if res['graph_mode'] else 'pynative'} mode, amp {res['amp_level']}, "
-              f"depthwise kernel: {res['depthwise_kernel']}), batch {res['batch_size']}, "
-              f"{res['image_size']}x{res['image_size']}")
-        print(f"  {res['images_per_s']:.2f} images/s, {res['ms_per_step']:.1f} ms/step "
-              f"(median of {res['steps']}), graph compile {res['compile_s']:.1f} s, "
-              f"peak host memory {res['peak_rss_mb']:.0f} MB")
+        _print_text(res)
     return res
 
 

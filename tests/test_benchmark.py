@@ -1,35 +1,136 @@
-"""`python -m mindcoat.benchmark --json` on a tiny run: the output fields (never timings)."""
+"""`python -m mindcoat.benchmark` on tiny runs: the output fields, that train mode times the
+trainer's step built from the config, its one-line errors (never timings); and the speed
+table's ratio and goal logic of tools/compare_speed.py."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIELDS = {'model', 'mode', 'batch_size', 'image_size', 'amp_level', 'graph_mode', 'device',
           'depthwise_kernel', 'images_per_s', 'ms_per_step', 'compile_s', 'first_step_s',
           'peak_rss_mb', 'steps', 'warmup', 'step_times_ms', 'mindspore', 'threads'}
+TINY = {'embed_dims': [16, 16, 16, 16], 'serial_depths': [1, 1, 1, 1]}
 
 
-def _bench(tmp_path, mode):
+def _run(tmp_path, *args):
     env = dict(os.environ, GLOG_v='3',
                PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    cmd = [sys.executable, '-m', 'mindcoat.benchmark', '--model', 'coat_lite_tiny', '--batch_size',
-           '2', '--image_size', '64', '--mode', mode, '--steps', '2', '--warmup', '1',
-           '--device', 'CPU', '--json']
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    cmd = [sys.executable, '-m', 'mindcoat.benchmark', '--device', 'CPU', *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=600)
+
+
+def _bench(tmp_path, *args):
+    res = _run(tmp_path, '--batch_size', '2', '--image_size', '64', '--steps', '2',
+               '--warmup', '1', '--json', *args)
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_benchmark_json_fields(tmp_path):
-    for mode in ('infer', 'train'):
-        out = _bench(tmp_path, mode)
-        assert FIELDS <= set(out), FIELDS - set(out)
-        assert (out['model'], out['mode'], out['batch_size'], out['image_size']) == \
-            ('coat_lite_tiny', mode, 2, 64)
-        assert out['device'] == 'CPU' and out['depthwise_kernel'] == 'custom'
-        assert out['steps'] == 2 and len(out['step_times_ms']) == 2
-        assert out['images_per_s'] > 0 and out['ms_per_step'] > 0 and out['compile_s'] >= 0
-        assert abs(out['images_per_s'] * out['ms_per_step'] / 1000.0 - 2) < 1e-6
-        assert out['peak_rss_mb'] > 100
+def _tiny_recipe(tmp_path, **changes):
+    """coat_lite_tiny's shipped recipe on a tiny architecture, with ``changes``."""
+    with open(os.path.join(REPO, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')) as f:
+        cfg = yaml.safe_load(f)
+    cfg.update(model_kwargs=TINY, **changes)
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _check_common(out, mode):
+    assert FIELDS <= set(out), FIELDS - set(out)
+    assert (out['model'], out['mode'], out['batch_size'], out['image_size']) == \
+        ('coat_lite_tiny', mode, 2, 64)
+    assert out['device'] == 'CPU' and out['depthwise_kernel'] == 'custom'
+    assert out['steps'] == 2 and len(out['step_times_ms']) == 2
+    assert out['images_per_s'] > 0 and out['ms_per_step'] > 0 and out['compile_s'] >= 0
+    assert abs(out['images_per_s'] * out['ms_per_step'] / 1000.0 - 2) < 1e-6
+    assert out['peak_rss_mb'] > 100
+
+
+def test_infer_json_fields(tmp_path):
+    out = _bench(tmp_path, '--model', 'coat_lite_tiny', '--mode', 'infer',
+                 '--model_kwargs', json.dumps(TINY))
+    _check_common(out, 'infer')
+    assert out['amp_level'] == 'O0' and 'recipe' not in out
+
+
+def test_train_times_the_trainers_step_from_the_config(tmp_path):
+    """The recipe's EMA and a changed clipping and drop path reach the timed step, and every
+    call (first, warm-up, timed) was one update of the trainer's AdamW."""
+    config = _tiny_recipe(tmp_path, clip_grad=True, clip_value=2.5, drop_path_rate=0.1)
+    out = _bench(tmp_path, '--mode', 'train', '--config', config)
+    _check_common(out, 'train')
+    recipe = out['recipe']
+    assert recipe['config'] == config
+    assert (recipe['optimizer'], recipe['ema'], recipe['ema_decay']) == ('adamw', True, 0.99996)
+    assert (recipe['clip_grad_norm'], recipe['drop_path_rate']) == (2.5, 0.1)
+    # the CPU trains in float32 as train.py does: the recipe's O2 and its loss scaler are off
+    assert out['amp_level'] == recipe['amp_level'] == 'O0' and recipe['loss_scaler'] is None
+    assert recipe['optimizer_updates'] == 1 + 1 + 2
+
+
+def test_bad_requests_are_one_line(tmp_path, capsys):
+    """Refused before anything is built (in this process: no compile), exit status 1."""
+    from mindcoat import benchmark
+
+    config = _tiny_recipe(tmp_path)
+    cases = [(['--mode', 'train', '--model', 'coat_tiny', '--config', config],
+              'is the recipe of coat_lite_tiny'),
+             (['--mode', 'train', '--model', 'coat_huge'], "unknown model 'coat_huge'"),
+             (['--mode', 'train', '--config', str(tmp_path / 'missing.yaml')], 'missing.yaml'),
+             (['--image_size', '100'], 'multiple of 32')]
+    for args, message in cases:
+        assert benchmark.main(args) is None, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], \
+            (args, lines)
+
+
+def test_config_the_trainer_refuses_is_one_line(tmp_path):
+    """The trainer's own check (create_optimizer) stops the benchmark with its message."""
+    res = _run(tmp_path, '--mode', 'train', '--config', _tiny_recipe(tmp_path, opt='sgd'))
+    assert res.returncode == 1, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and "opt 'sgd'" in lines[0], \
+        res.stderr[-2000:]
+
+
+def _compare_speed():
+    spec = importlib.util.spec_from_file_location(
+        'compare_speed', os.path.join(REPO, 'tools', 'compare_speed.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_table_ratios_and_goals():
+    """Throughput goals are met by a high mindcoat/timm ratio, latency and memory goals by a
+    low one; a peer without the variant shows a dash, a failed run says so."""
+    cs = _compare_speed()
+
+    def record(system, measurement, images_per_s=None, ms=None, mb=1000.0, error=None):
+        result = None if error else {'images_per_s': images_per_s, 'ms_per_step': ms,
+                                     'peak_rss_mb': mb, 'compile_s': 1.0}
+        return {'system': system, 'model': 'coat_tiny', 'measurement': measurement,
+                'batch_size': 1 if measurement == 'latency' else 16, 'image_size': 224,
+                'result': result, 'error': error, 'load_before': [2.0, 2.0, 2.0]}
+
+    records = [record('mindcoat', 'infer', 30.0, mb=800.0), record('timm', 'infer', 20.0),
+               record('mindcv', 'infer', 2.0),
+               record('mindcoat', 'train', 12.0, mb=1200.0), record('timm', 'train', 10.0),
+               record('mindcv', 'train', error='stopped'),
+               record('mindcoat', 'latency', ms=12.0), record('timm', 'latency', ms=10.0)]
+    rows = {row.split(' | ')[1].split()[0]: row.split(' | ')
+            for row in cs.table_rows(records, ['coat_tiny'])}
+    assert rows['infer'][6:8] == ['1.50x', '>= 1.50 yes']
+    assert rows['infer'][9:11] == ['0.80x', '<= 1.00 yes']
+    assert rows['train'][5] == 'failed' and rows['train'][6:8] == ['1.20x', '>= 1.30 NO']
+    assert rows['train'][9:11] == ['1.20x', '<= 1.00 NO']
+    assert rows['latency'][2:6] == ['ms', '12.00', '10.00', '—']
+    assert rows['latency'][6:8] == ['1.20x', '<= 1.00 NO']
