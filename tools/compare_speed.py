@@ -485,6 +485,7 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker_main(args)
+    sys.path.insert(0, REPO)  # this checkout's mindcoat, as its subprocesses get (PYTHONPATH)
     from mindcoat.models import list_models
 
     models = args.models or sorted(list_models(), key=_cost)

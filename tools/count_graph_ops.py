@@ -234,8 +234,9 @@ def child(args):
     try:
         cell.compile(*inputs)
     except RuntimeError as e:  # the CPU backend can fail after the frontend saved its graph
+        # the message's first line under its '- Kernel select failed:'-style header
         lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith('-')]
-        print(json.dumps({'compile_s': None, 'error': lines[1] if len(lines) > 1 else str(e)}))
+        print(json.dumps({'compile_s': None, 'error': lines[0] if lines else repr(e)}))
         return
     print(json.dumps({'compile_s': time.perf_counter() - start}))
 
