@@ -115,7 +115,7 @@ def build(cfg, run):
         amp_level = cfg.amp_level
     network, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level,
                                                               run.distributed)
-    state = training_state(model, optimizer, ema, scaler)
+    state = training_state(model, optimizer, ema, scaler, step)
     return model, network, step, ema, state, classes, train_dir, val_dir
 
 
@@ -156,7 +156,8 @@ def describe_repeats(loader, cfg, world):
 def train(cfg):
     from mindcoat.data import DataError, create_loader, resolve_data_settings
     from mindcoat.engine import CheckpointKeeper, EpochLog, EpochShort, NonFiniteLoss, \
-        check_run_dir, load_training_state, prepare_run_dir, save_checkpoint, train_one_epoch
+        check_run_dir, load_training_state, prepare_run_dir, save_checkpoint, sink_supported, \
+        train_one_epoch
     from mindcoat.optim import lr_schedule_for
 
     run = setup_context(cfg)
@@ -177,12 +178,20 @@ def train(cfg):
         raise ValueError(f"{train_dir}: {first.num_samples} images per device is less than one "
                          f"batch of {cfg.batch_size}")
     lr, lrs = lr_schedule_for(cfg, steps_per_epoch, run.world)
+    step.set_lr_schedule(lrs)
     start_epoch, best = 0, 0.0
     if cfg.resume:
-        start_epoch, _, best = load_training_state(cfg.resume, state)
+        start_epoch, saved_step, best = load_training_state(cfg.resume, state)
         run.log(f'resumed from {cfg.resume} at the end of epoch {start_epoch}')
-    if cfg.dataset_sink_mode:
-        run.log('dataset_sink_mode: ignored, the loop feeds each step (per-step lr)')
+        if saved_step != start_epoch * steps_per_epoch:  # another batch size or device count
+            run.log(f'the checkpoint is at global step {saved_step}; this run has '
+                    f'{steps_per_epoch} steps per epoch: continuing the schedule from step '
+                    f'{start_epoch * steps_per_epoch}')
+        step.set_global_step(start_epoch * steps_per_epoch)
+    sink = cfg.dataset_sink_mode and sink_supported()
+    if cfg.dataset_sink_mode and not sink:
+        run.log(f'dataset_sink_mode: MindSpore has no data sink on {run.device} (Ascend and GPU '
+                f'only): feeding each batch from the host')
     global_batch = cfg.batch_size * run.world
     run.log(f'{cfg.model}: {len(classes)} classes, {first.num_samples * run.world} training '
             f'images per epoch, {steps_per_epoch} steps x {global_batch} images ({run.world} '
@@ -199,49 +208,86 @@ def train(cfg):
     config = dict(vars(cfg), class_names=classes)
     config.pop('command_line', None)
     config.pop('given', None)
-    for epoch in range(start_epoch, cfg.epoch_size):
-        loader = first if epoch == 0 else make_train(epoch)
-        record = {'epoch': epoch + 1}
-        try:
-            record.update(train_one_epoch(step, loader, lrs, epoch, steps_per_epoch,
-                                          show=run.rank == 0, log_interval=cfg.log_interval,
-                                          log=run.log))
-        except EpochShort as e:
-            bad = loader.bad_images.take()
-            raise DataError(f"{e}: {train_dir} has {len(bad)} unreadable image(s): "
-                            f"{', '.join(bad)}; remove or replace them") from None
-        except NonFiniteLoss as e:
-            kept = keeper.path('latest')
-            raise NonFiniteLoss(f"{e}: training stopped; " + (
-                f"{kept} (end of epoch {epoch}) is kept" if os.path.exists(kept)
-                else "no checkpoint was written yet")) from None
-        skipped = loader.bad_images.take()
-        if skipped:
-            print(f'[rank {run.rank}] epoch {epoch + 1}: skipped {len(skipped)} unreadable '
-                  f'image(s): {", ".join(skipped)}', flush=True)
-        record['train_skipped'] = len(skipped)
-        last = epoch + 1 == cfg.epoch_size
-        if cfg.val_while_train and ((epoch + 1) % cfg.val_interval == 0 or last):
-            record.update(evaluate_run(cfg, run, model, network, ema, classes, val_dir,
-                                       settings))
-        run.log(_summary(record, cfg, run))
-        # "best" is the raw model's top-1 (the official trainer reports the raw model); a NaN
-        # top-1 never qualifies
-        top1 = record.get('val_top1', -1.0)
-        is_best = top1 > best
-        best = max(best, top1) if top1 == top1 else best
-        if run.rank == 0:
-            def save(path):
-                save_checkpoint(path, state, epoch + 1, (epoch + 1) * steps_per_epoch, best,
-                                config)
-            epoch_log.append(record)  # first: a checkpoint never holds an epoch the log lacks
-            if is_best:
-                save(keeper.path('best'))
-            keeper.save_epoch(epoch + 1, top1, save)
+    summary = EpochSummary(cfg.ckpt_save_dir if cfg.summary and run.rank == 0 else None, run.log)
+    try:
+        for epoch in range(start_epoch, cfg.epoch_size):
+            loader = first if epoch == 0 else make_train(epoch)
+            record = {'epoch': epoch + 1}
+            try:
+                record.update(train_one_epoch(step, loader, lrs, epoch, steps_per_epoch,
+                                              show=run.rank == 0, log_interval=cfg.log_interval,
+                                              log=run.log, sink=sink))
+            except EpochShort as e:
+                bad = loader.bad_images.take()
+                raise DataError(f"{e}: {train_dir} has {len(bad)} unreadable image(s): "
+                                f"{', '.join(bad)}; remove or replace them") from None
+            except NonFiniteLoss as e:
+                kept = keeper.path('latest')
+                raise NonFiniteLoss(f"{e}: training stopped; " + (
+                    f"{kept} (end of epoch {epoch}) is kept" if os.path.exists(kept)
+                    else "no checkpoint was written yet")) from None
+            skipped = loader.bad_images.take()
+            if skipped:
+                print(f'[rank {run.rank}] epoch {epoch + 1}: skipped {len(skipped)} unreadable '
+                      f'image(s): {", ".join(skipped)}', flush=True)
+            record['train_skipped'] = len(skipped)
+            last = epoch + 1 == cfg.epoch_size
+            if cfg.val_while_train and ((epoch + 1) % cfg.val_interval == 0 or last):
+                record.update(evaluate_run(cfg, run, model, network, ema, classes, val_dir,
+                                           settings))
+            run.log(_summary(record, cfg, run))
+            # "best" is the raw model's top-1 (the official trainer reports the raw model); a NaN
+            # top-1 never qualifies
+            top1 = record.get('val_top1', -1.0)
+            is_best = top1 > best
+            best = max(best, top1) if top1 == top1 else best
+            if run.rank == 0:
+                global_step = int(step.global_step.asnumpy())
+
+                def save(path):
+                    save_checkpoint(path, state, epoch + 1, global_step, best, config)
+                epoch_log.append(record)  # first: a checkpoint never holds an epoch the log lacks
+                summary.write(record)
+                if is_best:
+                    save(keeper.path('best'))
+                keeper.save_epoch(epoch + 1, top1, save)
+    finally:
+        summary.close()
     if os.environ.get('MINDCOAT_RANK_WEIGHTS_DIR'):
         save_checkpoint(os.path.join(os.environ['MINDCOAT_RANK_WEIGHTS_DIR'],
                                      f'rank_{run.rank}.ckpt'), state, cfg.epoch_size, 0, best, {})
     return model
+
+
+class EpochSummary:
+    """--summary: the epoch's train loss, lr and validation figures as MindSpore SummaryRecord
+    scalars (step = epoch) in ``folder``/summary/, what MindInsight and MindCV users read.
+    ``folder`` None: off."""
+    KEYS = ('train_loss', 'lr', 'val_loss', 'val_top1', 'val_top5', 'ema_val_top1',
+            'ema_val_top5')
+
+    def __init__(self, folder, log):
+        self.record = None
+        if folder:
+            from mindspore import SummaryRecord
+            path = os.path.join(folder, 'summary')
+            self.record = SummaryRecord(path, num_process=1)  # one writer process is plenty
+            log(f'summary data: {path}')
+
+    def write(self, record):
+        if self.record is None:
+            return
+        import mindspore as ms
+        import numpy as np
+        for key in self.KEYS:
+            if key in record:
+                self.record.add_value('scalar', key, ms.Tensor(np.float32(record[key])))
+        self.record.record(record['epoch'])
+        self.record.flush()  # an epoch's figures are on disk before its checkpoint
+
+    def close(self):
+        if self.record is not None:
+            self.record.close()
 
 
 def _summary(record, cfg, run):

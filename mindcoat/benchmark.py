@@ -122,10 +122,11 @@ def recipe_summary(cfg, amp_level, loss_scaler):
             'label_smoothing': cfg.label_smoothing, 'amp_level': amp_level}
 
 
-def run_train_step(step, images, targets, lr):
-    """The one place that calls the trainer's step, as train.py's loop calls it today:
-    ``step(images, targets, lr) -> (loss, grads_finite)``. Returns the loss Tensor."""
-    loss, _ = step(images, targets, lr)
+def run_train_step(step, images, targets):
+    """The one place that calls the trainer's step, as train.py's loop calls it:
+    ``step(images, targets) -> (loss, grads_finite)``, the lr read on the device from the step's
+    schedule. Returns the loss Tensor."""
+    loss, _ = step(images, targets)
     return loss
 
 
@@ -138,15 +139,16 @@ def make_train_step(model, cfg, batch_size, image_size, amp_level='O0', seed=0):
     from .engine import create_train_step
     from .engine.loop import wait_for_device
 
-    _, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level, distributed=False)
+    # one lr for every step: past its end the schedule holds its last value
+    _, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level, distributed=False,
+                                                        lr_schedule=[cfg.lr])
     step.set_train(True)
     images, targets = synthetic_batch(batch_size, image_size, model.num_classes,
                                       cfg.label_smoothing, seed)
     images, targets = ms.Tensor(images), ms.Tensor(targets)
-    lr = ms.Tensor(cfg.lr, ms.float32)
 
     def call():
-        run_train_step(step, images, targets, lr).asnumpy()
+        run_train_step(step, images, targets).asnumpy()
         wait_for_device()  # the optimizer's and the EMA's assignments too, not only the loss
 
     return call, {'step': step, 'optimizer': optimizer, 'ema': ema, 'loss_scaler': scaler}

@@ -87,6 +87,7 @@ SCHEMA = [
         ('val_while_train', str2bool, False, 'validate every val_interval epochs'),
         ('val_interval', int, 1, 'epochs between validations'),
         ('log_interval', int, 100, 'steps between progress-bar updates and log lines'),
+        ('summary', str2bool, False, 'SummaryRecord data per epoch in ckpt_save_dir/summary/'),
         ('seed', int, 42, 'seeds weights (same on every rank); seed + rank then seeds each '
                           'rank\'s drop-path masks; data order and augmentation'),
     ]),

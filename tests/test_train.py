@@ -249,9 +249,10 @@ def test_amp_o2_keeps_optimizer_ema_lr_and_loss_in_float32():
     with native_ops():
         ms.set_seed(0)
         model = create_model(NAME, num_classes=4, **TINY_KWARGS)
-        _, step, opt, ema, scaler = create_train_step(model, cfg, amp_level='O2')
+        _, step, opt, ema, scaler = create_train_step(model, cfg, amp_level='O2',
+                                                      lr_schedule=[lr])
         before = model.head.weight.asnumpy().astype(np.float64)
-        loss, finite = step(x, y, ms.Tensor(lr, ms.float32))
+        loss, finite = step(x, y)
     assert model.head.get_flags()['fp16']  # O2 is on: the layers compute in float16
     assert scaler is not None and bool(finite) and np.isfinite(float(loss))
     assert loss.dtype == ms.float32

@@ -125,9 +125,9 @@ def build_mindcoat(model_name, mode, batch, amp_level):
         network = model if amp == 'O0' else ms.amp.auto_mixed_precision(model, amp)
         network.set_train(False)
         return network, (images,)
-    _, step, _, _, _ = create_train_step(model, cfg, amp, distributed=False)
+    _, step, _, _, _ = create_train_step(model, cfg, amp, distributed=False, lr_schedule=[1e-3])
     step.set_train(True)
-    return step, (images, _soft_targets(batch, cfg.num_classes), ms.Tensor(1e-3, ms.float32))
+    return step, (images, _soft_targets(batch, cfg.num_classes))
 
 
 def _mindcv_args(model_name, src):

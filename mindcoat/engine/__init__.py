@@ -3,13 +3,15 @@ folder, seeding."""
 from .checkpoint import CheckpointKeeper, CheckpointWriteError, ResumeError, \
     load_training_state, save_checkpoint, training_state
 from .evaluate import EvalCounts, all_reduce_sum, count_batches, evaluate
-from .loop import EpochShort, NonFiniteLoss, train_one_epoch
+from .loop import EpochShort, NonFiniteLoss, sink_supported, train_one_epoch
 from .run_dir import EpochLog, RunDirError, check_run_dir, prepare_run_dir
 from .seeding import build_seeded
-from .train_step import SoftTargetCrossEntropy, TrainStep, create_loss_scaler, create_train_step
+from .train_step import SoftTargetCrossEntropy, StepCounters, TrainStep, create_loss_scaler, \
+    create_train_step
 
 __all__ = ['CheckpointKeeper', 'CheckpointWriteError', 'ResumeError', 'load_training_state',
            'save_checkpoint', 'training_state', 'EvalCounts', 'all_reduce_sum', 'count_batches',
-           'evaluate', 'EpochShort', 'NonFiniteLoss', 'train_one_epoch', 'EpochLog',
-           'RunDirError', 'check_run_dir', 'prepare_run_dir', 'build_seeded', 'SoftTargetCrossEntropy',
-           'TrainStep', 'create_loss_scaler', 'create_train_step']
+           'evaluate', 'EpochShort', 'NonFiniteLoss', 'sink_supported', 'train_one_epoch',
+           'EpochLog', 'RunDirError', 'check_run_dir', 'prepare_run_dir', 'build_seeded',
+           'SoftTargetCrossEntropy', 'StepCounters', 'TrainStep', 'create_loss_scaler',
+           'create_train_step']

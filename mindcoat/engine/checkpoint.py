@@ -4,9 +4,11 @@ leaves the previous file intact.
 One file holds everything a resume needs: the model parameters under their own names (what
 ``mindcoat.convert.load_weights`` and ``create_model(checkpoint_path=...)`` read), the EMA as
 ``ema.<name>``, the AdamW moments and step as ``optimizer.*``, the loss scaler as
-``loss_scaler.*``, and, as appended values, the completed epoch, the global step, the best top-1
-and the config (JSON). Resume points are epoch boundaries. Files are written with MindSpore's
-CRC and read with the CRC check, so a damaged file is refused instead of loading wrong values.
+``loss_scaler.*``, the step's global step (the index into its lr schedule) as
+``train_step.global_step``, and, as appended values, the completed epoch, the global step, the
+best top-1 and the config (JSON). Resume points are epoch boundaries. Files are written with
+MindSpore's CRC and read with the CRC check, so a damaged file is refused instead of loading
+wrong values.
 """
 import json
 import logging
@@ -23,10 +25,15 @@ class ResumeError(ValueError):
     """A file that cannot be resumed from, reported as one line."""
 
 
-def training_state(model, optimizer, ema=None, loss_scaler=None):
+GLOBAL_STEP = 'train_step.global_step'
+
+
+def training_state(model, optimizer, ema=None, loss_scaler=None, step=None):
     """Every Parameter a resume restores: the model's, the optimizer's moments and step, the EMA
-    and its update counter, and the loss scaler's scale and counter (renamed ``loss_scaler.*``)."""
+    and its update counter, the loss scaler's scale and counter (renamed ``loss_scaler.*``) and
+    the train step's global step."""
     state = list(model.get_parameters()) + optimizer.state_params()
+    state += [step.global_step] if step is not None else []
     state += list(ema.ema) + ema.state_params() if ema is not None else []
     for name in ('scale_value', 'counter'):
         p = getattr(loss_scaler, name, None)
@@ -141,6 +148,9 @@ def load_training_state(path, params):
     if str(stored.get('format', '')) != FORMAT:
         raise ResumeError(f"{path} is not a mindcoat training checkpoint (use --ckpt_path to "
                           f"start from its weights instead)")
+    if GLOBAL_STEP not in stored and 'global_step' in stored:  # written before it was a Parameter
+        stored[GLOBAL_STEP] = ms.Parameter(stored['global_step'].astype(ms.int32),
+                                           name=GLOBAL_STEP)
     missing = [p.name for p in params if p.name not in stored]
     if missing:
         raise ResumeError(f"{path} does not match this run: {len(missing)} entries missing, "

@@ -1,9 +1,17 @@
 """One compiled training step: forward, soft-target cross entropy, backward, gradient all-reduce,
-overflow check, clipping by global norm, AdamW, EMA. Written TrainOneStepCell-style (a Cell, not a
-jitted function: MindSpore 2.10 compiles it faster, and an explicit DistributedGradReducer is what
-makes data parallel average the gradients)."""
+overflow check, clipping by global norm, the optimizer, EMA. Written TrainOneStepCell-style (a
+Cell, not a jitted function: MindSpore 2.10 compiles it faster, and an explicit
+DistributedGradReducer is what makes data parallel average the gradients).
+
+The step takes nothing from the host but the batch: the run's lr schedule lives on the device,
+indexed by a global-step Parameter the step advances itself, and the losses and overflow flags
+are accumulated into Parameters the host reads when it wants to (``StepCounters``), so the host
+never waits for the device between steps."""
+from dataclasses import dataclass
+
 import mindspore as ms
-from mindspore import nn, ops, Tensor
+import numpy as np
+from mindspore import nn, ops, Parameter, Tensor
 from mindspore.amp import DynamicLossScaler, StaticLossScaler, all_finite
 
 
@@ -38,15 +46,46 @@ def create_loss_scaler(loss_scale_type, loss_scale):
     raise ValueError(f"unknown loss_scale_type '{loss_scale_type}'; choose dynamic, fixed or none")
 
 
+@dataclass
+class StepCounters:
+    """What the step accumulated on the device since the last ``reset_counters``, read in one
+    go: the sum and number of finite losses, the overflow (skipped-update) count, the first step
+    whose loss was NaN/inf without an overflow (global index, -1: none) and that loss, and the
+    global step the next step will run."""
+    loss_sum: float
+    loss_count: int
+    overflows: int
+    first_nonfinite: int
+    nonfinite_loss: float
+    global_step: int
+
+
+def _counter(name, value, dtype):
+    return Parameter(Tensor(value, dtype), name='train_step.' + name, requires_grad=False)
+
+
 class TrainStep(nn.Cell):
-    """``step(images, targets, lr) -> (loss, grads_finite)``. Updates the weights in place (not at
-    all on overflow when ``drop_overflow_update``); the EMA follows the weights after every step,
+    """``step(images, targets) -> (loss, grads_finite)``. ``set_lr_schedule(lrs)`` (the lr of every
+    step of the run) must come before the first step: step ``global_step`` runs at
+    ``lrs[global_step]`` (the last lr past the end). Updates the weights in place (not at all on
+    overflow when ``drop_overflow_update``); the EMA follows the weights after every step,
     skipped or not, as timm's ModelEma does in the official loop, or (``ema.warmup``, MindCV's
-    EMA) only after the steps whose update was applied."""
+    EMA) only after the steps whose update was applied. ``global_step`` (Parameter
+    ``train_step.global_step``) belongs in the training checkpoint."""
 
     def __init__(self, network, optimizer, ema=None, clip_grad_norm=0.0, loss_scaler=None,
                  drop_overflow_update=True, distributed=False):
         super().__init__(auto_prefix=False)
+        self.lr_schedule = Parameter(Tensor(np.full(1, np.nan, np.float32)),
+                                     name='train_step.lr_schedule', requires_grad=False)
+        self._schedule_length = None  # set by set_lr_schedule
+        self._compiled_length = None  # the schedule length the compiled graph was built for
+        self.global_step = _counter('global_step', 0, ms.int32)
+        self.loss_sum = _counter('loss_sum', 0.0, ms.float32)
+        self.loss_count = _counter('loss_count', 0, ms.int32)
+        self.overflow_count = _counter('overflow_count', 0, ms.int32)
+        self.first_nonfinite = _counter('first_nonfinite', -1, ms.int32)
+        self.nonfinite_loss = _counter('nonfinite_loss', 0.0, ms.float32)
         self.net_with_loss = NetWithLoss(network, SoftTargetCrossEntropy())
         self.optimizer = optimizer
         self.weights = optimizer.parameters
@@ -63,7 +102,65 @@ class TrainStep(nn.Cell):
         self.reducer = nn.DistributedGradReducer(self.weights, mean=True) if distributed \
             else nn.Identity()
 
-    def construct(self, images, targets, lr):
+    def set_lr_schedule(self, lrs):
+        """``lrs``: the lr of every step of the run (float64 from the scheduler), stored as
+        float32, the precision the optimizer takes it in. Its length is compiled into the step:
+        after the first step only a schedule of the same length can replace it."""
+        lrs = np.asarray(lrs, np.float64)
+        if lrs.ndim != 1 or lrs.size == 0:
+            raise ValueError(f"the lr schedule must be a non-empty 1-D array, got shape "
+                             f"{lrs.shape}")
+        if self._compiled_length not in (None, lrs.size):
+            raise ValueError(f"the step was compiled for a schedule of {self._compiled_length} "
+                             f"steps; a schedule of {lrs.size} needs a new step")
+        self.lr_schedule.set_data(Tensor(lrs.astype(np.float32)))
+        self._schedule_length = lrs.size
+
+    def __call__(self, images, targets):
+        if self._schedule_length is None:  # the graph would otherwise fix a placeholder's length
+            raise RuntimeError("TrainStep: call set_lr_schedule(lrs) before the first step")
+        self._compiled_length = self._schedule_length
+        return super().__call__(images, targets)
+
+    def set_global_step(self, value):
+        self.global_step.set_data(Tensor(int(value), ms.int32))
+
+    def reset_counters(self):
+        """Zeroes the loss and overflow accumulators (at an epoch's start)."""
+        for p, value in ((self.loss_sum, 0.0), (self.loss_count, 0), (self.overflow_count, 0),
+                         (self.first_nonfinite, -1), (self.nonfinite_loss, 0.0)):
+            p.set_data(Tensor(value, p.dtype))
+
+    def read_counters(self):
+        """Waits for the queued steps, then returns their StepCounters."""
+        return StepCounters(float(self.loss_sum.asnumpy()), int(self.loss_count.asnumpy()),
+                            int(self.overflow_count.asnumpy()),
+                            int(self.first_nonfinite.asnumpy()),
+                            float(self.nonfinite_loss.asnumpy()),
+                            int(self.global_step.asnumpy()))
+
+    def construct(self, images, targets):
+        index = self.global_step.value()
+        lr = self.lr_schedule[ops.minimum(index, self.lr_schedule.shape[0] - 1)]
+        loss, finite = self._update(images, targets, lr)
+        overflow = ops.logical_not(finite) if self.use_scaler else Tensor(False)
+        loss = ops.depend(loss, self._count(loss, overflow, index))
+        loss = ops.depend(loss, ops.assign(self.global_step, index + 1))
+        return loss, finite
+
+    def _count(self, loss, overflow, index):
+        """Accumulates the step's loss and flags (NaN/inf is a failure unless the scaler
+        reported an overflow, whose update was skipped)."""
+        loss_ok = ops.isfinite(loss)
+        bad = ops.logical_and(ops.logical_not(loss_ok), ops.logical_not(overflow))
+        first = ops.logical_and(bad, self.first_nonfinite < 0)
+        ops.assign(self.first_nonfinite, ops.select(first, index, self.first_nonfinite))
+        ops.assign(self.nonfinite_loss, ops.select(first, loss, self.nonfinite_loss))
+        ops.assign_add(self.loss_sum, ops.select(loss_ok, loss, ops.zeros_like(loss)))
+        ops.assign_add(self.loss_count, loss_ok.astype(ms.int32))
+        return ops.assign_add(self.overflow_count, overflow.astype(ms.int32))
+
+    def _update(self, images, targets, lr):
         if self.use_scaler:
             scaled_loss, grads = self.scaled_grad_fn(images, targets)
             loss = self.loss_scaler.unscale(scaled_loss)
@@ -93,12 +190,13 @@ class TrainStep(nn.Cell):
         return self.loss_scaler.scale(self.net_with_loss(images, targets))
 
 
-def create_train_step(model, cfg, amp_level='O0', distributed=False):
+def create_train_step(model, cfg, amp_level='O0', distributed=False, lr_schedule=None):
     """The compiled step for ``model`` and the trainer's config ``cfg`` (optimizer, EMA, clipping,
     loss scaling keys). ``amp_level`` O2/O3 casts the network's computation to float16
     (Ascend/GPU); the float32 islands stay float32 whatever the level: the parameters
     themselves, the AdamW moments and step, the EMA weights, the lr and the loss (computed from
-    float32 logits). Returns (network, step, optimizer, ema, loss_scaler)."""
+    float32 logits). ``lr_schedule``: the lr of every step (else ``step.set_lr_schedule`` before
+    the first step). Returns (network, step, optimizer, ema, loss_scaler)."""
     from ..optim import EMA, create_optimizer
     if amp_level not in ('O0', 'O1', 'O2', 'O3'):
         raise ValueError(f"amp_level must be O0, O1, O2 or O3, got '{amp_level}'")
@@ -111,4 +209,6 @@ def create_train_step(model, cfg, amp_level='O0', distributed=False):
     ema = EMA(model.trainable_params(), cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
     step = TrainStep(network, optimizer, ema, cfg.clip_value if cfg.clip_grad else 0.0, scaler,
                      cfg.drop_overflow_update, distributed)
+    if lr_schedule is not None:
+        step.set_lr_schedule(lr_schedule)
     return network, step, optimizer, ema, scaler
