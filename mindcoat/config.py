@@ -168,8 +168,8 @@ SCHEMA = [
         ('ckpt_save_interval', int, 1, 'epochs between epoch checkpoints'),
         ('ckpt_save_policy', str, 'latest_k', 'latest_k or top_k (by val top-1)'),
         ('epoch_size', int, 90, 'epochs'),
-        ('dataset_sink_mode', str2bool, False, 'accepted for MindCV compatibility; the loop feeds '
-                                               'steps itself'),
+        ('dataset_sink_mode', str2bool, False, "MindSpore's data sink on Ascend/GPU; the CPU has "
+                                               'none (one log line, then the plain loop)'),
         ('ema', str2bool, False, 'keep an exponential moving average of the weights'),
         ('ema_decay', float, 0.9999, 'EMA decay per step'),
         ('ema_warmup', str2bool, True, "MindCV's ramp: decay*(1 - exp(-n/2000)); False: timm's"),

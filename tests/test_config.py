@@ -259,7 +259,7 @@ def test_parser_defaults_are_mindcv_s():
 
 # run-time choices, not part of a recipe
 RUN_KEYS = {'device_target', 'jit_level', 'pretrained', 'ckpt_use_ema', 'resume', 'resume_opt',
-            'overwrite'}
+            'overwrite', 'summary'}
 
 
 def test_shipped_recipes_do_not_depend_on_parser_defaults():
