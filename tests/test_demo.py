@@ -58,11 +58,13 @@ def test_materialise_is_done_once(mnist_dir):
     os.remove(marker)
 
 
-def test_short_demo_run_learns_the_digits(tmp_path, capfd):
+def test_short_demo_run_learns_the_digits(mnist_dir, tmp_path, capfd):
     """The demo end to end (train.py -> validate.py -> predict, each its own process) with one
-    epoch instead of six: already far above the 10% of guessing."""
+    epoch instead of six: already far above the 10% of guessing. The digits are the ones the
+    tests above checked (the cache they materialised)."""
     from mindcoat.demo import run_demo
-    result, _ = run_demo(out_dir=str(tmp_path / 'run'), epochs=1, cache=str(tmp_path / 'cache'))
+    result, _ = run_demo(out_dir=str(tmp_path / 'run'), epochs=1,
+                         cache=os.path.dirname(mnist_dir))
     out = capfd.readouterr().out
     assert result['num_images'] == 1000 and result['skipped_images'] == 0
     assert result['top1'] > 50, result

@@ -67,7 +67,7 @@ def env():
     return e
 
 
-def run_train(args, cwd, timeout=600, check=True):
+def run_train(args, cwd, timeout=1800, check=True):
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py')] + list(args), cwd=cwd,
                           env=env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
