@@ -57,7 +57,7 @@ class Harness:
         from mindcoat.config import parse_config
         from mindcoat.engine import create_train_step, train_one_epoch
         ms.set_context(mode=ms.GRAPH_MODE)
-        cfg = parse_config(['--ema', 'True', '--clip_grad', 'True', '--clip_value', '1.0'])
+        cfg = parse_config(['--opt', 'adamw', '--ema', 'True', '--clip_grad', 'True', '--clip_value', '1.0'])
         ms.set_seed(0)
         model = create_model(s.model, num_classes=1000, **ast.literal_eval(s.model_kwargs))
         _, self.step, *_ = create_train_step(model, cfg)
