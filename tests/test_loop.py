@@ -24,8 +24,8 @@ from train_helpers import TINY_KWARGS, base_flags, deterministic_flags, make_col
 
 BATCH = 2
 # the trainer's step as configured by the tests' recipe: AdamW, EMA, clipping (CPU: no scaler)
-CFG = parse_config(['--ema', 'True', '--ema_decay', '0.9', '--clip_grad', 'True',
-                    '--clip_value', '1.0'])
+CFG = parse_config(['--opt', 'adamw', '--ema', 'True', '--ema_decay', '0.9', '--clip_grad',
+                    'True', '--clip_value', '1.0'])
 
 
 @pytest.fixture(autouse=True)
@@ -209,12 +209,17 @@ def test_resume_across_an_epoch_boundary_continues_the_schedule_bit_identically(
     assert any(k.startswith('ema.') for k in final) and any(k.startswith('optimizer.exp_avg')
                                                             for k in final)
 
-    older = str(tmp_path / 'older.ckpt')  # no train_step.global_step entry
-    save_checkpoint(older, [p for p in trainer.state if p.name != 'train_step.global_step'], 1,
+    older = str(tmp_path / 'older.ckpt')  # no train_step.global_step nor ema_updates entry
+    save_checkpoint(older, [p for p in trainer.state
+                            if p.name not in ('train_step.global_step', 'ema_updates')], 1,
                     spe, 0.0, {})
     trainer.step.set_global_step(0)
+    counter = next(p for p in trainer.state if p.name == 'ema_updates')
+    counter.set_data(ms.Tensor(0.0, ms.float32))
     load_training_state(older, trainer.state)
     assert int(trainer.step.global_step.asnumpy()) == spe
+    # that EMA followed every step, so its update count is the step count
+    assert float(counter.asnumpy()) == spe
 
 
 def test_mindspore_has_no_data_sink_on_the_cpu():

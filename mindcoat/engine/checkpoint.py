@@ -151,6 +151,10 @@ def load_training_state(path, params):
     if GLOBAL_STEP not in stored and 'global_step' in stored:  # written before it was a Parameter
         stored[GLOBAL_STEP] = ms.Parameter(stored['global_step'].astype(ms.int32),
                                            name=GLOBAL_STEP)
+    if 'ema_updates' not in stored and any(k.startswith('ema.') for k in stored):
+        # written before the EMA counted its updates: that EMA followed every step (timm's)
+        stored['ema_updates'] = ms.Parameter(stored['global_step'].astype(ms.float32),
+                                             name='ema_updates')
     missing = [p.name for p in params if p.name not in stored]
     if missing:
         raise ResumeError(f"{path} does not match this run: {len(missing)} entries missing, "
