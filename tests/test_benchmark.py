@@ -1,13 +1,13 @@
 """`python -m mindcoat.benchmark` on tiny runs: the output fields, that train mode times the
 trainer's step built from the config, its one-line errors (never timings); and the speed
 table's ratio and goal logic of tools/compare_speed.py."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import yaml
+from train_helpers import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,18 +101,10 @@ def test_config_the_trainer_refuses_is_one_line(tmp_path):
         res.stderr[-2000:]
 
 
-def _compare_speed():
-    spec = importlib.util.spec_from_file_location(
-        'compare_speed', os.path.join(REPO, 'tools', 'compare_speed.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_speed_table_ratios_and_goals():
     """Throughput goals are met by a high mindcoat/timm ratio, latency and memory goals by a
     low one; a peer without the variant shows a dash, a failed run says so."""
-    cs = _compare_speed()
+    cs = load_script('tools/compare_speed.py')
 
     def record(system, measurement, images_per_s=None, ms=None, mb=1000.0, error=None):
         result = None if error else {'images_per_s': images_per_s, 'ms_per_step': ms,

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mindcoat.config import ConfigError, KEYS, parse_config
-from train_helpers import REPO, env, make_color_folder
+from train_helpers import REPO, env, load_script, make_color_folder
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*.yaml')))
 
@@ -352,10 +352,7 @@ def test_parse_config_records_the_keys_that_were_set(tmp_path):
 def test_train_counts_the_classes_when_num_classes_is_not_given(tmp_path, capsys):
     """MindCV's num_classes None: the training split's class folders (said in the log), so a
     4-class folder gets a 4-way head, not a 1000-way one."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_script', os.path.join(REPO, 'train.py'))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_script('train.py')
     data = make_color_folder(str(tmp_path / 'data'), per_class=(2, 1))
     cfg = parse_config(['--data_dir', data, '--model_kwargs', '{embed_dims: [16, 16, 16, 16], '
                         'serial_depths: [1, 1, 1, 1]}', '--opt', 'adamw', '--image_resize', '32'])

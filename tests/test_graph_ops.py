@@ -1,12 +1,12 @@
 """tools/count_graph_ops.py's counter on the IR MindSpore 2.10 really saves: a hand-built Dense +
 ReLU network must count exactly its three forward ops, and its train step the gradient ops that
 autodiff must add, found only after the optimizer passes."""
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
+from train_helpers import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,18 +29,10 @@ step.compile(x, Tensor(np.zeros((2, 3), np.float32)))
 '''
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'count_graph_ops', os.path.join(REPO, 'tools', 'count_graph_ops.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def saved(tmp_path_factory):
     """(tool, {'infer'|'train': {stage: Counter}}): both graphs compiled in one process."""
-    tool = _tool()
+    tool = load_script('tools/count_graph_ops.py')
     tmp_path = tmp_path_factory.mktemp('graph_ops')
     script = tmp_path / 'tiny_net.py'  # graph mode needs the source in a file
     script.write_text(SCRIPT)

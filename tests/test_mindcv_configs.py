@@ -9,7 +9,6 @@ whose compiled step differs from the AdamW step tests/test_train.py runs); the t
 through everything train.py does before compiling (checks, model, optimizer, EMA, schedule, one
 augmented batch) in this process."""
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from mindcoat.config import check_training, parse_config
-from train_helpers import REPO, TINY, env, make_color_folder, read_log
+from train_helpers import REPO, TINY, env, load_script, make_color_folder, read_log
 
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures', 'mindcv_configs')
 SHIPPED = os.path.join(REPO, 'configs', 'coat', 'mindcv')
@@ -67,13 +66,6 @@ def test_parsed_as_mindcv_parses_it(name):
     assert cfg.ema_warmup  # MindCV's EMA ramps its decay up
 
 
-def load_train():
-    spec = importlib.util.spec_from_file_location('train_script', os.path.join(REPO, 'train.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('name', ['coat_lite_tiny_ascend.yaml', 'coat_lite_mini_ascend.yaml',
                                   'coat_mini_ascend.yaml'])
 def test_everything_before_the_first_step_builds(name, tmp_path):
@@ -81,7 +73,7 @@ def test_everything_before_the_first_step_builds(name, tmp_path):
     augmented batch for the YAML as shipped, tiny."""
     from mindcoat.data import create_loader, resolve_data_settings
     from mindcoat.optim import lr_schedule_for
-    train = load_train()
+    train = load_script('train.py')
     data = make_color_folder(str(tmp_path / 'data'), per_class=(4, 1))
     kwargs = TINY if 'lite' in name else TINY_COAT
     cfg = parse_config(['-c', os.path.join(SHIPPED, name), '--data_dir', data, '--distribute',

@@ -1,7 +1,6 @@
 """validate.py on a small image folder equals a direct computation (the model applied to the same
 images, preprocessed here step by step), for weights in every format the converter reads, EMA
 included; sharded evaluation sums to the single-device numbers; bad input is one line."""
-import importlib.util
 import json
 import os
 
@@ -14,6 +13,7 @@ from safetensors.numpy import save_file
 from mindcoat import create_model
 from mindcoat.models import DATA_CONFIGS
 from weight_files import mindcv_style, state_dict, write_torch_zip
+from train_helpers import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
@@ -25,14 +25,7 @@ SIZE = 32
 CROP_PCT = DATA_CONFIGS['coat_lite_tiny']['crop_pct']  # the variant's default eval crop
 
 
-def load_validate():
-    spec = importlib.util.spec_from_file_location('validate', os.path.join(ROOT, 'validate.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-validate = load_validate()
+validate = load_script('validate.py')
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,5 @@
 """Shared helpers for the trainer tests: tiny image folders and a tiny CoaT."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +14,15 @@ TINY_KWARGS = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1),
                    mlp_ratios=(2, 2, 2, 2))
 TINY = repr(TINY_KWARGS)  # as --model_kwargs
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
+
+
+def load_script(relpath):
+    """A repository script (train.py, validate.py, tools/*.py) imported as a module by path."""
+    name = os.path.splitext(os.path.basename(relpath))[0] + '_script'
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_color_folder(root, per_class=(12, 4), size=32, classes=4, seed=0):
