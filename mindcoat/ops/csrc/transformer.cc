@@ -4,7 +4,7 @@
 // GELU:
 // MindSpore 2.10's CPU erf/GELU are scalar (~8 ns per element); CoaT's MLPs apply GELU to
 // 25M values per stage-1 block at batch 16. Here erf and exp are written as branch-free
-// polynomials so that the loops vectorise (AVX-512: 16 lanes), in float32 with errors of a few
+// polynomials so that the loops vectorise (AVX2: 8 lanes), in float32 with errors of a few
 // 1e-7 relative, i.e. at the level of float32 rounding of the reference.
 //   GeluFwd (x)     -> y  = x * Phi(x),            Phi(x) = (1 + erf(x / sqrt 2)) / 2
 //   GeluBwd (x, dy) -> dx = dy * (Phi(x) + x * phi(x)),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
