@@ -76,9 +76,10 @@ def eval_data(cfg, settings, rank=0, world=1):
     return create_loader(cfg, val_dir, classes, settings, False, rank, world)
 
 
-def choose_ema(cfg, ckpt, pretrained, log):
+def choose_ema(cfg, ckpt, info, pretrained, log):
     """Whether to evaluate EMA weights: ``--ema``/``ckpt_use_ema`` demand them (the loader
-    refuses a file without); the YAML's ``ema: True`` takes them where the file has them."""
+    refuses a file without); the YAML's ``ema: True`` takes them where the file has them
+    (``info``: checkpoint_info of ``ckpt``)."""
     if cfg.strict_ema or not cfg.ema:
         return cfg.strict_ema
     if not ckpt:
@@ -86,8 +87,7 @@ def choose_ema(cfg, ckpt, pretrained, log):
             log("note: the config says ema: True; the official weights have no EMA copy: "
                 "evaluating the weights")
         return False
-    from mindcoat.cli import has_ema_weights
-    if has_ema_weights(ckpt):
+    if info.get('has_ema'):
         log(f"note: evaluating the EMA weights of {ckpt} (the config says ema: True)")
         return True
     log(f"note: {ckpt} has no EMA weights: evaluating its weights (the config says ema: True)")
@@ -140,12 +140,13 @@ def main(argv=None):
         ckpt = cfg.ckpt_path or (cfg.pretrained if isinstance(cfg.pretrained, str) else None)
         # the checkpoint's head decides the class count (a fresh 1000-way head would score 0%)
         cfg.ckpt_path = ckpt
-        for note in take_from_checkpoint(cfg, checkpoint_settings(cfg), given=cfg.command_line):
+        info = checkpoint_settings(cfg)
+        for note in take_from_checkpoint(cfg, info, given=cfg.command_line):
             log(f"note: {note}")
         settings = resolve_data_settings(cfg, cfg.model)
         data = eval_data(cfg, settings, rank, world)
         pretrained = cfg.pretrained is True and not cfg.ckpt_path
-        cfg.use_ema = choose_ema(cfg, ckpt, pretrained, log)
+        cfg.use_ema = choose_ema(cfg, ckpt, info, pretrained, log)
         model = build_model(cfg.model, ckpt, cfg.num_classes, cfg.in_channels, cfg.use_ema,
                             parse_model_kwargs(cfg.model_kwargs), log=log,
                             pretrained=pretrained)

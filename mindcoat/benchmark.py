@@ -199,8 +199,8 @@ def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=N
     arch, cfg, recipe = dict(model_kwargs or {}), None, None
     if mode == 'train':
         model, cfg, config = load_train_config(model, config)
-        arch = dict(cfg.model_kwargs or {}, drop_rate=cfg.drop_rate,
-                    drop_path_rate=cfg.drop_path_rate, **arch)
+        arch = {**(cfg.model_kwargs or {}), 'drop_rate': cfg.drop_rate,
+                'drop_path_rate': cfg.drop_path_rate, **arch}  # --model_kwargs wins
     model = model or 'coat_lite_tiny'
     jit_level = None
     if cfg is not None:  # the trainer's context (train.py's setup_context)
@@ -216,7 +216,8 @@ def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=N
             step, parts = make_train_step(net, cfg, batch_size, image_size, amp_level, seed)
         except ValueError as e:  # the trainer's own check of the config (optimizer, amp, ...)
             raise BenchmarkError(f'{config}: {e}') from None
-        recipe = dict(recipe_summary(cfg, amp_level, parts['loss_scaler']), config=config)
+        recipe = dict(recipe_summary(cfg, amp_level, parts['loss_scaler']), config=config,
+                      drop_rate=arch['drop_rate'], drop_path_rate=arch['drop_path_rate'])
     else:
         if amp_level != 'O0':
             net = ms.amp.auto_mixed_precision(net, amp_level)

@@ -115,20 +115,6 @@ def check_at_least_one(args, names):
             raise UsageError(f"--{name} must be at least 1, got {value}")
 
 
-def has_ema_weights(path):
-    """Whether the weight file at ``path`` holds EMA weights (official trainer files:
-    'model_ema'; mindcoat's: 'ema.*'). A file that cannot be read says False here; loading it
-    reports why."""
-    from .convert import CheckpointError
-    from .convert.mapping import select_weights
-    from .convert.readers import read_any
-    try:
-        select_weights(read_any(regular_file(path, 'checkpoint')), True, str(path))
-    except (CheckpointError, UsageError):
-        return False
-    return True
-
-
 def checkpoint_settings(args):
     """checkpoint_info of --ckpt_path (which must be a regular file), or {} without one."""
     if not args.ckpt_path:

@@ -61,15 +61,17 @@ def test_infer_json_fields(tmp_path):
 
 
 def test_train_times_the_trainers_step_from_the_config(tmp_path):
-    """The recipe's EMA and a changed clipping and drop path reach the timed step, and every
-    call (first, warm-up, timed) was one update of the trainer's AdamW."""
+    """The recipe's EMA and a changed clipping reach the timed step, --model_kwargs overrides
+    the config's drop path (it used to crash on the duplicate key) and keeps the config's
+    architecture, and every call (first, warm-up, timed) was one update of the trainer's AdamW."""
     config = _tiny_recipe(tmp_path, clip_grad=True, clip_value=2.5, drop_path_rate=0.1)
-    out = _bench(tmp_path, '--mode', 'train', '--config', config)
+    out = _bench(tmp_path, '--mode', 'train', '--config', config,
+                 '--model_kwargs', json.dumps({'drop_path_rate': 0.05}))
     _check_common(out, 'train')
     recipe = out['recipe']
     assert recipe['config'] == config
     assert (recipe['optimizer'], recipe['ema'], recipe['ema_decay']) == ('adamw', True, 0.99996)
-    assert (recipe['clip_grad_norm'], recipe['drop_path_rate']) == (2.5, 0.1)
+    assert (recipe['clip_grad_norm'], recipe['drop_path_rate']) == (2.5, 0.05)
     # the CPU trains in float32 as train.py does: the recipe's O2 and its loss scaler are off
     assert out['amp_level'] == recipe['amp_level'] == 'O0' and recipe['loss_scaler'] is None
     assert recipe['optimizer_updates'] == 1 + 1 + 2

@@ -14,19 +14,22 @@ FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'weights')
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
 
 
-@pytest.mark.parametrize('name', ['official_lite_state_dict.pth',
-                                  'official_trainer_checkpoint.pth', 'timm_lite.safetensors',
-                                  'mindcv_coat.ckpt'])
-def test_reference_files_give_their_head_size(name):
+@pytest.mark.parametrize('name,has_ema', [('official_lite_state_dict.pth', False),
+                                           ('official_trainer_checkpoint.pth', True),
+                                           ('timm_lite.safetensors', False),
+                                           ('mindcv_coat.ckpt', False)])
+def test_reference_files_give_their_head_size(name, has_ema):
+    """The official trainer's file holds 'model_ema' beside 'model'; the others no EMA copy."""
     info = checkpoint_info(os.path.join(FIXTURES, name))
-    assert info == {'num_classes': 10, 'in_channels': 3, 'format': 'weights'}
+    assert info == {'num_classes': 10, 'in_channels': 3, 'format': 'weights', 'has_ema': has_ema}
 
 
 def test_a_registered_variant_is_named(tmp_path):
     path = str(tmp_path / 'lite_tiny.ckpt')
     ms.save_checkpoint(create_model('coat_lite_tiny', num_classes=3, in_channels=1), path)
     assert checkpoint_info(path) == {'num_classes': 3, 'in_channels': 1,
-                                     'model': 'coat_lite_tiny', 'format': 'weights'}
+                                     'model': 'coat_lite_tiny', 'format': 'weights',
+                                     'has_ema': False}
 
 
 @pytest.fixture(scope='module')
@@ -42,9 +45,19 @@ def test_trainer_checkpoint_gives_its_stored_settings(tiny4, tmp_path):
               'mean': [0.5, 0.5, 0.5], 'lr': 0.1, 'class_names': ['a', 'b', 'c', 'd']}
     save_checkpoint(path, tiny4, 3, 30, 50.0, config)
     assert checkpoint_info(path) == {
-        'format': FORMAT, 'num_classes': 4, 'in_channels': 3, 'model': 'coat_lite_tiny',
+        'format': FORMAT, 'has_ema': False, 'num_classes': 4, 'in_channels': 3,
+        'model': 'coat_lite_tiny',
         'model_kwargs': config['model_kwargs'], 'image_size': 64, 'crop_pct': 0.9,
         'mean': [0.5, 0.5, 0.5], 'class_names': ['a', 'b', 'c', 'd']}
+
+
+def test_a_trainer_checkpoint_with_ema_weights_says_so(tiny4, tmp_path):
+    """validate.py takes the EMA weights for a YAML with ema: True from this key alone."""
+    path = str(tmp_path / 'ema.ckpt')
+    ema = [ms.Parameter(p.data.copy(), name='ema.' + p.name) for p in tiny4]
+    save_checkpoint(path, tiny4 + ema, 1, 1, 0.0, {'model': 'coat_lite_tiny'})
+    info = checkpoint_info(path)
+    assert info['has_ema'] is True and info['num_classes'] == 4
 
 
 def test_names_that_do_not_fit_the_head_are_dropped(tiny4, tmp_path):

@@ -222,6 +222,32 @@ def test_resume_across_an_epoch_boundary_continues_the_schedule_bit_identically(
     assert float(counter.asnumpy()) == spe
 
 
+def test_overflow_steps_are_counted_on_the_device_and_their_updates_skipped():
+    """Float16 (O2, MindSpore's native ops, as on Ascend) with a dynamic loss scale starting at
+    2^20: the first steps' gradients overflow float16; each halves the scale and is skipped.
+    The loop's device-side count must equal the halvings the scaler made (its own record, read
+    independently), some but not all steps overflow, a skipped step's loss is not an error, and
+    the weights move only on the applied steps."""
+    from mindcoat.ops.dispatch import native_ops
+    steps, start = 10, 2.0 ** 20
+    cfg = parse_config(['--opt', 'adamw', '--loss_scale_type', 'dynamic', '--loss_scale',
+                        str(start), '--drop_overflow_update', 'True'])
+    images, targets = batches(steps)
+    with native_ops():
+        model = tiny_model()
+        _, step, _, _, scaler = create_train_step(model, cfg, amp_level='O2',
+                                                  lr_schedule=np.full(steps, 1e-3))
+        before = weights(model)
+        result = train_one_epoch(step, loader(images, targets), np.full(steps, 1e-3), 0, steps,
+                                 log_interval=4, log=lambda line: None)
+    halvings = round(np.log2(start / float(scaler.scale_value.asnumpy())))
+    assert 0 < result['overflow_steps'] == halvings < steps
+    counters = step.read_counters()
+    assert counters.loss_count == steps and np.isfinite(result['train_loss'])
+    moved = [k for k, v in weights(model).items() if not np.array_equal(v, before[k])]
+    assert moved  # the steps after the last overflow were applied
+
+
 def test_mindspore_has_no_data_sink_on_the_cpu():
     """What train.py's --dataset_sink_mode relies on: mindspore.data_sink refuses the CPU (if a
     MindSpore release adds it, the flag's message and the README must change)."""

@@ -28,10 +28,14 @@ def test_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path):
     save_checkpoint(os.path.join(folder, f'{NAME}-1.ckpt'), _params(1.0), 1, 1, 0.0, {})
     with pytest.raises(RunDirError, match='already holds a run .*--resume .*--overwrite True'):
         prepare_run_dir(folder, NAME, resuming=False, overwrite=False)
+    os.makedirs(os.path.join(folder, 'summary'))  # --summary True's SummaryRecord files
+    with open(os.path.join(folder, 'summary', 'events.summary.1_MS'), 'wb') as f:
+        f.write(b'epochs 1')
     prepare_run_dir(folder, NAME, resuming=True, overwrite=False)
     assert os.path.exists(os.path.join(folder, f'{NAME}-1.ckpt'))
+    assert os.listdir(os.path.join(folder, 'summary')) == ['events.summary.1_MS']
     prepare_run_dir(folder, NAME, resuming=False, overwrite=True)
-    assert os.listdir(folder) == []
+    assert os.listdir(folder) == []  # the old run's figures do not mix into the new run's
 
 
 def test_mindcv_resume_idiom_is_refused_before_anything_is_written(tmp_path):

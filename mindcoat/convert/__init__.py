@@ -151,15 +151,24 @@ def checkpoint_info(path, max_gb=None):
     from the tensors: 'num_classes' (rows of head.weight), 'in_channels' and 'model' when one
     registered variant has this architecture; from a trainer checkpoint's stored config also
     'model', 'model_kwargs', 'image_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean',
-    'std' and 'class_names' where set. Keys that cannot be known are absent."""
+    'std' and 'class_names' where set. Keys that cannot be known are absent. 'has_ema': whether
+    the file holds EMA weights too (what load_weights(..., use_ema=True) would load)."""
     tree = read_any(path, max_gb)
     shapes = {canonical_name(k): tuple(v.shape)
               for k, v in select_weights(tree, False, str(path)).items()}
-    info = dict(_from_shapes(shapes), format='weights')
+    info = dict(_from_shapes(shapes), format='weights', has_ema=_has_ema(tree, path))
     if isinstance(tree, dict) and str(tree.get('format', '')) == TRAIN_FORMAT:
         info['format'] = TRAIN_FORMAT
         info.update(_from_train_config(tree.get('config'), path, info.get('num_classes')))
     return info
+
+
+def _has_ema(tree, path):
+    try:
+        select_weights(tree, True, str(path))
+    except CheckpointError:
+        return False
+    return True
 
 
 def _from_shapes(shapes):

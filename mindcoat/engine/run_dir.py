@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 from .checkpoint import remove_stale_temporaries
 
@@ -43,12 +44,14 @@ def check_run_dir(folder, model_name, resuming, overwrite):
 
 def prepare_run_dir(folder, model_name, resuming, overwrite):
     """Creates ``folder`` for the run once the model is built (a failed start leaves an earlier
-    run as it was): with ``overwrite`` the earlier run's log and checkpoints are deleted first;
-    temporaries of killed writes are removed."""
+    run as it was): with ``overwrite`` the earlier run's logs, checkpoints and --summary files
+    are deleted first; temporaries of killed writes are removed."""
     old = check_run_dir(folder, model_name, resuming, overwrite)
     for path in old + ([os.path.join(folder, 'train.log')] if old else []):
         if os.path.exists(path):
             os.remove(path)
+    if old and os.path.isdir(os.path.join(folder, 'summary')):
+        shutil.rmtree(os.path.join(folder, 'summary'))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
 
