@@ -92,7 +92,7 @@ def load_train_config(model=None, config=None):
     """The trainer's config for the benchmark: ``config`` or the variant's recipe, parsed by
     mindcoat.config.parse_config (so a bad file fails as it would in train.py). Returns
     (model name, cfg, config path)."""
-    from .config import ConfigError, parse_config
+    from .config import ConfigError, check_training, parse_config
 
     _check_name(model)
     if config is None:
@@ -104,6 +104,7 @@ def load_train_config(model=None, config=None):
                                  f"the source checkout, not the wheel): pass --config YAML")
     try:
         cfg = parse_config(['-c', config, '--distribute', 'False'])
+        check_training(cfg)  # what train.py refuses before building anything
     except ConfigError as e:
         raise BenchmarkError(str(e)) from None
     if model is not None and model != cfg.model:

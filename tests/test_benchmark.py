@@ -82,11 +82,15 @@ def test_bad_requests_are_one_line(tmp_path, capsys):
     from mindcoat import benchmark
 
     config = _tiny_recipe(tmp_path)
+    (tmp_path / 'augmix').mkdir()
+    augmix = _tiny_recipe(tmp_path / 'augmix', aug_splits=3)
     cases = [(['--mode', 'train', '--model', 'coat_tiny', '--config', config],
               'is the recipe of coat_lite_tiny'),
              (['--mode', 'train', '--model', 'coat_huge'], "unknown model 'coat_huge'"),
              (['--mode', 'train', '--config', str(tmp_path / 'missing.yaml')], 'missing.yaml'),
-             (['--image_size', '100'], 'multiple of 32')]
+             (['--image_size', '100'], 'multiple of 32'),
+             # train.py's own refusals (check_training), before anything is built
+             (['--mode', 'train', '--config', augmix], 'aug_splits 3 (AugMix splits')]
     for args, message in cases:
         assert benchmark.main(args) is None, args
         lines = capsys.readouterr().err.strip().splitlines()

@@ -81,9 +81,9 @@ def train_one_epoch(step, loader, lrs, epoch, steps_per_epoch, show=True, log_in
     was skipped; the scale is lowered)."""
     step.set_train(True)
     first = epoch * steps_per_epoch
-    if step.read_counters().global_step != first:
-        raise RuntimeError(f"the step is at global step {step.read_counters().global_step}, "
-                           f"epoch {epoch + 1} starts at {first}")
+    at = step.read_counters().global_step
+    if at != first:
+        raise RuntimeError(f"the step is at global step {at}, epoch {epoch + 1} starts at {first}")
     step.reset_counters()
     feed = (_SinkFeed if sink else _HostFeed)(step, loader, epoch, steps_per_epoch)
     tty = show and sys.stdout.isatty()
