@@ -5,8 +5,9 @@ MindSpore's Dense is a MatMul followed by a separate BiasAdd pass over the whole
 CPU those passes were ~10% of a CoaT forward, and the bias gradient (BiasAddGrad) ~10% of a
 training step. On the CPU, float32 therefore goes through ``csrc/linear.cc``: the oneDNN matmul
 MindSpore itself uses, with the bias, and the residual add or GELU, applied to each output tile
-while it is in cache. The backward is MindSpore's MatMul for x and W and a deterministic column
-sum (``csrc/transformer.cc``) for the bias. Elsewhere, or with ``MINDCOAT_NATIVE=1`` /
+while it is in cache. The backward runs the same library's matmul on strided views of the stored
+tensors (no transposed copies; 10-35% faster than MindSpore's MatMul on CoaT's shapes) for x and
+W, and a deterministic column sum (``csrc/transformer.cc``) for the bias. Elsewhere, or with ``MINDCOAT_NATIVE=1`` /
 ``MINDCOAT_NATIVE_LINEAR=1``, MatMul + BiasAdd as in ``nn.Dense`` (+ the add / ``Gelu``).
 """
 import mindspore as ms
@@ -14,10 +15,6 @@ from mindspore import nn, ops
 
 from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
 from .gelu import Gelu
-
-_MATMUL = ops.MatMul()
-_MATMUL_TA = ops.MatMul(transpose_a=True)
-
 
 def linear_native(x, weight, bias):
     """nn.Dense's computation: (..., K) x (N, K)^T + (N,) -> (..., N)."""
@@ -52,6 +49,23 @@ def _bias_shape(dy):
     return [dy[-1]]
 
 
+def _grad_x_shape(dy, w):
+    """LinearGradX (dy (..., N), w (N, K)) -> dx (..., K)."""
+    check(len(dy) >= 1 and len(w) == 2, 'the input gradient takes dy (..., N) and weight (N, K)')
+    if known(dy[-1], w[0]):
+        check(dy[-1] == w[0], f'a gradient {tuple(dy)} for a weight {tuple(w)}')
+    return list(dy[:-1]) + [w[1]]
+
+
+def _grad_w_shape(dy, x):
+    """LinearGradW (dy (..., N), x (..., K)) -> dW (N, K)."""
+    check(len(dy) >= 1 and len(dy) == len(x), 'the weight gradient takes dy (..., N) and x '
+          '(..., K) with the same leading axes')
+    if known(*dy[:-1], *x[:-1]):
+        check(list(dy[:-1]) == list(x[:-1]), f'a gradient {tuple(dy)} for an input {tuple(x)}')
+    return [dy[-1], x[-1]]
+
+
 def _same_shape(x, dy):
     check(list(x) == list(dy), 'the gradient must be shaped like the input')
     return x
@@ -62,26 +76,25 @@ def _dtype(first, *others):
     return first
 
 
-def _grads(x, weight, dout, col_sum):
-    """d x, d W, d b of x W^T + b for the cotangent ``dout``."""
-    dy = dout.reshape(-1, dout.shape[-1])
-    dx = _MATMUL(dy, weight).reshape(x.shape)
-    return dx, _MATMUL_TA(dy, x.reshape(-1, x.shape[-1])), col_sum(dout)
-
-
 class _LinearKernel(nn.Cell):
     """The compiled forward; its gradients as a Cell ``bprop`` (see depthwise._DwKernel)."""
 
     def __init__(self, lib, sum_lib):
         super().__init__()
         self.forward = ops.Custom(lib + ':LinearFwd', _out_shape, _dtype, func_type='aot')
+        self.grad_x = ops.Custom(lib + ':LinearGradX', _grad_x_shape, _dtype, func_type='aot')
+        self.grad_w = ops.Custom(lib + ':LinearGradW', _grad_w_shape, _dtype, func_type='aot')
         self.col_sum = ops.Custom(sum_lib + ':ColSum', _bias_shape, _dtype, func_type='aot')
 
     def construct(self, x, weight, bias):
         return self.forward(x, weight, bias)
 
+    def grads(self, x, weight, dout):
+        """d x, d W, d b of x W^T + b for the cotangent ``dout``."""
+        return self.grad_x(dout, weight), self.grad_w(dout, x), self.col_sum(dout)
+
     def bprop(self, x, weight, bias, out, dout):
-        return _grads(x, weight, dout, self.col_sum)
+        return self.grads(x, weight, dout)
 
 
 class _LinearResidualKernel(_LinearKernel):
@@ -94,7 +107,7 @@ class _LinearResidualKernel(_LinearKernel):
         return self.forward_res(x, weight, bias, residual)
 
     def bprop(self, x, weight, bias, residual, out, dout):
-        return _grads(x, weight, dout, self.col_sum) + (dout,)
+        return self.grads(x, weight, dout) + (dout,)
 
 
 class _LinearGeluKernel(_LinearKernel):
@@ -112,7 +125,7 @@ class _LinearGeluKernel(_LinearKernel):
 
     def bprop(self, x, weight, bias, out, dout):
         dh = self.gelu_grad(self.forward(x, weight, bias), dout)
-        return _grads(x, weight, dh, self.col_sum)
+        return self.grads(x, weight, dh)
 
 
 def _kernels():
