@@ -196,6 +196,19 @@ def test_stochastic_depth_drops_whole_samples():
     assert set(np.unique(per_sample)) <= {0.0, 2.0}
     assert np.all(per_sample.min(1) == per_sample.max(1))
     assert 64 < (per_sample[:, 0] == 0).sum() < 192
+    # the gradient is the same mask (its own backward keeps only the per-sample mask)
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.uniform(1, 2, (64, 5, 3)).astype(np.float32))
+    w = ms.Tensor(rng.normal(size=(64, 5, 3)).astype(np.float32))
+
+    def loss(t):
+        out = drop(t)
+        return (out * w).sum(), out
+
+    (_, out), dx = ms.value_and_grad(loss, has_aux=True)(x)
+    mask = np.round(out.asnumpy() / x.asnumpy(), 3)
+    assert set(np.unique(mask)) == {0.0, 2.0}
+    assert np.allclose(dx.asnumpy(), w.asnumpy() * mask, rtol=1e-6, atol=0)
     drop.set_train(False)
     assert np.array_equal(drop(ms.Tensor(np.ones((4, 5, 3), np.float32))).asnumpy(),
                           np.ones((4, 5, 3)))
