@@ -10,7 +10,7 @@ import numpy as np
 from mindspore import ops
 
 from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, \
-    factor_attention, linear, linear_gelu, linear_residual
+    factor_attention, factor_attention_crpe, linear, linear_gelu, linear_residual
 
 H, W, C = 14, 12, 152
 GRIDS = ((H, W), (H // 2, W // 2), (H * 2, W * 2))
@@ -29,6 +29,8 @@ def _cases(rng):
         'crpe': (lambda x, a, b, c, d: conv_rel_pos_enc(x, H, W, (a, b), (c, d)),
                  (qkv, w3, w5, b3, b5)),
         'attention': (lambda x, c: factor_attention(x, c, 8), (qkv, tokens)),
+        'attention_crpe': (lambda x, a, b, c, d: factor_attention_crpe(x, H, W, (a, b), (c, d), 8),
+                           (qkv, w3, w5, b3, b5)),
         'cross_scale': (lambda x, a, b: cross_scale_sum(x, GRIDS[0], a, GRIDS[1], b, GRIDS[2]),
                         (tokens, t(3, 1 + H * W // 4, C), t(3, 1 + H * W * 4, C))),
         'linear': (linear, (tokens, t(4 * C, C), t(4 * C))),

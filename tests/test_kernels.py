@@ -13,7 +13,8 @@ from mindspore import nn, ops
 from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, conv_rel_pos_enc_native, \
     cross_scale_sum, cross_scale_sum_native, depthwise_nhwc, depthwise_nhwc_native, \
     depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
-    factor_attention_native, linear, linear_gelu, linear_native, linear_residual, patch_conv
+    factor_attention_crpe, factor_attention_native, linear, linear_gelu, linear_native, \
+    linear_residual, patch_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -382,29 +383,52 @@ class _CrpeNet(DwNet):
         return (y * y).sum(), y
 
 
+class _WithAttention(nn.Cell):
+    """fn(qkv, h, w, weights, biases, heads) with the head count fixed."""
+
+    def __init__(self, fn, heads):
+        super().__init__()
+        self.fn = fn
+        self.heads = heads
+
+    def construct(self, qkv, h, w, weights, biases):
+        return self.fn(qkv, h, w, weights, biases, self.heads)
+
+
+def _attention_crpe_native(qkv, h, w, weights, biases, heads):
+    return factor_attention_native(qkv, conv_rel_pos_enc_native(qkv, h, w, weights, biases),
+                                   heads)
+
+
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
-@pytest.mark.parametrize('case', [(2, 5, 7, [(8, 3), (12, 5), (12, 7)]), (1, 4, 4, [(6, 3)])],
+@pytest.mark.parametrize('case', [(2, 5, 7, [(8, 3), (12, 5), (12, 7)], 8), (1, 4, 4, [(6, 3)], 2)],
                          ids=['3groups', '1group'])
 def test_conv_rel_pos_enc_matches_native(case, mode):
     """The relative position encoding read straight from qkv (no split, product fused) against
     split + depthwise + multiply: output, d qkv (q and v parts; k gets none) and every kernel and
-    bias gradient."""
+    bias gradient. Then the same with the attention on top, whose fused backward adds both
+    gradients of qkv in one kernel, against the two native references."""
     ms.set_context(mode=mode)
-    b, h, w, groups = case
+    b, h, w, groups, heads = case
     c = sum(ch for ch, _ in groups)
     qkv = ms.Tensor(np.random.default_rng(6).normal(size=(b, 1 + h * w, 3 * c)).astype(np.float32))
-    res = []
-    for fn in (conv_rel_pos_enc, conv_rel_pos_enc_native):
-        net = _CrpeNet(groups, fn, (h, w))
-        grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
-                                    has_aux=True)
-        (_, y), (dqkv, dparams) = grad_fn(qkv)
-        res.append([y.asnumpy(), dqkv.asnumpy()] + [g.asnumpy() for g in dparams])
-    assert conv_rel_pos_enc.kernel is not None
-    assert np.all(res[0][0][:, 0] == 0)  # class token
-    for got, ref in zip(*res):
-        assert got.shape == ref.shape
-        assert _rel(got, ref) < 1e-5
+    pairs = [(conv_rel_pos_enc, conv_rel_pos_enc_native),
+             (_WithAttention(factor_attention_crpe, heads),
+              _WithAttention(_attention_crpe_native, heads))]
+    for pair in pairs:
+        res = []
+        for fn in pair:
+            net = _CrpeNet(groups, fn, (h, w))
+            grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
+                                        has_aux=True)
+            (_, y), (dqkv, dparams) = grad_fn(qkv)
+            res.append([y.asnumpy(), dqkv.asnumpy()] + [g.asnumpy() for g in dparams])
+        for got, ref in zip(*res):
+            assert got.shape == ref.shape
+            assert _rel(got, ref) < 1e-5
+        if pair[0] is conv_rel_pos_enc:
+            assert np.all(res[0][0][:, 0] == 0)  # class token
+    assert conv_rel_pos_enc.kernel is not None and factor_attention_crpe.kernel is not None
 
 
 class _CrossScaleNet(nn.Cell):

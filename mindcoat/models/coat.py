@@ -7,7 +7,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 """
 from mindspore import nn, ops
 
-from ..ops import conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, factor_attention, \
+from ..ops import conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, factor_attention_crpe, \
     linear_residual, patch_conv
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, uniform_fan_in
 
@@ -54,12 +54,17 @@ class ConvRelPosEnc(nn.Cell):
         self.conv_list = nn.CellList([DepthwiseKernel(heads * head_dim, k)
                                       for k, heads in window.items()])
 
-    def construct(self, qkv, h, w):
+    def kernels(self):
+        """((weight, ...), (bias, ...)) of the head groups."""
         weights = ()
         biases = ()
         for conv in self.conv_list:
             weights = weights + (conv.weight,)
             biases = biases + (conv.bias,)
+        return weights, biases
+
+    def construct(self, qkv, h, w):
+        weights, biases = self.kernels()
         return conv_rel_pos_enc(qkv, h, w, weights, biases)
 
 
@@ -81,9 +86,10 @@ class FactorAttnConvRelPosEnc(nn.Cell):
         """The attention branch, plus ``residual`` if given (added inside the output projection's
         GEMM when there is no dropout)."""
         qkv = self.qkv(x)
-        crpe = self.crpe(qkv, h, w)
-        # scale * q (softmax over tokens of k)^T v + crpe; on the CPU one kernel on qkv's layout
-        x = factor_attention(qkv, crpe, self.num_heads)
+        # scale * q (softmax over tokens of k)^T v + crpe; on the CPU kernels on qkv's layout,
+        # whose backward writes both gradients of qkv into one tensor
+        weights, biases = self.crpe.kernels()
+        x = factor_attention_crpe(qkv, h, w, weights, biases, self.num_heads)
         if self.training and self.drop_rate > 0:
             y = self.proj_drop(self.proj(x))
             return y if residual is None else residual + y

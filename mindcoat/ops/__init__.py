@@ -1,6 +1,6 @@
 """MindSpore operators for CoaT, each with a CPU fast path (see ``dispatch``) and a native
 reference (``*_native``) used on Ascend/GPU and whenever the fast path does not apply."""
-from .attention import factor_attention, factor_attention_native
+from .attention import factor_attention, factor_attention_crpe, factor_attention_native
 from .depthwise import conv_rel_pos_enc, conv_rel_pos_enc_native, depthwise_nhwc, \
     depthwise_nhwc_native, depthwise_path, depthwise_tokens, depthwise_tokens_native
 from .gelu import Gelu
@@ -11,6 +11,6 @@ from .resize import cross_scale_sum, cross_scale_sum_native, resize_tokens_nativ
 
 __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
            'cross_scale_sum_native', 'depthwise_nhwc', 'depthwise_nhwc_native', 'depthwise_path',
-           'depthwise_tokens', 'depthwise_tokens_native', 'factor_attention',
+           'depthwise_tokens', 'depthwise_tokens_native', 'factor_attention', 'factor_attention_crpe',
            'factor_attention_native', 'Gelu', 'LayerNormOp', 'linear', 'linear_gelu',
            'linear_native', 'linear_residual', 'patch_conv', 'resize_tokens_native']

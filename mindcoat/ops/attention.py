@@ -5,10 +5,15 @@ splitting qkv, transposing q, k and v into heads, a softmax over the token axis 
 transpose), batch matmuls with broadcasting, and transposing back. The compiled kernel
 (``csrc/transformer.cc``) works on the token layout (B, N, 3C) directly, one task per (batch,
 head). Elsewhere (or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_ATTENTION=1``) the reference.
+
+``factor_attention_crpe`` computes the relative position encoding and the attention together:
+with both CPU kernels, one backward writes both gradients of qkv into one tensor (no split of
+qkv, no concatenation of its parts, no sum of the two gradients as separate passes).
 """
 import mindspore as ms
 from mindspore import nn, ops
 
+from .depthwise import conv_rel_pos_enc, crpe_kernel, usable
 from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
 
 
@@ -102,3 +107,51 @@ class _Dispatch(nn.Cell):
 
 
 factor_attention = _Dispatch()
+
+
+class _AttentionCrpeKernel(nn.Cell):
+    """The two compiled forwards; one backward: the encoding's gradient is added into the
+    attention's d qkv by CrpeBwdX (d crpe is dout itself)."""
+
+    def __init__(self, attention, crpe):
+        super().__init__()
+        self.attention = attention
+        self.crpe = crpe
+
+    def construct(self, qkv, hw, weights, biases, heads):
+        return self.attention.forward(qkv, self.crpe(qkv, hw, weights, biases), heads)
+
+    def bprop(self, qkv, hw, weights, biases, heads, out, dout):
+        dqkv, dws, dbs = self.crpe.grads(qkv, hw, weights, biases, dout,
+                                         self.attention.grad(qkv, dout, heads))
+        return dqkv, ops.zeros_like(hw), dws, dbs, ops.zeros_like(heads)
+
+
+_fused = {}  # (attention kernel, crpe kernel) -> their _AttentionCrpeKernel
+
+
+def _fused_kernel(_):
+    """The fused cell when both CPU kernels apply, else None."""
+    attention, crpe = _kernel(None), crpe_kernel()
+    if attention is None or crpe is None:
+        return None
+    if (attention, crpe) not in _fused:
+        _fused[(attention, crpe)] = _AttentionCrpeKernel(attention, crpe)
+    return _fused[(attention, crpe)]
+
+
+class _CrpeDispatch(nn.Cell):
+    """factor_attention_crpe(qkv, h, w, weights, biases, num_heads) ->
+    factor_attention(qkv, conv_rel_pos_enc(qkv, h, w, weights, biases), num_heads)."""
+
+    kernel = AtParseTime(_fused_kernel)  # None: the two separately
+
+    def construct(self, qkv, h, w, weights, biases, num_heads):
+        if self.kernel is not None and usable(qkv, weights, biases) \
+                and qkv.shape[2] // 3 // num_heads <= MAX_HEAD_WIDTH:
+            return self.kernel(qkv, ops.zeros((h, w), ms.float32), weights, biases,
+                               ops.zeros((num_heads,), ms.float32))  # shapes only
+        return factor_attention(qkv, conv_rel_pos_enc(qkv, h, w, weights, biases), num_heads)
+
+
+factor_attention_crpe = _CrpeDispatch()

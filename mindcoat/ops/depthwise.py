@@ -176,12 +176,13 @@ def _make_kernels(lib):
             'tokens_res': _DwTokensKernel(lib, True)}
 
 
-def _crpe_kernel():
+def crpe_kernel():
     """The relative position encoding kernel if its CPU fast path applies, else None."""
-    return kernel_cells('crpe', lambda lib: _CrpeKernel(lib, _DwTokensKernel(lib, False)))
+    return kernel_cells('crpe', _CrpeKernel)
 
 
-def _usable(x, weights, biases):
+def usable(x, weights, biases):
+    """float32 input and parameters: what the kernels take."""
     ok = x.dtype == ms.float32
     for p in weights + biases:
         ok = ok and p.dtype == ms.float32
@@ -202,7 +203,7 @@ class _Dispatch(nn.Cell):
     kernel = AtParseTime(lambda self: (_kernels() or {}).get('nhwc'))  # None: native path
 
     def construct(self, x, weights, biases):
-        if self.kernel is not None and _usable(x, weights, biases):
+        if self.kernel is not None and usable(x, weights, biases):
             return self.kernel(x, weights, biases)
         if weights[0].dtype != x.dtype:
             weights, biases = _cast_all(weights, x.dtype), _cast_all(biases, x.dtype)
@@ -219,7 +220,7 @@ class _TokensDispatch(nn.Cell):
     with_residual = AtParseTime(lambda self: (_kernels() or {}).get('tokens_res'))
 
     def construct(self, x, h, w, weights, biases, residual=False):
-        if self.plain is not None and _usable(x, weights, biases):
+        if self.plain is not None and usable(x, weights, biases):
             hw = ops.zeros((h, w), ms.float32)  # only its shape is read
             if residual:
                 return self.with_residual(x, hw, weights, biases)
@@ -236,24 +237,28 @@ def conv_rel_pos_enc_native(qkv, h, w, weights, biases):
 
 
 class _CrpeKernel(nn.Cell):
-    """q * (conv(v) + b) straight from qkv in one compiled pass; the backward recomputes conv(v)
-    and reuses the depthwise gradients (training only, so the split there is acceptable)."""
+    """q * (conv(v) + b) straight from qkv in one compiled pass; the gradients also go straight
+    into qkv's layout (``grads``, shared with the attention kernel, which adds its own)."""
 
-    def __init__(self, lib, tokens):
+    def __init__(self, lib):
         super().__init__()
         self.forward = ops.Custom(lib + ':CrpeFwd', _crpe_shape, _f32, func_type='aot')
-        self.tokens = tokens  # the plain depthwise kernel on tokens, for the backward
+        self.grad_x = ops.Custom(lib + ':CrpeBwdX', _crpe_grad_x_shape, _f32, func_type='aot')
+        self.grad_w = ops.Custom(lib + ':CrpeBwdW', _crpe_grad_w_shape, _f32,
+                                 func_type='aot')
 
     def construct(self, qkv, hw, weights, biases):
         return self.forward(qkv, hw, *weights, *biases)
 
+    def grads(self, qkv, hw, weights, biases, dout, dqkv):
+        """(dqkv + d qkv, d weights, d biases) for the cotangent ``dout``."""
+        dqkv = self.grad_x(qkv, dout, dqkv, hw, *weights, *biases)
+        dws, dbs = _split_grads(self.grad_w(qkv, dout, hw, *weights), weights)
+        return dqkv, dws, dbs
+
     def bprop(self, qkv, hw, weights, biases, out, dout):
-        q, k, v = ops.split(qkv, dout.shape[2], axis=2)
-        conv = self.tokens.forward(v, hw, *weights, *biases)
-        dconv = dout * q
-        dv = self.tokens.grad_x(dconv, hw, *weights)
-        dws, dbs = _split_grads(self.tokens.grad_w(v, dconv, hw, *weights), weights)
-        return ops.cat((dout * conv, ops.zeros_like(k), dv), axis=2), ops.zeros_like(hw), dws, dbs
+        dqkv, dws, dbs = self.grads(qkv, hw, weights, biases, dout, ops.zeros_like(qkv))
+        return dqkv, ops.zeros_like(hw), dws, dbs
 
 
 def _crpe_shape(qkv, hw, *params):
@@ -265,15 +270,33 @@ def _crpe_shape(qkv, hw, *params):
     return [qkv[0], qkv[1], channels]
 
 
+def _crpe_grad_x_shape(qkv, dout, dqkv, hw, *params):
+    """CrpeBwdX (qkv, dout (B, 1 + H*W, C), dqkv like qkv, hw, w_1..w_n, b_1..b_n) -> qkv's."""
+    out = _crpe_shape(qkv, hw, *params)
+    if known(*out, *dout, *qkv, *dqkv):
+        check(list(dout) == out and list(dqkv) == list(qkv),
+              f'crpe gradients {tuple(dout)}, {tuple(dqkv)} for qkv {tuple(qkv)}')
+    return qkv
+
+
+def _crpe_grad_w_shape(qkv, dout, hw, *weights):
+    """CrpeBwdW (qkv, dout (B, 1 + H*W, C), hw, w_1..w_n) -> flat [dw_1, ..., dw_n, db]."""
+    channels = sum(w[0] for w in weights)
+    _check_tokens(qkv, hw, 3 * channels if known(channels) else None)
+    _check_tokens(dout, hw, channels)
+    _check_weights(channels, weights)
+    return (sum(w[0] * w[2] * w[3] for w in weights) + channels,)
+
+
 class _CrpeDispatch(nn.Cell):
     """conv_rel_pos_enc(qkv, h, w, weights, biases) -> (B, 1 + H*W, C): CoaT's convolutional
     relative position encoding q * depthwise(v) from the fused projection qkv (B, 1 + H*W, 3C),
     0 on the class token."""
 
-    kernel = AtParseTime(lambda self: _crpe_kernel())  # None: native path
+    kernel = AtParseTime(lambda self: crpe_kernel())  # None: native path
 
     def construct(self, qkv, h, w, weights, biases):
-        if self.kernel is not None and _usable(qkv, weights, biases):
+        if self.kernel is not None and usable(qkv, weights, biases):
             return self.kernel(qkv, ops.zeros((h, w), ms.float32), weights, biases)  # shape only
         if weights[0].dtype != qkv.dtype:
             weights, biases = _cast_all(weights, qkv.dtype), _cast_all(biases, qkv.dtype)

@@ -17,6 +17,7 @@
 //   DwBwdX / DwResBwdX  (dy, [hw], w_1..w_n)          -> dx  (the convolution, kernels flipped)
 //   DwBwdW              (x, dy, [hw], w_1..w_n)       -> flat [dw_1, ..., dw_n, db]
 //   CrpeFwd             (qkv, hw, w_1..w_n, b_1..b_n) -> q * (conv(v) + b)   (see below)
+//   CrpeBwdX, CrpeBwdW  its gradients, straight into qkv's layout (see below)
 #include "common.h"
 
 #include <algorithm>
@@ -85,6 +86,37 @@ struct Strided {
   int64_t stride;
 };
 
+// One image row (b, h) of bias + depthwise(x) into yrow (W pixels of C channels, contiguous).
+void ConvRow(Strided x, const std::vector<Group> &groups, const float *bias, float *yrow,
+             const Layout &l, int64_t b, int64_t h) {
+  const int64_t H = l.H, W = l.W, C = l.C, xs = x.stride;
+  const float *xb = x.data + (b * (l.off + H * W) + l.off) * xs;
+  for (int64_t w = 0; w < W; ++w) {
+    float *yp = yrow + w * C;
+    if (bias) std::memcpy(yp, bias, C * sizeof(float));
+    else std::memset(yp, 0, C * sizeof(float));
+  }
+  for (const Group &g : groups) {
+    const int64_t p = g.k / 2, cg = g.cg;
+    for (int64_t i = 0; i < g.k; ++i) {
+      const int64_t hin = h + i - p;
+      if (hin < 0 || hin >= H) continue;
+      const float *xrow = xb + hin * W * xs + g.c0;
+      for (int64_t j = 0; j < g.k; ++j) {
+        const int64_t dj = j - p;
+        const float *__restrict t = g.taps.data() + (i * g.k + j) * cg;
+        const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
+        for (int64_t w = w0; w < w1; ++w) {
+          const float *__restrict xp = xrow + (w + dj) * xs;
+          float *__restrict yp = yrow + w * C + g.c0;
+#pragma omp simd
+          for (int64_t c = 0; c < cg; ++c) yp[c] += xp[c] * t[c];
+        }
+      }
+    }
+  }
+}
+
 // y = bias + depthwise(x) on the image rows, times `mul` if given; rows (b, h) are independent,
 // so they are split across threads. The class-token row (off == 1) gets x's (cls_copy) or zeros.
 void Conv(Strided x, const std::vector<Group> &groups, const float *bias, float *y,
@@ -93,36 +125,12 @@ void Conv(Strided x, const std::vector<Group> &groups, const float *bias, float 
   ParallelFor(l.B * H, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, h = row % H;
-      const float *xb = x.data + (b * tokens + l.off) * xs;
       float *yrow = y + b * l.batch + (l.off + h * W) * C;
       if (l.off && h == 0) {
         if (cls_copy) std::memcpy(y + b * l.batch, x.data + b * tokens * xs, C * sizeof(float));
         else std::memset(y + b * l.batch, 0, C * sizeof(float));
       }
-      for (int64_t w = 0; w < W; ++w) {
-        float *yp = yrow + w * C;
-        if (bias) std::memcpy(yp, bias, C * sizeof(float));
-        else std::memset(yp, 0, C * sizeof(float));
-      }
-      for (const Group &g : groups) {
-        const int64_t p = g.k / 2, cg = g.cg;
-        for (int64_t i = 0; i < g.k; ++i) {
-          const int64_t hin = h + i - p;
-          if (hin < 0 || hin >= H) continue;
-          const float *xrow = xb + hin * W * xs + g.c0;
-          for (int64_t j = 0; j < g.k; ++j) {
-            const int64_t dj = j - p;
-            const float *__restrict t = g.taps.data() + (i * g.k + j) * cg;
-            const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
-            for (int64_t w = w0; w < w1; ++w) {
-              const float *__restrict xp = xrow + (w + dj) * xs;
-              float *__restrict yp = yrow + w * C + g.c0;
-#pragma omp simd
-              for (int64_t c = 0; c < cg; ++c) yp[c] += xp[c] * t[c];
-            }
-          }
-        }
-      }
+      ConvRow(x, groups, bias, yrow, l, b, h);
       if (mul.data) {
         const float *mrow = mul.data + (b * tokens + l.off + h * W) * mul.stride;
         for (int64_t w = 0; w < W; ++w) {
@@ -208,21 +216,16 @@ extern "C" int CrpeFwd(int nparam, void **params, int *ndims, int64_t **shapes,
   return 0;
 }
 
-// dw[c, i, j] = sum_{b,h,w} dy[b,h,w,c] * x[b, h+i-p, w+j-p, c]; db[c] = sum dy[b,h,w,c].
-// Deterministic in parallel: the rows go into a fixed number of chunks (independent of the
-// thread count), each summed into its own buffer; the buffers are then added in chunk order.
-extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                      void *stream, void *extra) {
-  Layout l;
-  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 0, 2, &l)) return 1;
-  const int first = ndims[0] == 3 ? 3 : 2;
-  const int n = nparam - 1 - first;
-  if (n < 1) return 1;
-  const int64_t H = l.H, W = l.W, C = l.C;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *dy = static_cast<const float *>(params[1]);
-  float *out = static_cast<float *>(params[nparam - 1]);
-  std::vector<Group> groups = MakeGroups(params, shapes, first, n, false, 0.0f);
+namespace {
+
+// dw[c, i, j] = sum_{b,h,w} g[b,h,w,c] * x[b, h+i-p, w+j-p, c]; db[c] = sum g[b,h,w,c], with
+// g = dy (laid out as l), times `mul` if given; out = flat [dw_1, ..., dw_n, db] in PyTorch
+// layout. Deterministic in parallel: the rows go into a fixed number of chunks (independent of
+// the thread count), each summed into its own buffer; the buffers are then added in chunk order.
+void WeightGrad(Strided x, const float *dy, Strided mul, const std::vector<Group> &groups,
+                const Layout &l, float *out) {
+  const int64_t H = l.H, W = l.W, C = l.C, xs = x.stride, tokens = l.off + H * W;
+  const int n = static_cast<int>(groups.size());
   std::vector<int64_t> offset(n);  // where group g's (k, k, cg) accumulator starts
   int64_t size = 0;
   for (int g = 0; g < n; ++g) {
@@ -234,12 +237,24 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
   const int64_t rows = l.B * H, chunks = std::min<int64_t>(rows, 64);
   std::vector<float> partial(chunks * size, 0.0f);
   ParallelFor(chunks, [&](int64_t begin, int64_t end) {
+    std::vector<float> scaled(mul.data ? W * C : 0);  // one row of dy * mul
     for (int64_t ch = begin; ch < end; ++ch) {
       float *acc = partial.data() + ch * size;
       for (int64_t row = rows * ch / chunks; row < rows * (ch + 1) / chunks; ++row) {
         const int64_t b = row / H, h = row % H;
-        const float *xb = x + b * l.batch + l.off * C;
+        const float *xb = x.data + (b * tokens + l.off) * xs;
         const float *dyrow = dy + b * l.batch + (l.off + h * W) * C;
+        if (mul.data) {
+          const float *mrow = mul.data + (b * tokens + l.off + h * W) * mul.stride;
+          for (int64_t w = 0; w < W; ++w) {
+            const float *__restrict d = dyrow + w * C;
+            const float *__restrict m = mrow + w * mul.stride;
+            float *__restrict s = scaled.data() + w * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) s[c] = d[c] * m[c];
+          }
+          dyrow = scaled.data();
+        }
         for (int64_t w = 0; w < W; ++w) {
           const float *__restrict d = dyrow + w * C;
           float *__restrict a = acc + bias_at;
@@ -252,13 +267,13 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
           for (int64_t i = 0; i < gr.k; ++i) {
             const int64_t hin = h + i - p;
             if (hin < 0 || hin >= H) continue;
-            const float *xrow = xb + hin * W * C + gr.c0;
+            const float *xrow = xb + hin * W * xs + gr.c0;
             for (int64_t j = 0; j < gr.k; ++j) {
               const int64_t dj = j - p;
               float *__restrict a = acc + offset[g] + (i * gr.k + j) * cg;
               const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
               for (int64_t w = w0; w < w1; ++w) {
-                const float *__restrict xp = xrow + (w + dj) * C;
+                const float *__restrict xp = xrow + (w + dj) * xs;
                 const float *__restrict d = dyrow + w * C + gr.c0;
 #pragma omp simd
                 for (int64_t c = 0; c < cg; ++c) a[c] += d[c] * xp[c];
@@ -286,13 +301,109 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
       for (int64_t t = 0; t < kk; ++t) out[o++] = total[offset[g] + t * gr.cg + c];
   }
   std::memcpy(out + o, total.data() + bias_at, C * sizeof(float));
+}
+
+}  // namespace
+
+// DwBwdW (x, dy, [hw], w_1..w_n) -> flat [dw_1, ..., dw_n, db].
+extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                      void *stream, void *extra) {
+  Layout l;
+  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 0, 2, &l)) return 1;
+  const int first = ndims[0] == 3 ? 3 : 2;
+  const int n = nparam - 1 - first;
+  if (n < 1) return 1;
+  WeightGrad({static_cast<const float *>(params[0]), l.C}, static_cast<const float *>(params[1]),
+             {nullptr, 0}, MakeGroups(params, shapes, first, n, false, 0.0f), l,
+             static_cast<float *>(params[nparam - 1]));
+  return 0;
+}
+
+// The gradients of CrpeFwd, y = q * (conv(v) + b) on the image rows (0 on the class row):
+//   CrpeBwdX (qkv, dy, dqkv_in, hw, w_1..w_n, b_1..b_n) -> dqkv_in + [dy * (conv(v) + b), 0,
+//            conv^T(dy * q)]   (B, 1 + H*W, 3C)
+//   CrpeBwdW (qkv, dy, hw, w_1..w_n)                    -> flat [dw_1, ..., dw_n, db] of conv
+// dqkv_in is the attention's gradient of the same qkv: adding it here saves the concatenation
+// of the three parts and the sum of the two gradients as separate passes.
+extern "C" int CrpeBwdX(int nparam, void **params, int *ndims, int64_t **shapes,
+                        const char **dtypes, void *stream, void *extra) {
+  Layout l;
+  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 1, 3, &l) || l.off != 1) return 1;
+  const int64_t B = l.B, H = l.H, W = l.W, C = l.C, N = 1 + H * W;
+  const int n = (nparam - 5) / 2;
+  if (n < 1 || nparam != 5 + 2 * n) return 1;
+  for (int i : {0, 2, nparam - 1})  // qkv, dqkv_in, dqkv
+    if (ndims[i] != 3 || shapes[i][0] != B || shapes[i][1] != N || shapes[i][2] != 3 * C) return 1;
+  const std::vector<Group> groups = MakeGroups(params, shapes, 4, n, false, 0.0f);
+  const std::vector<Group> flipped = MakeGroups(params, shapes, 4, n, true, 0.0f);
+  std::vector<float> bias(C);
+  for (int g = 0; g < n; ++g)
+    std::memcpy(bias.data() + groups[g].c0, params[4 + n + g], groups[g].cg * sizeof(float));
+  const float *qkv = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  const float *din = static_cast<const float *>(params[2]);
+  float *dqkv = static_cast<float *>(params[nparam - 1]);
+  // dy * q, laid out like dy (class rows 0): the input of conv^T
+  std::vector<float> dconv(B * N * C);
+  ParallelFor(B * N, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float *__restrict d = dy + r * C;
+      const float *__restrict q = qkv + r * 3 * C;
+      float *__restrict o = dconv.data() + r * C;
+      if (r % N == 0) {
+        std::memset(o, 0, C * sizeof(float));
+        continue;
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = d[c] * q[c];
+    }
+  });
+  ParallelFor(B * H, [&](int64_t begin, int64_t end) {
+    std::vector<float> conv(W * C), back(W * C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H, h = row % H;
+      if (h == 0)  // the class row: only the attention's gradient
+        std::memcpy(dqkv + b * N * 3 * C, din + b * N * 3 * C, 3 * C * sizeof(float));
+      ConvRow({qkv + 2 * C, 3 * C}, groups, bias.data(), conv.data(), l, b, h);
+      ConvRow({dconv.data(), C}, flipped, nullptr, back.data(), l, b, h);
+      const int64_t first = b * N + 1 + h * W;
+      for (int64_t w = 0; w < W; ++w) {
+        const int64_t r = first + w;
+        const float *__restrict d = dy + r * C;
+        const float *__restrict cv = conv.data() + w * C;
+        const float *__restrict bk = back.data() + w * C;
+        const float *__restrict in = din + r * 3 * C;
+        float *__restrict o = dqkv + r * 3 * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = in[c] + d[c] * cv[c];
+        std::memcpy(o + C, in + C, C * sizeof(float));
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[2 * C + c] = in[2 * C + c] + bk[c];
+      }
+    }
+  });
+  return 0;
+}
+
+extern "C" int CrpeBwdW(int nparam, void **params, int *ndims, int64_t **shapes,
+                        const char **dtypes, void *stream, void *extra) {
+  Layout l;
+  if (!IsF32(dtypes[0]) || ndims[0] != 3 || !GetLayout(ndims, shapes, 1, 2, &l) || l.off != 1 ||
+      shapes[0][0] != l.B || shapes[0][1] != 1 + l.H * l.W || shapes[0][2] != 3 * l.C)
+    return 1;
+  const int n = nparam - 4;
+  if (n < 1) return 1;
+  const float *qkv = static_cast<const float *>(params[0]);
+  WeightGrad({qkv + 2 * l.C, 3 * l.C}, static_cast<const float *>(params[1]), {qkv, 3 * l.C},
+             MakeGroups(params, shapes, 3, n, false, 0.0f), l,
+             static_cast<float *>(params[nparam - 1]));
   return 0;
 }
 
 // ---- self-check (see common.h) ---------------------------------------------------------------
 // Two groups (3x3 over 8 channels, 5x5 over 11: a width that is not a vector multiple) on the
-// token layout (B, 1 + H*W, C): DwResFwd (CoaT's position encoding) and CrpeFwd, against direct
-// loops with zero padding.
+// token layout (B, 1 + H*W, C): DwResFwd (CoaT's position encoding), CrpeFwd and its two
+// gradients, against direct loops with zero padding.
 
 namespace {
 
@@ -357,5 +468,49 @@ extern "C" int MindcoatSelfCheck(char *message, int length) {
   for (int64_t r = 0; r < B * N; ++r)
     for (int64_t c = 0; c < C; ++c)
       want[r * C + c] = r % N == 0 ? 0.0f : want[r * C + c] * qkv[r * 3 * C + c];
-  return mindcoat::Verdict("CrpeFwd", status, y, want, 1e-4f, message, length);
+  if (mindcoat::Verdict("CrpeFwd", status, y, want, 1e-4f, message, length)) return 1;
+
+  // CrpeBwdX / CrpeBwdW for a cotangent dy: g = dy * q on the image rows; dq = dy * (conv(v) + b),
+  // dv = the adjoint of the convolution applied to g, dw / db correlate g with v.
+  std::vector<float> dy = mindcoat::TestData(B * N * C, 0.75f);
+  std::vector<float> din = mindcoat::TestData(B * N * 3 * C, 0.6f), dqkv(B * N * 3 * C);
+  std::vector<float> dw(8 * 9 + 11 * 25 + C);
+  std::vector<float> conv = ReferenceConv(qkv, 3 * C, 2 * C, w, bias, groups, B, H, W, C, false);
+  std::vector<float> dqkv_want(din), dw_want(dw.size(), 0.0f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      int g = 0, c0 = 0, w_at = 0;
+      while (c >= c0 + groups[g][0]) {
+        w_at += groups[g][0] * groups[g][1] * groups[g][1];
+        c0 += groups[g++][0];
+      }
+      const int64_t k = groups[g][1], p = k / 2, cl = c - c0;
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t ww = 0; ww < W; ++ww) {
+          const int64_t r = b * N + 1 + h * W + ww;
+          const float gr = dy[r * C + c] * qkv[r * 3 * C + c];
+          dqkv_want[r * 3 * C + c] += dy[r * C + c] * conv[r * C + c];
+          dw_want[8 * 9 + 11 * 25 + c] += gr;
+          for (int64_t i = 0; i < k; ++i)
+            for (int64_t j = 0; j < k; ++j) {
+              const int64_t hi = h + i - p, wj = ww + j - p;
+              if (hi < 0 || hi >= H || wj < 0 || wj >= W) continue;
+              const int64_t src = b * N + 1 + hi * W + wj;
+              dqkv_want[src * 3 * C + 2 * C + c] += gr * w[g][(cl * k + i) * k + j];
+              dw_want[w_at + (cl * k + i) * k + j] += gr * qkv[src * 3 * C + 2 * C + c];
+            }
+        }
+    }
+  void *bwd_x[9] = {qkv.data(), dy.data(), din.data(), hw.data(), w[0].data(), w[1].data(),
+                    b0.data(), b1.data(), dqkv.data()};
+  int64_t *bwd_x_shapes[9] = {s_qkv, s_x, s_qkv, s_hw, s_w0, s_w1, s_b0, s_b1, s_qkv};
+  int bwd_x_nd[9] = {3, 3, 3, 2, 4, 4, 1, 1, 3};
+  status = CrpeBwdX(9, bwd_x, bwd_x_nd, bwd_x_shapes, dtypes, nullptr, nullptr);
+  if (mindcoat::Verdict("CrpeBwdX", status, dqkv, dqkv_want, 1e-4f, message, length)) return 1;
+  int64_t s_dw[1] = {static_cast<int64_t>(dw.size())};
+  void *bwd_w[6] = {qkv.data(), dy.data(), hw.data(), w[0].data(), w[1].data(), dw.data()};
+  int64_t *bwd_w_shapes[6] = {s_qkv, s_x, s_hw, s_w0, s_w1, s_dw};
+  int bwd_w_nd[6] = {3, 3, 2, 4, 4, 1};
+  status = CrpeBwdW(6, bwd_w, bwd_w_nd, bwd_w_shapes, dtypes, nullptr, nullptr);
+  return mindcoat::Verdict("CrpeBwdW", status, dw, dw_want, 1e-3f, message, length);
 }
