@@ -7,8 +7,9 @@ training step. On the CPU, float32 therefore goes through ``csrc/linear.cc``: th
 MindSpore itself uses, with the bias, and the residual add or GELU, applied to each output tile
 while it is in cache. The backward runs the same library's matmul on strided views of the stored
 tensors (no transposed copies; 10-35% faster than MindSpore's MatMul on CoaT's shapes) for x and
-W, and a deterministic column sum (``csrc/transformer.cc``) for the bias. Elsewhere, or with ``MINDCOAT_NATIVE=1`` /
-``MINDCOAT_NATIVE_LINEAR=1``, MatMul + BiasAdd as in ``nn.Dense`` (+ the add / ``Gelu``).
+W, and a deterministic column sum (``csrc/transformer.cc``) for the bias. Elsewhere, or with
+``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_LINEAR=1``, MatMul + BiasAdd as in ``nn.Dense`` (+ the
+add / ``Gelu``).
 """
 import mindspore as ms
 from mindspore import nn, ops
