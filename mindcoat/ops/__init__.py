@@ -11,6 +11,7 @@ from .resize import cross_scale_sum, cross_scale_sum_native, resize_tokens_nativ
 
 __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
            'cross_scale_sum_native', 'depthwise_nhwc', 'depthwise_nhwc_native', 'depthwise_path',
-           'depthwise_tokens', 'depthwise_tokens_native', 'factor_attention', 'factor_attention_crpe',
-           'factor_attention_native', 'Gelu', 'LayerNormOp', 'linear', 'linear_gelu',
-           'linear_native', 'linear_residual', 'patch_conv', 'resize_tokens_native']
+           'depthwise_tokens', 'depthwise_tokens_native', 'factor_attention',
+           'factor_attention_crpe', 'factor_attention_native', 'Gelu', 'LayerNormOp', 'linear',
+           'linear_gelu', 'linear_native', 'linear_residual', 'patch_conv',
+           'resize_tokens_native']
