@@ -236,6 +236,24 @@ int Linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
 
 }  // namespace
 
+namespace {
+
+// A gradient product (M, K) . (K, N) -> out (M, N) with no bias: an empty output is left alone,
+// an empty sum (K == 0) is zeros.
+int Gradient(Product product, int64_t M, int64_t K, int64_t N, void *a, void *b, void *out) {
+  if (M == 0 || N == 0) return 0;
+  if (K == 0) {
+    std::memset(out, 0, sizeof(float) * M * N);
+    return 0;
+  }
+  const MatMul *mm = runtime.Get(M, K, N, product, Epilogue::kNone);
+  if (!mm) return 1;
+  return runtime.Run(*mm, static_cast<const float *>(a), static_cast<const float *>(b), nullptr,
+                     nullptr, static_cast<float *>(out));
+}
+
+}  // namespace
+
 // dx = dy W: params dy (..., N), w (N, K), dx (..., K).
 extern "C" int LinearGradX(int nparam, void **params, int *ndims, int64_t **shapes,
                            const char **dtypes, void *stream, void *extra) {
@@ -244,16 +262,7 @@ extern "C" int LinearGradX(int nparam, void **params, int *ndims, int64_t **shap
   if (shapes[0][ndims[0] - 1] != N || shapes[2][ndims[2] - 1] != K ||
       Rows(ndims[2], shapes[2]) != rows)
     return 1;
-  float *dx = static_cast<float *>(params[2]);
-  if (rows == 0 || K == 0) return 0;
-  if (N == 0) {  // an empty sum
-    std::memset(dx, 0, sizeof(float) * rows * K);
-    return 0;
-  }
-  const MatMul *mm = runtime.Get(rows, N, K, Product::kGradInput, Epilogue::kNone);
-  if (!mm) return 1;
-  return runtime.Run(*mm, static_cast<const float *>(params[0]),
-                     static_cast<const float *>(params[1]), nullptr, nullptr, dx);
+  return Gradient(Product::kGradInput, rows, N, K, params[0], params[1], params[2]);
 }
 
 // dW = dy^T x, summed over all rows: params dy (..., N), x (..., K), dW (N, K).
@@ -263,16 +272,7 @@ extern "C" int LinearGradW(int nparam, void **params, int *ndims, int64_t **shap
   const int64_t rows = Rows(ndims[0], shapes[0]), N = shapes[0][ndims[0] - 1];
   const int64_t K = shapes[1][ndims[1] - 1];
   if (Rows(ndims[1], shapes[1]) != rows || shapes[2][0] != N || shapes[2][1] != K) return 1;
-  float *dw = static_cast<float *>(params[2]);
-  if (N == 0 || K == 0) return 0;
-  if (rows == 0) {  // an empty sum
-    std::memset(dw, 0, sizeof(float) * N * K);
-    return 0;
-  }
-  const MatMul *mm = runtime.Get(N, rows, K, Product::kGradWeight, Epilogue::kNone);
-  if (!mm) return 1;
-  return runtime.Run(*mm, static_cast<const float *>(params[0]),
-                     static_cast<const float *>(params[1]), nullptr, nullptr, dw);
+  return Gradient(Product::kGradWeight, N, rows, K, params[0], params[1], params[2]);
 }
 
 extern "C" int LinearFwd(int nparam, void **params, int *ndims, int64_t **shapes,
