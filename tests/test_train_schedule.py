@@ -1,5 +1,6 @@
 """The LR schedules (the official per-epoch sequence against timm 0.3.2's values, the per-step
-cosine) and the AdamW cell against the PyTorch AdamW update rule."""
+cosine), the AdamW cell against the PyTorch AdamW update rule and the gradient clipping against
+torch.nn.utils.clip_grad_norm_'s."""
 import glob
 import json
 import math
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from mindcoat.config import parse_config
-from mindcoat.optim import AdamW, EMA, create_lr_schedule, lr_schedule_for, scaled_lr
+from mindcoat.ops.dispatch import native_ops
+from mindcoat.optim import AdamW, ClipGradNorm, EMA, create_lr_schedule, lr_schedule_for, scaled_lr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL = os.path.join(REPO, 'tests', 'fixtures', 'lr', 'official_recipes.json')
@@ -111,3 +113,36 @@ def test_adamw_matches_the_torch_update_rule():
                                                     'optimizer.exp_avg_sq.w',
                                                     'optimizer.exp_avg_sq.b', 'optimizer.step']
     assert [p.name for p in ema.ema] == ['ema.w', 'ema.b']
+
+
+@pytest.mark.parametrize('max_norm', [0.5, 1e3])
+def test_clipping_matches_torch_on_both_paths(max_norm):
+    """torch.nn.utils.clip_grad_norm_, in float64: scale by max_norm / (norm + 1e-6) when the norm
+    is over max_norm, else nothing at all. The CPU fast path (each sum of squares as a MatMul) and
+    MindSpore's own ops, in graph mode as the step runs it; over a 2.4 M-element gradient too,
+    where a plain float32 running sum would drift."""
+    rng = np.random.default_rng(3)
+    grads = [rng.normal(size=s).astype(np.float32) * 0.01 for s in ((3, 4), (7,), (1200, 2000))]
+    norm = math.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads))
+    assert 0.5 < norm < 1e3  # the two cases: clipped, untouched
+    coef = min(max_norm / (norm + 1e-6), 1.0)
+
+    class Step(ms.nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.clip = ClipGradNorm(max_norm)
+
+        def construct(self, grads):
+            return self.clip(grads)
+
+    fast = Step()(tuple(ms.Tensor(g) for g in grads))
+    with native_ops():
+        native = Step()(tuple(ms.Tensor(g) for g in grads))
+    for out in (fast, native):
+        for g, o in zip(grads, out):
+            if coef == 1.0:
+                np.testing.assert_array_equal(o.asnumpy(), g)
+            else:
+                np.testing.assert_allclose(o.asnumpy(), g * coef, rtol=4e-7, atol=0)
+    with pytest.raises(ValueError, match='positive'):
+        ClipGradNorm(0.0)

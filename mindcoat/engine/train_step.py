@@ -14,6 +14,8 @@ import numpy as np
 from mindspore import nn, ops, Parameter, Tensor
 from mindspore.amp import DynamicLossScaler, StaticLossScaler, all_finite
 
+from ..optim import EMA, ClipGradNorm, create_optimizer
+
 
 class SoftTargetCrossEntropy(nn.Cell):
     """mean over the batch of -sum(target * log_softmax(logits)); targets already carry label
@@ -92,7 +94,8 @@ class TrainStep(nn.Cell):
         self.ema = ema
         self.use_ema = ema is not None
         self.ema_every_step = ema is not None and ema.follows_dropped_steps
-        self.clip_grad_norm = float(clip_grad_norm)
+        self.clip = ClipGradNorm(clip_grad_norm) if clip_grad_norm > 0 else None
+        self.use_clip = self.clip is not None
         self.loss_scaler = loss_scaler
         self.use_scaler = loss_scaler is not None
         self.drop_overflow_update = drop_overflow_update
@@ -171,8 +174,8 @@ class TrainStep(nn.Cell):
             loss, grads = self.grad_fn(images, targets)
             grads = self.reducer(grads)
             finite = Tensor(True)
-        if self.clip_grad_norm > 0:
-            grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
+        if self.use_clip:
+            grads = self.clip(grads)
         if self.use_scaler and self.drop_overflow_update:
             if finite:
                 loss = ops.depend(loss, self.optimizer(grads, lr))
@@ -197,7 +200,6 @@ def create_train_step(model, cfg, amp_level='O0', distributed=False, lr_schedule
     themselves, the AdamW moments and step, the EMA weights, the lr and the loss (computed from
     float32 logits). ``lr_schedule``: the lr of every step (else ``step.set_lr_schedule`` before
     the first step). Returns (network, step, optimizer, ema, loss_scaler)."""
-    from ..optim import EMA, create_optimizer
     if amp_level not in ('O0', 'O1', 'O2', 'O3'):
         raise ValueError(f"amp_level must be O0, O1, O2 or O3, got '{amp_level}'")
     network = model
