@@ -4,9 +4,9 @@ A fast path is taken only on the CPU backend when its libraries build and pass t
 (``build``), and can be switched off with ``MINDCOAT_NATIVE=1`` (all of them) or its own
 variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _RESIZE, _LINEAR, _PATCH,
 _NORM. Each choice is logged once (logger 'mindcoat.ops', INFO); ``python -m mindcoat.ops``
-prints them all with their reasons. The choice is made when a graph is parsed and cached per device target in
-``_choices`` (``native_ops()`` clears it to build graphs from native operators only, as
-``mindcoat.export`` does).
+prints them all with their reasons. The choice is made when a graph is parsed and cached per
+device target in ``_choices`` (``native_ops()`` clears it to build graphs from native operators
+only, as ``mindcoat.export`` does).
 """
 import contextlib
 import logging
