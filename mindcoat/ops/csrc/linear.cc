@@ -267,11 +267,11 @@ extern "C" int LinearGradX(int nparam, void **params, int *ndims, int64_t **shap
 }
 
 // dW = dy^T x, summed over all rows: params dy (..., N), x (..., K), dW (N, K).
-// Both orders of the product read one operand transposed; oneDNN runs the one whose transposed
-// operand has fewer columns up to 2x faster (50192 rows, 128 -> 1024: 221 ms as dy^T x,
-// 121 ms as x^T dy). So for N > K the product is x^T dy, written as dW^T and transposed (N K
-// elements, against N K rows multiply-adds). A transposed destination in oneDNN itself takes
-// its reference kernel, ~100x slower.
+// Both orders of the product read one stored tensor transposed; oneDNN ran the order that
+// transposes the narrower of dy and x up to 2x faster (50192 rows, 128 -> 1024: 221 ms as
+// dy^T x, 111 ms as x^T dy). So for N > K the product is x^T dy, written as dW^T and transposed
+// (N K elements, against N K rows multiply-adds). A transposed destination in oneDNN itself
+// took a kernel that did not finish a seconds-long benchmark in ten minutes.
 extern "C" int LinearGradW(int nparam, void **params, int *ndims, int64_t **shapes,
                            const char **dtypes, void *stream, void *extra) {
   if (nparam != 3 || !IsF32(dtypes[0]) || ndims[2] != 2 || ndims[0] != ndims[1]) return 1;
