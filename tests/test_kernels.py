@@ -401,8 +401,11 @@ def _attention_crpe_native(qkv, h, w, weights, biases, heads):
 
 
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
-@pytest.mark.parametrize('case', [(2, 5, 7, [(8, 3), (12, 5), (12, 7)], 8), (1, 4, 4, [(6, 3)], 2)],
-                         ids=['3groups', '1group'])
+# the last: runs of eight channels that straddle groups, a partial run, rows wide enough for
+# the kernels' four-pixel blocks at every window size
+@pytest.mark.parametrize('case', [(2, 5, 7, [(8, 3), (12, 5), (12, 7)], 8), (1, 4, 4, [(6, 3)], 2),
+                                  (1, 9, 17, [(7, 3), (7, 5), (7, 7)], 3)],
+                         ids=['3groups', '1group', 'wide'])
 def test_conv_rel_pos_enc_matches_native(case, mode):
     """The relative position encoding read straight from qkv (no split, product fused) against
     split + depthwise + multiply: output, d qkv (q and v parts; k gets none) and every kernel and
