@@ -43,13 +43,27 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def time_steps(step, steps=5, warmup=2):
-    """Calls ``step`` once (compiles), ``warmup`` more times, then times ``steps`` calls.
-    Returns (first call seconds, [timed seconds])."""
+def time_steps(step, steps=5, warmup=2, pace=None):
+    """Calls ``step`` once (compiles), ``warmup`` more times, then times ``steps`` calls, each
+    after ``pace()`` returns if given (a peer's turn in between). Returns (first call seconds,
+    [timed seconds])."""
     first = _timed(step)
     for _ in range(warmup):
         step()
-    return first, [_timed(step) for _ in range(max(steps, 1))]
+    times = []
+    for _ in range(max(steps, 1)):
+        if pace is not None:
+            pace()
+        times.append(_timed(step))
+    return first, times
+
+
+def pace_by_stdin():
+    """Lockstep with another process: say 'PACE' on stdout, then wait for a line on stdin (the
+    driver lets one system at a time take its step; tools/compare_speed.py)."""
+    print('PACE', flush=True)
+    if not sys.stdin.readline():
+        raise BenchmarkError('--paced: stdin closed before the next step')
 
 
 def summarize(first, times, batch_size):
@@ -187,10 +201,11 @@ def _build(model, num_classes, arch):
 
 def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=None, steps=5,
             warmup=2, device=None, graph=True, num_classes=1000, seed=0, config=None,
-            model_kwargs=None):
+            model_kwargs=None, pace=None):
     """Builds a mindcoat model and times it; returns a dict of the figures. ``mode='train'``
     times the trainer's step built from ``config`` (default: the variant's recipe);
-    ``model_kwargs`` override the architecture (and the config's model_kwargs)."""
+    ``model_kwargs`` override the architecture (and the config's model_kwargs); ``pace`` is
+    called before each timed step (time_steps)."""
     import mindspore as ms
 
     from .ops import depthwise_path
@@ -223,7 +238,7 @@ def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=N
         if amp_level != 'O0':
             net = ms.amp.auto_mixed_precision(net, amp_level)
         step = make_infer_step(net, batch_size, image_size, seed)
-    first, times = time_steps(step, steps, warmup)
+    first, times = time_steps(step, steps, warmup, pace)
     counter = getattr(parts['optimizer'], 'step', None) if mode == 'train' else None
     if counter is not None:  # every call was a whole update: the optimizer counted each one
         recipe['optimizer_updates'] = int(counter.asnumpy())
@@ -276,6 +291,9 @@ def main(argv=None):
     p.add_argument('--device', default=None, help="CPU, GPU or Ascend (default: MindSpore's)")
     p.add_argument('--pynative', action='store_true', help='PyNative instead of graph mode')
     p.add_argument('--json', action='store_true', help='print one JSON object instead of text')
+    p.add_argument('--paced', action='store_true',
+                   help="before each timed step print 'PACE' and wait for a line on stdin (to "
+                        "take turns with another benchmark step by step)")
     args = p.parse_args(argv)
     os.environ.setdefault('GLOG_v', '3')
     try:
@@ -286,7 +304,8 @@ def main(argv=None):
                                  f'downsamples by 32), got {args.image_size}')
         res = measure(args.model, args.batch_size, args.image_size, args.mode, args.amp_level,
                       args.steps, args.warmup, args.device, not args.pynative,
-                      config=args.config, model_kwargs=parse_model_kwargs(args.model_kwargs))
+                      config=args.config, model_kwargs=parse_model_kwargs(args.model_kwargs),
+                      pace=pace_by_stdin if args.paced else None)
     except (BenchmarkError, UsageError) as e:
         print(f'error: {e}', file=sys.stderr)
         return None

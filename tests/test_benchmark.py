@@ -132,3 +132,37 @@ def test_speed_table_ratios_and_goals():
     assert rows['train'][9:11] == ['1.20x', '<= 1.00 NO']
     assert rows['latency'][2:6] == ['ms', '12.00', '10.00', '—']
     assert rows['latency'][6:8] == ['1.20x', '<= 1.00 NO']
+
+
+def _paced_cmd(steps):
+    return [sys.executable, '-m', 'mindcoat.benchmark', '--device', 'CPU', '--json', '--paced',
+            '--model', 'coat_lite_tiny', '--model_kwargs', json.dumps(TINY), '--batch_size', '2',
+            '--image_size', '64', '--steps', str(steps), '--warmup', '0']
+
+
+def test_paced_benchmark_steps_only_when_told(tmp_path):
+    """--paced: after compiling it says PACE and takes no timed step until a line arrives; with
+    stdin closed instead it stops with one line and no figures."""
+    env = dict(os.environ, GLOG_v='3',
+               PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.Popen(_paced_cmd(1), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    assert proc.stdout.readline().strip() == 'PACE'
+    proc.stdin.close()
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.wait(timeout=300) == 1 and out.strip() == '', out
+    assert err.strip().splitlines() == ['error: --paced: stdin closed before the next step'], err
+
+
+def test_compare_speed_steps_two_systems_in_turn(tmp_path):
+    """tools/compare_speed.py's lockstep driver on two real paced benchmarks: both measured
+    together, each with all its timed steps."""
+    import types
+
+    cs = load_script('tools/compare_speed.py')
+    limits = types.SimpleNamespace(timeout=600, max_rss_gb=8.0, min_free_gb=0.5)
+    out = cs.run_lockstep([('mindcoat', _paced_cmd(3), 3), ('timm', _paced_cmd(2), 2)], limits)
+    for system, steps in (('mindcoat', 3), ('timm', 2)):
+        res, err, peers = out[system]
+        assert err is None and peers == ['mindcoat', 'timm'], (err, peers)
+        assert res['steps'] == steps and len(res['step_times_ms']) == steps

@@ -12,9 +12,12 @@ the peers run the same recipe their own way: timm with timm's AdamW groups, Mode
 clip_grad_norm_ (the official trainer's step), MindCV with its create_optimizer and TrainStep.
 
 Every measurement runs in its own subprocess, in the interpreter of the environment that has the
-framework, so the peak RSS reported is that one measurement's. The systems take turns for each
-measurement (and the first to go rotates), so a change in the machine's load hits all of them
-alike; the load averages before and after each measurement are kept with its numbers. A
+framework, so the peak RSS reported is that one measurement's. The systems' processes start and
+warm up one after another, then take their timed steps in turns, one step each (the others idle
+meanwhile), so a change in the machine's speed (which drifted by 20-40% within minutes on the
+shared machines this was written on) falls on all of them alike; a process that would not fit in
+memory beside the running ones is measured on its own afterwards. The load averages before and
+after each measurement are kept with its numbers. A
 measurement that drives the machine's free memory under --min_free_gb is stopped (the machine is
 shared). Writes a markdown table with mindcoat/timm ratios and a JSON of every raw number.
 """
@@ -22,9 +25,12 @@ import argparse
 import json
 import os
 import platform
+import queue
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +50,14 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time(step, steps, warmup):
+def _pace():
+    """As mindcoat.benchmark --paced: 'PACE' on stdout, then wait for the driver's line."""
+    print('PACE', flush=True)
+    if not sys.stdin.readline():
+        sys.exit('stdin closed before the next step')
+
+
+def _time(step, steps, warmup, paced=False):
     import statistics
     start = time.perf_counter()
     step()
@@ -53,6 +66,8 @@ def _time(step, steps, warmup):
         step()
     times = []
     for _ in range(steps):
+        if paced:
+            _pace()
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
@@ -111,7 +126,7 @@ def _worker_timm(args, recipe):
         target[torch.arange(args.batch_size),
                torch.randint(0, 1000, (args.batch_size,))] += 1 - smoothing
         step = _timm_train_step(model, x, target, recipe)
-    res = _time(step, args.steps, args.warmup)
+    res = _time(step, args.steps, args.warmup, args.paced)
     return dict(res, compile_s=None, peak_rss_mb=_peak_rss_mb(),
                 framework=f'torch {torch.__version__}, timm {timm.__version__}',
                 threads=torch.get_num_threads())
@@ -159,7 +174,7 @@ def _worker_mindcv(args, recipe):
         target[np.arange(args.batch_size), rng.integers(0, 1000, args.batch_size)] += \
             1 - smoothing
         step = _mindcv_train_step(net, x, ms.Tensor(target), recipe)
-    res = _time(step, args.steps, args.warmup)
+    res = _time(step, args.steps, args.warmup, args.paced)
     return dict(res, compile_s=max(res['first_step_s'] - res['ms_per_step'] / 1000, 0.0),
                 peak_rss_mb=_peak_rss_mb(),
                 framework=f'mindspore {ms.__version__}, mindcv {mindcv.__version__}')
@@ -216,9 +231,10 @@ def command(system, python, model, measurement, args, recipe_path, recipe):
               str(image_size_of(model)), '--steps', str(steps), '--warmup', str(warmup)]
     if system == 'mindcoat':
         extra = ['--config', recipe_path] if mode == 'train' else []
-        return [python, '-m', 'mindcoat.benchmark', '--json', '--device', 'CPU', *common, *extra]
-    return [python, os.path.abspath(__file__), '--worker', system, '--recipe',
-            json.dumps(recipe), *common]
+        return [python, '-m', 'mindcoat.benchmark', '--json', '--paced', '--device', 'CPU',
+                *common, *extra], steps
+    return [python, os.path.abspath(__file__), '--worker', system, '--paced', '--recipe',
+            json.dumps(recipe), *common], steps
 
 
 # ---- driver: run one measurement ---------------------------------------------------------------
@@ -245,55 +261,128 @@ def _rss_gb(pid):
     return 0.0
 
 
-def run_measurement(cmd, limits):
-    """Runs ``cmd`` in a scratch directory (MindSpore drops rank_0/ and kernel_meta/ into the
-    cwd) and its own process group; returns (result dict, None) or (None, why it failed). The
-    child is stopped past ``limits`` (timeout, max_rss_gb, min_free_gb), and when the driver
-    itself is interrupted."""
-    env = dict(os.environ, GLOG_v='3',
-               PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    with tempfile.TemporaryDirectory(prefix='compare_speed_') as cwd:
-        out_path, err_path = os.path.join(cwd, 'stdout'), os.path.join(cwd, 'stderr')
-        with open(out_path, 'w') as out, open(err_path, 'w') as err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env,
-                                    start_new_session=True)
+class _Stop(Exception):
+    """A measurement stopped before its result: ``system`` (None: the whole group) and why."""
+
+    def __init__(self, system, why):
+        super().__init__(why)
+        self.system, self.why = system, why
+
+
+class Worker:
+    """One system's measuring process, in a scratch directory (MindSpore drops rank_0/ and
+    kernel_meta/ into the cwd) and its own process group, paced through stdin/stdout: it says
+    'PACE' before each timed step and takes the step when the driver sends a line."""
+
+    def __init__(self, system, cmd, steps):
+        env = dict(os.environ, GLOG_v='3',
+                   PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+        self.system, self.cmd, self.steps, self.taken = system, cmd, steps, 0
+        self.result = None
+        self.cwd = tempfile.mkdtemp(prefix='compare_speed_')
+        self.err = open(os.path.join(self.cwd, 'stderr'), 'w')
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, cwd=self.cwd, env=env, text=True,
+                                     start_new_session=True)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def wait(self, group, limits, start):
+        """Until the next 'PACE' or, after the last step, the result."""
+        while True:
             try:
-                why = _watch(proc, limits)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-        with open(out_path) as f:
-            stdout = f.read()
-        with open(err_path) as f:
-            stderr = f.read()
-    if why:
-        return None, why
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith('{'):
-            return json.loads(line), None
-    return None, (stderr.strip().splitlines() or ['no output'])[-1][:300]
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                _check(group, limits, start)
+                continue
+            if line is None:
+                raise _Stop(self.system, self._last_error())
+            if line == 'PACE':
+                return
+            if line.startswith('{'):
+                self.result = json.loads(line)
+                return
+
+    def step(self, group, limits, start):
+        self.proc.stdin.write('\n')
+        self.proc.stdin.flush()
+        self.taken += 1
+        self.wait(group, limits, start)
+
+    def _last_error(self):
+        self.err.flush()
+        with open(os.path.join(self.cwd, 'stderr')) as f:
+            lines = f.read().strip().splitlines()
+        return (lines or ['no output'])[-1][:300]
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+        self.proc.wait()
+        self.err.close()
+        shutil.rmtree(self.cwd, ignore_errors=True)
 
 
-def _watch(proc, limits):
-    """Waits for ``proc``; stops its process group on timeout or when memory runs short.
-    Returns None when it ended by itself, else why it was stopped."""
-    start, why = time.time(), None
-    while proc.poll() is None:
-        free, rss = _meminfo_gb(), _rss_gb(proc.pid)
-        if time.time() - start > limits.timeout:
-            why = f'timed out after {limits.timeout} s'
-        elif rss > limits.max_rss_gb:
-            why = f'stopped at {rss:.1f} GB RSS (over --max_rss_gb {limits.max_rss_gb})'
-        elif free is not None and free < limits.min_free_gb:
-            why = (f'stopped at {rss:.1f} GB RSS: the machine had under '
-                   f'{limits.min_free_gb} GB free')
-        if why:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            return why
-        time.sleep(0.2)
-    return None
+def _check(group, limits, start):
+    """Stops the group on timeout or when memory runs short."""
+    if time.time() - start > limits.timeout:
+        raise _Stop(None, f'timed out after {limits.timeout} s')
+    for w in group:
+        rss = _rss_gb(w.proc.pid)
+        if rss > limits.max_rss_gb:
+            raise _Stop(w.system, f'stopped at {rss:.1f} GB RSS (over --max_rss_gb '
+                                  f'{limits.max_rss_gb})')
+    free = _meminfo_gb()
+    if free is not None and free < limits.min_free_gb:
+        raise _Stop(None, f'stopped: the machine had under {limits.min_free_gb} GB free')
+
+
+def _room_for_another(group, limits):
+    """Whether one more process about the size of the largest running one fits in memory."""
+    free = _meminfo_gb()
+    return free is None or free - 1.25 * max(_rss_gb(w.proc.pid) for w in group) > \
+        limits.min_free_gb
+
+
+def run_lockstep(jobs, limits):
+    """Runs one measurement of several systems, ``jobs`` = [(system, cmd, timed steps)], their
+    timed steps taking turns one step at a time (each process idles while another steps), so
+    that a change in the machine's speed falls on all of them alike. Each starts and warms up
+    while the others wait; a system that would not fit in memory beside those running goes in
+    a later group. Returns {system: (result or None, error or None, [systems stepped with])}.
+    A group stopped for time or memory is run again one system at a time."""
+    out, pending, alone = {}, list(jobs), []
+    while pending or alone:
+        solo = not pending
+        waiting = alone if solo else pending
+        group, start = [], time.time()
+        try:
+            while waiting and (not group or (not solo and _room_for_another(group, limits))):
+                system, cmd, steps = waiting.pop(0)
+                group.append(Worker(system, cmd, steps))
+                group[-1].wait(group, limits, start)
+            for _ in range(max(w.steps for w in group)):
+                for w in group:
+                    if w.taken < w.steps:
+                        w.step(group, limits, start)
+            for w in group:
+                out[w.system] = (w.result, None if w.result else 'no result',
+                                 [x.system for x in group])
+        except _Stop as e:
+            for w in group:
+                if len(group) == 1 or w.system == e.system:
+                    out[w.system] = (None, e.why, [w.system])
+                else:
+                    alone.append((w.system, w.cmd, w.steps))
+        finally:
+            for w in group:
+                w.close()
+    return out
 
 
 # ---- driver: report ----------------------------------------------------------------------------
@@ -425,8 +514,8 @@ def _progress(text):
 
 
 def plan(models, pythons, args):
-    """The measurements in run order: per variant and measurement, every system in turn, the
-    first one rotating."""
+    """The measurements in run order: [(model, measurement, [systems])], the first system of
+    each rotating (it starts and warms up first)."""
     has = {s: set(models) if s == 'mindcoat' else peer_variants(py, s)
            for s, py in pythons.items() if py}
     available = {(s, m): m in has.get(s, ()) for s in pythons for m in models}
@@ -436,8 +525,10 @@ def plan(models, pythons, args):
         for measurement in args.measurements:
             order = SYSTEMS[turn % 3:] + SYSTEMS[:turn % 3]
             turn += 1
-            jobs += [(s, model, measurement) for s in order if available[(s, model)]
-                     and measurement in wanted.get(s, MEASUREMENTS)]
+            systems = [s for s in order if available[(s, model)]
+                       and measurement in wanted.get(s, MEASUREMENTS)]
+            if systems:
+                jobs.append((model, measurement, systems))
     return jobs
 
 
@@ -482,6 +573,7 @@ def main():
     p.add_argument('--model', help=argparse.SUPPRESS)
     p.add_argument('--mode', help=argparse.SUPPRESS)
     p.add_argument('--image_size', type=int, help=argparse.SUPPRESS)
+    p.add_argument('--paced', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker_main(args)
@@ -503,26 +595,32 @@ def main():
               f"`{' '.join(['python', 'tools/compare_speed.py', *sys.argv[1:]])}`",
               f"img/s = batch / median step ({args.steps} timed after {args.warmup} warm-up; "
               f"MindCV {args.mindcv_steps} after {args.mindcv_warmup}); latency = median of "
-              f"{args.latency_steps} batch-1 steps; peak MB = the measuring process's RSS "
-              f"high-water; load = 1-minute load average at the start of the row's runs"]
+              f"{args.latency_steps} batch-1 steps; the systems' timed steps take turns one "
+              f"step at a time (where their processes fit in memory together); peak MB = the "
+              f"measuring process's RSS high-water; load = 1-minute load average at the start "
+              f"of the row's runs"]
     records = []
-    for i, (system, model, measurement) in enumerate(jobs, 1):
+    for i, (model, measurement, systems) in enumerate(jobs, 1):
         recipe_path, recipe = recipes[model]
-        cmd = command(system, pythons[system], model, measurement, args, recipe_path, recipe)
+        cmds = {s: command(s, pythons[s], model, measurement, args, recipe_path, recipe)
+                for s in systems}
         load = os.getloadavg()
-        _progress(f'{i}/{len(jobs)} {system} {model} {measurement} (load '
-                  f"{' '.join(f'{x:.2f}' for x in load)}) ...")
+        _progress(f"{i}/{len(jobs)} {model} {measurement}: {', '.join(systems)} step by step "
+                  f"(load {' '.join(f'{x:.2f}' for x in load)}) ...")
         start = time.time()
-        res, err = run_measurement(cmd, args)
+        results = run_lockstep([(s, *cmds[s]) for s in systems], args)
         mode, batch, unit, _ = MEASUREMENTS[measurement]
-        records.append({'system': system, 'model': model, 'measurement': measurement,
-                        'mode': mode, 'batch_size': batch or args.batch_size,
-                        'image_size': image_size_of(model), 'result': res, 'error': err,
-                        'load_before': list(load), 'load_after': list(os.getloadavg()),
-                        'wall_s': time.time() - start, 'command': cmd[1:]})
-        shown = err or (f"{_value(res, measurement):.2f} {unit}, peak "
-                        f"{res['peak_rss_mb']:.0f} MB")
-        _progress(f'    {shown} ({time.time() - start:.0f} s)')
+        for system in systems:
+            res, err, peers = results[system]
+            records.append({'system': system, 'model': model, 'measurement': measurement,
+                            'mode': mode, 'batch_size': batch or args.batch_size,
+                            'image_size': image_size_of(model), 'result': res, 'error': err,
+                            'stepped_with': peers, 'load_before': list(load),
+                            'load_after': list(os.getloadavg()),
+                            'wall_s': time.time() - start, 'command': cmds[system][0][1:]})
+            shown = err or (f"{_value(res, measurement):.2f} {unit}, peak "
+                            f"{res['peak_rss_mb']:.0f} MB")
+            _progress(f"    {system}: {shown} (with {', '.join(peers)})")
         save(records, models, header, args)  # a stopped run keeps what it measured
     text = save(records, models, header, args)
     print(text)
