@@ -302,8 +302,9 @@ def main(argv=None):
         if args.image_size <= 0 or args.image_size % 32:
             raise BenchmarkError(f'--image_size must be a positive multiple of 32 (CoaT '
                                  f'downsamples by 32), got {args.image_size}')
-        res = measure(args.model, args.batch_size, args.image_size, args.mode, args.amp_level,
-                      args.steps, args.warmup, args.device, not args.pynative,
+        res = measure(args.model, batch_size=args.batch_size, image_size=args.image_size,
+                      mode=args.mode, amp_level=args.amp_level, steps=args.steps,
+                      warmup=args.warmup, device=args.device, graph=not args.pynative,
                       config=args.config, model_kwargs=parse_model_kwargs(args.model_kwargs),
                       pace=pace_by_stdin if args.paced else None)
     except (BenchmarkError, UsageError) as e:
