@@ -239,21 +239,26 @@ class _AttNet(nn.Cell):
 
 
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
-@pytest.mark.parametrize('shape', [(2, 17, 8, 1), (3, 50, 24, 8), (1, 5, 38, 2), (2, 23, 152, 8),
-                                   (1, 7, 128, 2)],
-                         ids=['1head', '8heads', 'odd', 'coat_width', 'widest_head'])
+@pytest.mark.parametrize('shape', [(2, 17, 8, 1, 0), (3, 50, 24, 8, 0), (1, 5, 38, 2, 0),
+                                   (2, 23, 152, 8, 0), (1, 7, 128, 2, 0), (2, 150, 40, 4, 12)],
+                         ids=['1head', '8heads', 'odd', 'coat_width', 'widest_head', 'rising_k'])
 def test_factor_attention_matches_native(shape, mode):
-    """Fused factorized attention on qkv (B, N, 3C): output and gradients wrt qkv and crpe."""
+    """Fused factorized attention on qkv (B, N, 3C): output and gradients wrt qkv and crpe.
+    'rising_k': k grows along the tokens, so that every chunk of tokens the kernel reads raises
+    the softmax's running maximum (and rescales what it has summed)."""
     ms.set_context(mode=mode)
-    b, n, c, heads = shape
+    b, n, c, heads, rise = shape
     rng = np.random.default_rng(7)
-    qkv = ms.Tensor(rng.normal(0, 2, (b, n, 3 * c)).astype(np.float32))
+    qkv = rng.normal(0, 2, (b, n, 3 * c)).astype(np.float32)
+    qkv[:, :, c:2 * c] += np.linspace(0, rise, n, dtype=np.float32)[:, None]
+    qkv = ms.Tensor(qkv)
     crpe = ms.Tensor(rng.normal(0, 1, (b, n, c)).astype(np.float32))
     res = []
     for fn in (factor_attention, factor_attention_native):
         grad_fn = ms.value_and_grad(_AttNet(fn, heads), grad_position=(0, 1), has_aux=True)
         (_, y), (dqkv, dcrpe) = grad_fn(qkv, crpe)
         res.append([y.asnumpy(), dqkv.asnumpy(), dcrpe.asnumpy()])
+    assert factor_attention.kernel is not None  # the compiled path really ran
     for a, b_ in zip(*res):
         assert a.shape == b_.shape
         assert _rel(a, b_) < 1e-5

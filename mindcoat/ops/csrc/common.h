@@ -158,8 +158,11 @@ inline int Verdict(const char *kernel, int status, const std::vector<float> &got
     return 1;
   }
   float diff = 0.0f;
-  for (size_t i = 0; i < got.size(); ++i) diff = std::max(diff, std::fabs(got[i] - want[i]));
-  if (!(diff <= tol)) {  // also catches NaN
+  for (size_t i = 0; i < got.size() && diff == diff; ++i) {
+    const float d = std::fabs(got[i] - want[i]);
+    if (!(d <= diff)) diff = d;  // a NaN is kept (std::max would drop it)
+  }
+  if (!(diff <= tol)) {
     std::snprintf(message, length, "%s differs from the reference by %g", kernel, diff);
     return 1;
   }

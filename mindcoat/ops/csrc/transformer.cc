@@ -136,70 +136,159 @@ bool GetAttShape(int *ndims, int64_t **shapes, const char **dtypes, int heads_at
   return true;
 }
 
-// Softmax statistics over the tokens for columns [c0, c1) of k: max and 1 / sum of exp.
-void SoftmaxStats(const float *k, const AttShape &s, int64_t c0, int64_t c1, float *mx,
-                  float *inv) {
-  for (int64_t c = c0; c < c1; ++c) {
-    mx[c] = -INFINITY;
-    inv[c] = 0.0f;
-  }
-  for (int64_t n = 0; n < s.N; ++n) {
-    const float *kn = k + n * s.row;
-#pragma omp simd
-    for (int64_t c = c0; c < c1; ++c) mx[c] = kn[c] > mx[c] ? kn[c] : mx[c];
-  }
-  for (int64_t n = 0; n < s.N; ++n) {
-    const float *kn = k + n * s.row;
-#pragma omp simd
-    for (int64_t c = c0; c < c1; ++c) inv[c] += ExpNeg(kn[c] - mx[c]);
-  }
-  for (int64_t c = c0; c < c1; ++c) inv[c] = 1.0f / inv[c];
+// Heads of ch <= P channels, P a multiple of 8: the ch x ch matrices (kv, dkv and their
+// transposes) are stored P wide, zero past ch. Every product is a small matrix product whose
+// right factor has rows of P floats; `Tile` keeps an R x W block of 8-lane vectors of the result
+// in registers across the whole sum (as a GEMM micro-kernel does), so that each loaded row
+// feeds R broadcasts. (Accumulating into memory, or one row at a time, ran at a tenth of the
+// CPU's peak.) Tokens go in chunks of kChunk: one pass over k, v (and q, dout) gathers kv
+// (and dkv) with the softmax's running maximum (rescaled when it grows), a second pass writes
+// the outputs.
+typedef float Vec __attribute__((vector_size(8 * sizeof(float))));
+constexpr int64_t kChunk = 32, kTokens = 4;
+
+inline Vec LoadVec(const float *p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
 
-// Heads of ch <= P channels, P a multiple of 8: the ch x ch products (kv, dkv and their
-// transposes) are stored P wide, zero past ch, so that every inner loop has the compile-time
-// length P, runs in whole vectors and keeps its accumulators in registers; tokens go in blocks
-// of T so that each product row is loaded once per block. (With loops of length ch = 19,
-// CoaT's head width, the accumulators went through memory: half PyTorch's speed.)
-constexpr int T = 4;
+inline void StoreVec(float *p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
 
-// dst (T rows of P) = head h's ch channels of T token rows of src (row stride `stride`);
-// rows past t_n are zeroed (a short last block adds nothing), as are columns past ch.
-template <int P>
-inline void PadRows(const float *src, int64_t stride, int64_t t_n, int64_t h, int64_t ch,
-                    float *dst) {
-  for (int64_t t = 0; t < T; ++t) {
-    float *d = dst + t * P;
-    std::fill(d, d + P, 0.0f);
-    if (t < t_n) std::copy(src + t * stride + h * ch, src + t * stride + (h + 1) * ch, d);
+// c[r, w] (+)= sum_k a[r * ars + k * aks] * b[k * bks + w], for R rows and W vectors of columns;
+// c's rows are `crs` apart.
+template <int R, int W>
+inline void Tile(const float *a, int64_t ars, int64_t aks, const float *b, int64_t bks, int64_t K,
+                 float *c, int64_t crs, bool accumulate) {
+  Vec acc[R][W];
+  for (int r = 0; r < R; ++r)
+    for (int w = 0; w < W; ++w) acc[r][w] = accumulate ? LoadVec(c + r * crs + 8 * w) : Vec{};
+  for (int64_t k = 0; k < K; ++k) {
+    Vec bk[W];
+    for (int w = 0; w < W; ++w) bk[w] = LoadVec(b + k * bks + 8 * w);
+    for (int r = 0; r < R; ++r) {
+      const float x = a[r * ars + k * aks];
+      for (int w = 0; w < W; ++w) acc[r][w] += x * bk[w];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int w = 0; w < W; ++w) StoreVec(c + r * crs + 8 * w, acc[r][w]);
+}
+
+// `rows` rows in blocks of R (the last one shorter), W vectors of columns.
+template <int W, int R>
+void TileRows(int64_t rows, const float *a, int64_t ars, int64_t aks, const float *b,
+              int64_t bks, int64_t K, float *c, int64_t crs, bool accumulate) {
+  int64_t r = 0;
+  for (; r + R <= rows; r += R)
+    Tile<R, W>(a + r * ars, ars, aks, b, bks, K, c + r * crs, crs, accumulate);
+  if constexpr (R > 1) {
+    if (r < rows)
+      TileRows<W, R - 1>(rows - r, a + r * ars, ars, aks, b, bks, K, c + r * crs, crs,
+                         accumulate);
   }
 }
 
-// Rows c of head h of m (P wide) += sum_t a[t * stride + c] * bp[t * P + :], over a block of T
-// tokens (a's rows past the block's end must be zero, or bp's).
+// c (rows x P) (+)= a (rows x K) b (K x P), b's rows `bks` apart: column blocks of up to three
+// vectors, with as many rows as leave registers for one row of b and a broadcast (16 on AVX2).
 template <int P>
-inline void OuterAcc(const float *a, int64_t stride, const float *bp, int64_t h, int64_t ch,
-                     float *m) {
-  const float *b0 = bp, *b1 = bp + P, *b2 = bp + 2 * P, *b3 = bp + 3 * P;
-  for (int64_t c = h * ch; c < (h + 1) * ch; ++c) {
-    const float a0 = a[c], a1 = a[stride + c], a2 = a[2 * stride + c], a3 = a[3 * stride + c];
-    float *r = m + c * P;
-#pragma omp simd
-    for (int j = 0; j < P; ++j) r[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+void SmallProduct(int64_t rows, int64_t K, const float *a, int64_t ars, int64_t aks,
+                  const float *b, int64_t bks, float *c, int64_t crs, bool accumulate) {
+  for (int w0 = 0; w0 < P / 8; w0 += 3) {
+    const float *bw = b + 8 * w0;
+    float *cw = c + 8 * w0;
+    switch (std::min(3, P / 8 - w0)) {
+      case 3: TileRows<3, 4>(rows, a, ars, aks, bw, bks, K, cw, crs, accumulate); break;
+      case 2: TileRows<2, 6>(rows, a, ars, aks, bw, bks, K, cw, crs, accumulate); break;
+      default: TileRows<1, 8>(rows, a, ars, aks, bw, bks, K, cw, crs, accumulate); break;
+    }
   }
 }
 
-// out[0:ch) = sum_j a[j] * m[(h*ch + j) * P + :], accumulated in registers.
+// dst (t_n rows of heads h0 .. h1, each P wide, zero past ch) = those heads' channels of t_n
+// token rows of src (`stride` apart): one contiguous read per row.
 template <int P>
-inline void RowTimes(const float *a, const float *m, int64_t h, int64_t ch, float *out) {
-  float acc[P] = {};
-  for (int64_t j = 0; j < ch; ++j) {
-    const float x = a[j];
-    const float *r = m + (h * ch + j) * P;
-#pragma omp simd
-    for (int i = 0; i < P; ++i) acc[i] += x * r[i];
+inline void PadRows(const float *src, int64_t stride, int64_t t_n, int64_t h0, int64_t h1,
+                    int64_t ch, float *dst) {
+  for (int64_t t = 0; t < t_n; ++t)
+    for (int64_t h = h0; h < h1; ++h) {
+      float *d = dst + (t * (h1 - h0) + h - h0) * P;
+      std::copy(src + t * stride + h * ch, src + t * stride + (h + 1) * ch, d);
+      std::fill(d + ch, d + P, 0.0f);
+    }
+}
+
+// Per thread: chunk buffers (exps, q, padded v and dout rows) and the ch x ch matrices, kept
+// from call to call (every float is written before it is read).
+struct AttBuffers {
+  float *mx, *sum, *top, *r, *e, *qc, *vp, *gp, *prod, *kv, *dkv, *kvt, *dkvt;
+  AttBuffers(const AttShape &s, int64_t P) {
+    static thread_local std::vector<float> store;
+    const int64_t C = s.C, sizes[13] = {C, C, C, C, kChunk * C, kChunk * C, kChunk * s.heads * P,
+                                        kChunk * s.heads * P, 3 * kTokens * P, C * P, C * P,
+                                        C * P, C * P};
+    float **parts[13] = {&mx, &sum, &top, &r, &e, &qc, &vp, &gp, &prod, &kv, &dkv, &kvt, &dkvt};
+    int64_t total = 0;
+    for (int64_t n : sizes) total += n;
+    if (static_cast<int64_t>(store.size()) < total) store.resize(total);
+    float *at = store.data();
+    for (int i = 0; i < 13; ++i) {
+      *parts[i] = at;
+      at += sizes[i];
+    }
   }
-  std::copy(acc, acc + ch, out);
+};
+
+// The first pass of a task (batch b, heads h0 .. h1, channels c0 .. c1): over all tokens,
+// kv = exp(k - mx)^T v per head, unnormalised, with sum[c] = sum_n exp(k[n, c] - mx[c]) and mx
+// the maximum so far (when a chunk raises mx[c], row c of kv and sum[c] are rescaled); with
+// `q`, also dkv = q^T dy per head (dy: rows of C). Leaves kv, dkv, sum and mx in w.
+template <int P>
+void GatherKv(const float *k, const float *v, const float *q, const float *dy,
+              const AttShape &s, int64_t h0, int64_t h1, AttBuffers &w) {
+  const int64_t ch = s.ch, C = s.C, c0 = h0 * ch, c1 = h1 * ch, hp = (h1 - h0) * P;
+  float *kv = w.kv, *dkv = w.dkv, *mx = w.mx, *sum = w.sum, *top = w.top, *e = w.e, *qc = w.qc;
+  std::fill(kv + c0 * P, kv + c1 * P, 0.0f);
+  std::fill(dkv + c0 * P, dkv + c1 * P, 0.0f);
+  std::fill(mx + c0, mx + c1, -INFINITY);
+  std::fill(sum + c0, sum + c1, 0.0f);
+  for (int64_t n0 = 0; n0 < s.N; n0 += kChunk) {
+    const int64_t t_n = std::min(kChunk, s.N - n0);
+    const float *kc = k + n0 * s.row;
+    std::copy(mx + c0, mx + c1, top + c0);
+    for (int64_t t = 0; t < t_n; ++t) {
+      const float *kt = kc + t * s.row;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) top[c] = kt[c] > top[c] ? kt[c] : top[c];
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      if (!(top[c] > mx[c])) continue;
+      const float f = ExpNeg(mx[c] - top[c]);
+      sum[c] *= f;
+      for (int j = 0; j < P; ++j) kv[c * P + j] *= f;
+      mx[c] = top[c];
+    }
+    for (int64_t t = 0; t < t_n; ++t) {
+      const float *kt = kc + t * s.row;
+      float *et = e + t * C;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) {
+        et[c] = ExpNeg(kt[c] - mx[c]);
+        sum[c] += et[c];
+      }
+    }
+    PadRows<P>(v + n0 * s.row, s.row, t_n, h0, h1, ch, w.vp);
+    for (int64_t h = h0; h < h1; ++h)
+      SmallProduct<P>(ch, t_n, e + h * ch, 1, C, w.vp + (h - h0) * P, hp, kv + h * ch * P,
+                      P, true);
+    if (!q) continue;
+    for (int64_t t = 0; t < t_n; ++t)
+      std::copy(q + (n0 + t) * s.row + c0, q + (n0 + t) * s.row + c1, qc + t * C + c0);
+    PadRows<P>(dy + n0 * C, C, t_n, h0, h1, ch, w.gp);
+    for (int64_t h = h0; h < h1; ++h)
+      SmallProduct<P>(ch, t_n, qc + h * ch, 1, C, w.gp + (h - h0) * P, hp,
+                      dkv + h * ch * P, P, true);
+  }
 }
 
 template <int P>
@@ -207,41 +296,28 @@ void FactorAttForward(const float *qkv, const float *crpe, float *out, const Att
                       float scale) {
   const int64_t ch = s.ch, C = s.C;
   ParallelFor(s.B * s.blocks, [&](int64_t begin, int64_t end) {
-    std::vector<float> mx(C), inv(C), e(T * C), kv(s.heads * ch * P), vp(T * P), o(P);
+    AttBuffers w(s, P);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.blocks;
       const int64_t h0 = (task % s.blocks) * s.per_block;
       const int64_t h1 = std::min(s.heads, h0 + s.per_block);
-      const int64_t c0 = h0 * ch, c1 = h1 * ch;
       const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
-      SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
-      std::fill(kv.begin(), kv.end(), 0.0f);
-      for (int64_t n0 = 0; n0 < s.N; n0 += T) {  // kv = exp(k - max)^T v, per head
-        const int64_t t_n = std::min<int64_t>(T, s.N - n0);
-        for (int64_t t = 0; t < T; ++t) {
-          const float *kn = k + (n0 + t) * s.row;
-          float *et = e.data() + t * C;
-          if (t < t_n) {
+      GatherKv<P>(k, v, nullptr, nullptr, s, h0, h1, w);
+      for (int64_t c = h0 * ch; c < h1 * ch; ++c) {  // the normalisation and the scale, once
+        const float f = scale / w.sum[c];
+        for (int j = 0; j < P; ++j) w.kv[c * P + j] *= f;
+      }
+      for (int64_t n0 = 0; n0 < s.N; n0 += kTokens) {  // out = q kv + crpe
+        const int64_t t_n = std::min(kTokens, s.N - n0);
+        for (int64_t h = h0; h < h1; ++h) {
+          SmallProduct<P>(t_n, ch, q + n0 * s.row + h * ch, s.row, 1, w.kv + h * ch * P,
+                          P, w.prod, P, false);
+          for (int64_t t = 0; t < t_n; ++t) {
+            const int64_t at = (b * s.N + n0 + t) * C + h * ch;
+            const float *o = w.prod + t * P;
 #pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) et[c] = ExpNeg(kn[c] - mx[c]);
-          } else {
-            std::fill(et + c0, et + c1, 0.0f);
+            for (int64_t j = 0; j < ch; ++j) out[at + j] = o[j] + crpe[at + j];
           }
-        }
-        for (int64_t h = h0; h < h1; ++h) {
-          PadRows<P>(v + n0 * s.row, s.row, t_n, h, ch, vp.data());
-          OuterAcc<P>(e.data(), C, vp.data(), h, ch, kv.data());
-        }
-      }
-      for (int64_t c = c0; c < c1; ++c) {  // softmax normalisation and the scale, once
-        float *r = kv.data() + c * P;
-        for (int j = 0; j < P; ++j) r[j] *= inv[c] * scale;
-      }
-      for (int64_t n = 0; n < s.N; ++n) {  // out = q kv + crpe
-        const int64_t at = (b * s.N + n) * C;
-        for (int64_t h = h0; h < h1; ++h) {
-          RowTimes<P>(q + n * s.row + h * ch, kv.data(), h, ch, o.data());
-          for (int64_t j = 0; j < ch; ++j) out[at + h * ch + j] = o[j] + crpe[at + h * ch + j];
         }
       }
     }
@@ -250,15 +326,16 @@ void FactorAttForward(const float *qkv, const float *crpe, float *out, const Att
 
 // With G = scale * dout, kv = softmax(k)^T v, ks = softmax(k), per head:
 //   dq = G kv^T,  dkv = q^T G,  dv = ks dkv,  dks = v dkv^T,
-//   dk = ks * (dks - sum_n ks * dks)   (softmax backward along the token axis)
+//   dk = ks * (dks - r),  r[c] = sum_n ks[n, c] dks[n, c] = sum_j dkv[c, j] kv[c, j]
+// (softmax backward along the token axis; r from the ch x ch matrices, not a pass over tokens).
 template <int P>
 void FactorAttBackward(const float *qkv, const float *dout, float *dqkv, const AttShape &s,
                        float scale) {
   const int64_t ch = s.ch, C = s.C;
   ParallelFor(s.B * s.blocks, [&](int64_t begin, int64_t end) {
-    std::vector<float> mx(C), inv(C), ks(T * C), qb(T * C), r(C), o(P);
-    std::vector<float> kv(s.heads * ch * P), dkv(s.heads * ch * P), vp(T * P), gp(T * P);
-    std::vector<float> kvt(s.heads * ch * P), dkvt(s.heads * ch * P);
+    AttBuffers w(s, P);
+    float *kv = w.kv, *dkv = w.dkv, *kvt = w.kvt, *dkvt = w.dkvt;
+    float *ks = w.e, *p0 = w.prod, *p1 = p0 + kTokens * P, *p2 = p1 + kTokens * P;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.blocks;
       const int64_t h0 = (task % s.blocks) * s.per_block;
@@ -267,62 +344,53 @@ void FactorAttBackward(const float *qkv, const float *dout, float *dqkv, const A
       const float *q = qkv + b * s.N * s.row, *k = q + C, *v = q + 2 * C;
       float *dq = dqkv + b * s.N * s.row, *dk = dq + C, *dv = dq + 2 * C;
       const float *dy = dout + b * s.N * C;
-      SoftmaxStats(k, s, c0, c1, mx.data(), inv.data());
-      std::fill(kv.begin(), kv.end(), 0.0f);
-      std::fill(dkv.begin(), dkv.end(), 0.0f);
-      std::fill(r.begin(), r.end(), 0.0f);
-      for (int64_t n0 = 0; n0 < s.N; n0 += T) {  // kv = ks^T v, dkv = q^T G
-        const int64_t t_n = std::min<int64_t>(T, s.N - n0);
-        for (int64_t t = 0; t < T; ++t) {
-          const float *kn = k + (n0 + t) * s.row, *qn = q + (n0 + t) * s.row;
-          float *kst = ks.data() + t * C, *qt = qb.data() + t * C;
-          if (t < t_n) {
-#pragma omp simd
-            for (int64_t c = c0; c < c1; ++c) kst[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
-            std::copy(qn + c0, qn + c1, qt + c0);
-          } else {
-            std::fill(kst + c0, kst + c1, 0.0f);
-            std::fill(qt + c0, qt + c1, 0.0f);
-          }
+      GatherKv<P>(k, v, q, dy, s, h0, h1, w);
+      for (int64_t c = c0; c < c1; ++c) {
+        const float inv = 1.0f / w.sum[c];
+        w.sum[c] = inv;
+        float rc = 0.0f;
+        for (int j = 0; j < P; ++j) {
+          kv[c * P + j] *= inv;
+          dkv[c * P + j] *= scale;
+          rc += dkv[c * P + j] * kv[c * P + j];
         }
-        for (int64_t h = h0; h < h1; ++h) {
-          PadRows<P>(v + n0 * s.row, s.row, t_n, h, ch, vp.data());
-          PadRows<P>(dy + n0 * C, C, t_n, h, ch, gp.data());
-          OuterAcc<P>(ks.data(), C, vp.data(), h, ch, kv.data());
-          OuterAcc<P>(qb.data(), C, gp.data(), h, ch, dkv.data());
-        }
+        w.r[c] = rc;
       }
-      for (int64_t c = c0; c < c1; ++c)  // G = scale * dout, applied once to dkv
-        for (int j = 0; j < P; ++j) dkv[c * P + j] *= scale;
-      // transposed copies (P wide, zero past ch): each product below is then a row times them
-      std::fill(kvt.begin(), kvt.end(), 0.0f);
-      std::fill(dkvt.begin(), dkvt.end(), 0.0f);
+      // transposed copies (P wide, zero past ch)
+      std::fill(kvt + c0 * P, kvt + c1 * P, 0.0f);
+      std::fill(dkvt + c0 * P, dkvt + c1 * P, 0.0f);
       for (int64_t h = h0; h < h1; ++h)
         for (int64_t i = 0; i < ch; ++i)
           for (int64_t j = 0; j < ch; ++j) {
             kvt[(h * ch + j) * P + i] = kv[(h * ch + i) * P + j];
             dkvt[(h * ch + j) * P + i] = dkv[(h * ch + i) * P + j];
           }
-      for (int64_t n = 0; n < s.N; ++n) {
-        const float *kn = k + n * s.row, *vn = v + n * s.row, *dyn = dy + n * C;
-        float *dqn = dq + n * s.row, *dkn = dk + n * s.row, *dvn = dv + n * s.row;
-        float *kst = ks.data();
+      const float *inv = w.sum, *mx = w.mx, *r = w.r;
+      for (int64_t n0 = 0; n0 < s.N; n0 += kTokens) {
+        const int64_t t_n = std::min(kTokens, s.N - n0);
+        for (int64_t t = 0; t < t_n; ++t) {
+          const float *kn = k + (n0 + t) * s.row;
+          float *kst = ks + t * C;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) kst[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
-        for (int64_t h = h0; h < h1; ++h) {
-          RowTimes<P>(dyn + h * ch, kvt.data(), h, ch, o.data());  // dq = G kv^T
-          for (int64_t i = 0; i < ch; ++i) dqn[h * ch + i] = scale * o[i];
-          RowTimes<P>(vn + h * ch, dkvt.data(), h, ch, dkn + h * ch);  // dks = v dkv^T
-          RowTimes<P>(kst + h * ch, dkv.data(), h, ch, dvn + h * ch);  // dv = ks dkv
+          for (int64_t c = c0; c < c1; ++c) kst[c] = ExpNeg(kn[c] - mx[c]) * inv[c];
         }
+        for (int64_t h = h0; h < h1; ++h) {
+          const int64_t hc = h * ch;
+          SmallProduct<P>(t_n, ch, dy + n0 * C + hc, C, 1, kvt + hc * P, P, p0, P, false);
+          SmallProduct<P>(t_n, ch, v + n0 * s.row + hc, s.row, 1, dkvt + hc * P, P, p1, P, false);
+          SmallProduct<P>(t_n, ch, ks + hc, C, 1, dkv + hc * P, P, p2, P, false);
+          for (int64_t t = 0; t < t_n; ++t) {
+            const int64_t at = (n0 + t) * s.row + hc;
+            const float *kst = ks + t * C + hc, *rh = r + hc;
+            const float *o0 = p0 + t * P, *o1 = p1 + t * P, *o2 = p2 + t * P;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) r[c] += kst[c] * dkn[c];
-      }
-      for (int64_t n = 0; n < s.N; ++n) {  // dk = ks * (dks - r)
-        const float *kn = k + n * s.row;
-        float *dkn = dk + n * s.row;
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) dkn[c] = ExpNeg(kn[c] - mx[c]) * inv[c] * (dkn[c] - r[c]);
+            for (int64_t j = 0; j < ch; ++j) {
+              dq[at + j] = scale * o0[j];
+              dk[at + j] = kst[j] * (o1[j] - rh[j]);
+              dv[at + j] = o2[j];
+            }
+          }
+        }
       }
     }
   });
@@ -556,7 +624,7 @@ int CheckColSum(char *message, int length) {
 
 // out[n, h, j] = ch^-0.5 * sum_i q[n, h, i] * sum_m softmax_m(k[:, h, i])[m] * v[m, h, j] + crpe
 int CheckFactorAtt(char *message, int length) {
-  const int64_t B = 2, N = 7, heads = 3, ch = 5, C = heads * ch;
+  const int64_t B = 2, N = kChunk + 9, heads = 3, ch = 5, C = heads * ch;  // two chunks
   std::vector<float> qkv = mindcoat::TestData(B * N * 3 * C, 0.9f);
   std::vector<float> crpe = mindcoat::TestData(B * N * C, 1.3f), head(heads);
   std::vector<float> y(B * N * C), want(B * N * C);
