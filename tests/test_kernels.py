@@ -13,7 +13,7 @@ from mindspore import nn, ops
 from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, conv_rel_pos_enc_native, \
     cross_scale_sum, cross_scale_sum_native, depthwise_nhwc, depthwise_nhwc_native, \
     depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
-    factor_attention_crpe, factor_attention_native, linear, linear_gelu, linear_native, \
+    factor_attention_crpe, factor_attention_native, linear, linear_gelu, linear_native, mlp, \
     linear_residual, patch_conv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -351,6 +351,35 @@ def test_linear_epilogues_match_native(fused, native, mode):
         y, vjp = ms.vjp(fn, *args)
         res.append([y.asnumpy()] + [g.asnumpy() for g in vjp(dy)])
     assert linear_residual.kernel is not None and linear_gelu.kernel is not None
+    for got, ref in zip(*res):
+        assert got.shape == ref.shape
+        assert _rel(got, ref) < 1e-5
+
+
+def _mlp_native(x, w1, b1, w2, b2, residual=None):
+    y = linear_native(ops.gelu(linear_native(x, w1, b1), approximate='none'), w2, b2)
+    return y if residual is None else residual + y
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('with_residual', [True, False], ids=['residual', 'plain'])
+def test_mlp_matches_native(with_residual, mode):
+    """The training MLP (GELU's slope kept by the forward, multiplied in inside fc2's input
+    gradient): output and the gradients wrt x, both layers (and the residual) against MatMul +
+    BiasAdd + nn.GELU."""
+    ms.set_context(mode=mode)
+    rng = np.random.default_rng(13)
+    args = [ms.Tensor(rng.normal(0, scale, shape).astype(np.float32)) for shape, scale in
+            (((2, 57, 48), 1.0), ((96, 48), 0.3), ((96,), 1.0), ((48, 96), 0.2), ((48,), 1.0))]
+    if with_residual:
+        args.append(ms.Tensor(rng.normal(size=(2, 57, 48)).astype(np.float32)))
+    dy = ms.Tensor(rng.normal(size=(2, 57, 48)).astype(np.float32))
+    res = []
+    for fn in (mlp, _mlp_native):
+        y, vjp = ms.vjp(fn, *args)
+        res.append([y.asnumpy()] + [g.asnumpy() for g in vjp(dy)])
+    assert mlp.kernel is not None and mlp.kernel_residual is not None
+    assert len(res[0]) == len(args) + 1
     for got, ref in zip(*res):
         assert got.shape == ref.shape
         assert _rel(got, ref) < 1e-5

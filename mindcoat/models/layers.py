@@ -6,7 +6,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common import initializer as init
 
-from ..ops import Gelu, LayerNormOp, linear, linear_gelu, linear_residual
+from ..ops import Gelu, LayerNormOp, linear, linear_gelu, linear_residual, mlp
 
 
 def trunc_normal(shape, std=0.02):
@@ -121,14 +121,15 @@ class Mlp(nn.Cell):
 
     def construct(self, x, residual=None):
         """fc2(GELU(fc1(x))), plus ``residual`` if given. Without dropout the residual add runs
-        inside fc2's GEMM, and in inference GELU inside fc1's (``mindcoat.ops.linear``)."""
+        inside fc2's GEMM; in inference GELU runs inside fc1's, in training GELU's backward
+        inside fc2's input gradient (``mindcoat.ops.linear``)."""
         if self.training and self.drop_rate > 0:
             y = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
             return y if residual is None else residual + y
         if self.training:
-            hidden = self.act(self.fc1(x))  # keeps GELU's input for the backward
-        else:
-            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+            return mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                       residual)
+        hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
         if residual is None:
             return self.fc2(hidden)
         return linear_residual(hidden, self.fc2.weight, self.fc2.bias, residual)

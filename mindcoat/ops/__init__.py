@@ -5,7 +5,7 @@ from .depthwise import conv_rel_pos_enc, conv_rel_pos_enc_native, depthwise_nhwc
     depthwise_nhwc_native, depthwise_path, depthwise_tokens, depthwise_tokens_native
 from .gelu import Gelu
 from .layernorm import LayerNormOp
-from .linear import linear, linear_gelu, linear_native, linear_residual
+from .linear import linear, linear_gelu, linear_native, linear_residual, mlp
 from .patch import patch_conv
 from .resize import cross_scale_sum, cross_scale_sum_native, resize_tokens_native
 
@@ -13,5 +13,5 @@ __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
            'cross_scale_sum_native', 'depthwise_nhwc', 'depthwise_nhwc_native', 'depthwise_path',
            'depthwise_tokens', 'depthwise_tokens_native', 'factor_attention',
            'factor_attention_crpe', 'factor_attention_native', 'Gelu', 'LayerNormOp', 'linear',
-           'linear_gelu', 'linear_native', 'linear_residual', 'patch_conv',
+           'linear_gelu', 'linear_native', 'linear_residual', 'mlp', 'patch_conv',
            'resize_tokens_native']

@@ -80,6 +80,7 @@ class _FactorAttKernel(nn.Cell):
     def __init__(self, lib):
         super().__init__()
         self.forward = ops.Custom(lib + ':FactorAttFwd', _out_shape, _dtype, func_type='aot')
+        self.forward_q = ops.Custom(lib + ':FactorAttQFwd', _out_shape, _dtype, func_type='aot')
         self.grad = ops.Custom(lib + ':FactorAttBwd', _grad_shape, _dtype, func_type='aot')
 
     def construct(self, qkv, crpe, heads):
@@ -110,8 +111,10 @@ factor_attention = _Dispatch()
 
 
 class _AttentionCrpeKernel(nn.Cell):
-    """The two compiled forwards; one backward: the encoding's gradient is added into the
-    attention's d qkv by CrpeBwdX (d crpe is dout itself)."""
+    """The encoding's convolution e = conv(v) + b, then the attention, which adds q * e; returns
+    (output, e): the backward takes e from the forward instead of convolving again. One backward:
+    the encoding's gradient is added into the attention's d qkv by CrpeBwdXKept (d crpe is
+    dout[0] itself)."""
 
     def __init__(self, attention, crpe):
         super().__init__()
@@ -119,11 +122,12 @@ class _AttentionCrpeKernel(nn.Cell):
         self.crpe = crpe
 
     def construct(self, qkv, hw, weights, biases, heads):
-        return self.attention.forward(qkv, self.crpe(qkv, hw, weights, biases), heads)
+        e = self.crpe.conv(qkv, hw, *weights, *biases)
+        return self.attention.forward_q(qkv, e, heads), e
 
     def bprop(self, qkv, hw, weights, biases, heads, out, dout):
-        dqkv, dws, dbs = self.crpe.grads(qkv, hw, weights, biases, dout,
-                                         self.attention.grad(qkv, dout, heads))
+        dqkv, dws, dbs = self.crpe.grads_kept(qkv, out[1], hw, weights, dout[0],
+                                              self.attention.grad(qkv, dout[0], heads))
         return dqkv, ops.zeros_like(hw), dws, dbs, ops.zeros_like(heads)
 
 
@@ -149,8 +153,9 @@ class _CrpeDispatch(nn.Cell):
     def construct(self, qkv, h, w, weights, biases, num_heads):
         if self.kernel is not None and usable(qkv, weights, biases) \
                 and qkv.shape[2] // 3 // num_heads <= MAX_HEAD_WIDTH:
-            return self.kernel(qkv, ops.zeros((h, w), ms.float32), weights, biases,
-                               ops.zeros((num_heads,), ms.float32))  # shapes only
+            out, _ = self.kernel(qkv, ops.zeros((h, w), ms.float32), weights, biases,
+                                 ops.zeros((num_heads,), ms.float32))  # shapes only
+            return out
         return factor_attention(qkv, conv_rel_pos_enc(qkv, h, w, weights, biases), num_heads)
 
 

@@ -238,12 +238,17 @@ def conv_rel_pos_enc_native(qkv, h, w, weights, biases):
 
 class _CrpeKernel(nn.Cell):
     """q * (conv(v) + b) straight from qkv in one compiled pass; the gradients also go straight
-    into qkv's layout (``grads``, shared with the attention kernel, which adds its own)."""
+    into qkv's layout (``grads``, shared with the attention kernel, which adds its own). The
+    attention kernel uses ``conv`` (conv(v) + b without q, which it multiplies in itself) and
+    ``grads_kept`` (the same gradients from that kept convolution: no second one)."""
 
     def __init__(self, lib):
         super().__init__()
         self.forward = ops.Custom(lib + ':CrpeFwd', _crpe_shape, _f32, func_type='aot')
+        self.conv = ops.Custom(lib + ':CrpeConvFwd', _crpe_shape, _f32, func_type='aot')
         self.grad_x = ops.Custom(lib + ':CrpeBwdX', _crpe_grad_x_shape, _f32, func_type='aot')
+        self.grad_x_kept = ops.Custom(lib + ':CrpeBwdXKept', _crpe_grad_x_kept_shape, _f32,
+                                      func_type='aot')
         self.grad_w = ops.Custom(lib + ':CrpeBwdW', _crpe_grad_w_shape, _f32,
                                  func_type='aot')
 
@@ -253,6 +258,12 @@ class _CrpeKernel(nn.Cell):
     def grads(self, qkv, hw, weights, biases, dout, dqkv):
         """(dqkv + d qkv, d weights, d biases) for the cotangent ``dout``."""
         dqkv = self.grad_x(qkv, dout, dqkv, hw, *weights, *biases)
+        dws, dbs = _split_grads(self.grad_w(qkv, dout, hw, *weights), weights)
+        return dqkv, dws, dbs
+
+    def grads_kept(self, qkv, e, hw, weights, dout, dqkv):
+        """``grads`` with e = conv(v) + b as ``conv`` returned it."""
+        dqkv = self.grad_x_kept(qkv, e, dout, dqkv, hw, *weights)
         dws, dbs = _split_grads(self.grad_w(qkv, dout, hw, *weights), weights)
         return dqkv, dws, dbs
 
@@ -276,6 +287,17 @@ def _crpe_grad_x_shape(qkv, dout, dqkv, hw, *params):
     if known(*out, *dout, *qkv, *dqkv):
         check(list(dout) == out and list(dqkv) == list(qkv),
               f'crpe gradients {tuple(dout)}, {tuple(dqkv)} for qkv {tuple(qkv)}')
+    return qkv
+
+
+def _crpe_grad_x_kept_shape(qkv, e, dout, dqkv, hw, *weights):
+    """CrpeBwdXKept (qkv, e and dout (B, 1 + H*W, C), dqkv like qkv, hw, w_1..w_n) -> qkv's."""
+    channels = sum(w[0] for w in weights)
+    _check_tokens(qkv, hw, 3 * channels if known(channels) else None)
+    _check_weights(channels, weights)
+    if known(*e, *dout, *qkv, *dqkv):
+        check(list(e) == list(dout) == [qkv[0], qkv[1], channels] and list(dqkv) == list(qkv),
+              f'crpe gradients {tuple(e)}, {tuple(dout)}, {tuple(dqkv)} for qkv {tuple(qkv)}')
     return qkv
 
 

@@ -1,5 +1,5 @@
 """Fully connected layer ``y = x W^T + b`` over the last axis, optionally followed by a residual
-add (``r + x W^T + b``) or by exact GELU.
+add (``r + x W^T + b``) or by exact GELU; and a transformer MLP, fc2(GELU(fc1(x))), for training.
 
 MindSpore's Dense is a MatMul followed by a separate BiasAdd pass over the whole output; on the
 CPU those passes were ~10% of a CoaT forward, and the bias gradient (BiasAddGrad) ~10% of a
@@ -67,6 +67,23 @@ def _grad_w_shape(dy, x):
     return [dy[-1], x[-1]]
 
 
+def _grad_x_mul_shape(dy, w, m):
+    """LinearGradXMul (dy (..., N), w (N, K), m (..., K)) -> dx (..., K), shaped like m."""
+    out = _grad_x_shape(dy, w)
+    if known(*out, *m):
+        check(list(m) == out, f'a multiplier of shape {tuple(m)} for a gradient {tuple(out)}')
+    return m
+
+
+def _pair(x):
+    """GeluFwdGrad (x) -> (GELU(x), its slope), both shaped like x."""
+    return x, x
+
+
+def _dtype_pair(x):
+    return _dtype(x), x
+
+
 def _same_shape(x, dy):
     check(list(x) == list(dy), 'the gradient must be shaped like the input')
     return x
@@ -129,15 +146,57 @@ class _LinearGeluKernel(_LinearKernel):
         return self.grads(x, weight, dh)
 
 
+class _MlpKernel(nn.Cell):
+    """fc2(GELU(fc1(x))) for training. Besides the output, the forward returns GELU's output and
+    its slope at fc1's output: the backward needs those two, not fc1's output, and multiplies
+    by the slope inside the product for fc2's input gradient (LinearGradXMul) instead of a
+    separate GELU backward pass over the hidden layer."""
+
+    def __init__(self, lib, sum_lib, fc1, fc2):
+        super().__init__()
+        self.fc1, self.fc2 = fc1, fc2
+        self.gelu = ops.Custom(sum_lib + ':GeluFwdGrad', _pair, _dtype_pair, func_type='aot')
+        self.grad_x_mul = ops.Custom(lib + ':LinearGradXMul', _grad_x_mul_shape, _dtype,
+                                     func_type='aot')
+
+    def construct(self, x, w1, b1, w2, b2):
+        hidden, slope = self.gelu(self.fc1.forward(x, w1, b1))
+        return self.fc2.forward(hidden, w2, b2), hidden, slope
+
+    def grads(self, x, w1, w2, out, dout):
+        """d x, d w1, d b1, d w2, d b2 for the cotangent of the output, dout[0]."""
+        _, hidden, slope = out
+        dh = self.grad_x_mul(dout[0], w2, slope)
+        return self.fc1.grads(x, w1, dh) + (self.fc2.grad_w(dout[0], hidden),
+                                            self.fc2.col_sum(dout[0]))
+
+    def bprop(self, x, w1, b1, w2, b2, out, dout):
+        return self.grads(x, w1, w2, out, dout)
+
+
+class _MlpResidualKernel(_MlpKernel):
+    """residual + fc2(GELU(fc1(x))), the add inside fc2's product."""
+
+    def construct(self, x, w1, b1, w2, b2, residual):
+        hidden, slope = self.gelu(self.fc1.forward(x, w1, b1))
+        return self.fc2.forward_res(hidden, w2, b2, residual), hidden, slope
+
+    def bprop(self, x, w1, b1, w2, b2, residual, out, dout):
+        return self.grads(x, w1, w2, out, dout) + (dout[0],)
+
+
 def _kernels():
-    """{'plain', 'residual', 'gelu'} kernels when the CPU fast path applies, else None."""
+    """{'plain', 'residual', 'gelu', 'mlp', 'mlp_residual'} kernels when the CPU fast path
+    applies, else None."""
     return kernel_cells('linear', _make_kernels)
 
 
 def _make_kernels(lib, sum_lib):
-    """``sum_lib``: transformer.cc, for the bias gradient's column sum and GELU's gradient."""
-    return {'plain': _LinearKernel(lib, sum_lib), 'residual': _LinearResidualKernel(lib, sum_lib),
-            'gelu': _LinearGeluKernel(lib, sum_lib)}
+    """``sum_lib``: transformer.cc, for the bias gradient's column sum and GELU."""
+    plain, residual = _LinearKernel(lib, sum_lib), _LinearResidualKernel(lib, sum_lib)
+    return {'plain': plain, 'residual': residual, 'gelu': _LinearGeluKernel(lib, sum_lib),
+            'mlp': _MlpKernel(lib, sum_lib, plain, residual),
+            'mlp_residual': _MlpResidualKernel(lib, sum_lib, plain, residual)}
 
 
 def _f32(*tensors):
@@ -186,6 +245,30 @@ class _GeluDispatch(nn.Cell):
         return self.gelu(linear(x, weight, bias))
 
 
+class _MlpDispatch(nn.Cell):
+    """mlp(x, w1, b1, w2, b2[, residual]) -> [residual +] fc2(GELU(fc1(x))), exact GELU; for
+    training graphs (inference: linear_gelu, then linear or linear_residual)."""
+
+    kernel = AtParseTime(lambda self: (_kernels() or {}).get('mlp'))
+    kernel_residual = AtParseTime(lambda self: (_kernels() or {}).get('mlp_residual'))
+
+    def __init__(self):
+        super().__init__()
+        self.gelu = Gelu()
+
+    def construct(self, x, w1, b1, w2, b2, residual=None):
+        if self.kernel is not None and _f32(x, w1, b1, w2, b2):
+            if residual is None:
+                return self.kernel(x, w1, b1, w2, b2)[0]
+            if _f32(residual) and residual.shape == x.shape[:-1] + (w2.shape[0],):
+                return self.kernel_residual(x, w1, b1, w2, b2, residual)[0]
+        hidden = self.gelu(linear(x, w1, b1))
+        if residual is None:
+            return linear(hidden, w2, b2)
+        return linear_residual(hidden, w2, b2, residual)
+
+
 linear = _Dispatch()
 linear_residual = _ResidualDispatch()
 linear_gelu = _GeluDispatch()
+mlp = _MlpDispatch()

@@ -17,7 +17,8 @@
 //   DwBwdX / DwResBwdX  (dy, [hw], w_1..w_n)          -> dx  (the convolution, kernels flipped)
 //   DwBwdW              (x, dy, [hw], w_1..w_n)       -> flat [dw_1, ..., dw_n, db]
 //   CrpeFwd             (qkv, hw, w_1..w_n, b_1..b_n) -> q * (conv(v) + b)   (see below)
-//   CrpeBwdX, CrpeBwdW  its gradients, straight into qkv's layout (see below)
+//   CrpeConvFwd         (qkv, hw, w_1..w_n, b_1..b_n) -> conv(v) + b         (q * left to the caller)
+//   CrpeBwdX, CrpeBwdXKept, CrpeBwdW  the gradients, straight into qkv's layout (see below)
 #include "common.h"
 
 #include <algorithm>
@@ -314,9 +315,12 @@ extern "C" int DwResBwdX(int nparam, void **params, int *ndims, int64_t **shapes
 
 // CoaT's relative position encoding straight from the fused projection qkv (B, 1 + H*W, 3C):
 //   CrpeFwd (qkv, hw, w_1..w_n, b_1..b_n) -> q * (conv(v) + b)  (B, 1 + H*W, C), class row 0
-// (no split of qkv into q, k, v and no separate product pass).
-extern "C" int CrpeFwd(int nparam, void **params, int *ndims, int64_t **shapes,
-                       const char **dtypes, void *stream, void *extra) {
+// (no split of qkv into q, k, v and no separate product pass); CrpeConvFwd: conv(v) + b alone
+// (the attention kernel multiplies by q, and the backward reuses it instead of convolving again).
+namespace {
+
+int CrpeForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                bool times_q) {
   Layout l;
   if (!IsF32(dtypes[0]) || ndims[0] != 3 || !GetLayout(ndims, shapes, nparam - 1, 1, &l) ||
       l.off != 1 || shapes[0][2] != 3 * l.C || shapes[0][1] != 1 + l.H * l.W)
@@ -329,8 +333,20 @@ extern "C" int CrpeFwd(int nparam, void **params, int *ndims, int64_t **shapes,
     std::memcpy(bias.data() + groups[g].c0, params[2 + n + g], groups[g].cg * sizeof(float));
   const float *qkv = static_cast<const float *>(params[0]);
   Conv({qkv + 2 * l.C, 3 * l.C}, groups, bias.data(), static_cast<float *>(params[nparam - 1]), l,
-       false, {qkv, 3 * l.C});
+       false, times_q ? Strided{qkv, 3 * l.C} : Strided{nullptr, 0});
   return 0;
+}
+
+}  // namespace
+
+extern "C" int CrpeFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                       const char **dtypes, void *stream, void *extra) {
+  return CrpeForward(nparam, params, ndims, shapes, dtypes, true);
+}
+
+extern "C" int CrpeConvFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                           const char **dtypes, void *stream, void *extra) {
+  return CrpeForward(nparam, params, ndims, shapes, dtypes, false);
 }
 
 namespace {
@@ -486,27 +502,37 @@ extern "C" int DwBwdW(int nparam, void **params, int *ndims, int64_t **shapes, c
 // The gradients of CrpeFwd, y = q * (conv(v) + b) on the image rows (0 on the class row):
 //   CrpeBwdX (qkv, dy, dqkv_in, hw, w_1..w_n, b_1..b_n) -> dqkv_in + [dy * (conv(v) + b), 0,
 //            conv^T(dy * q)]   (B, 1 + H*W, 3C)
+//   CrpeBwdXKept (qkv, e, dy, dqkv_in, hw, w_1..w_n)  -> the same, with e = conv(v) + b as
+//            CrpeConvFwd returned it (no second convolution)
 //   CrpeBwdW (qkv, dy, hw, w_1..w_n)                    -> flat [dw_1, ..., dw_n, db] of conv
 // dqkv_in is the attention's gradient of the same qkv: adding it here saves the concatenation
 // of the three parts and the sum of the two gradients as separate passes.
-extern "C" int CrpeBwdX(int nparam, void **params, int *ndims, int64_t **shapes,
-                        const char **dtypes, void *stream, void *extra) {
+namespace {
+
+int CrpeGradX(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+              bool kept) {
+  const int at = kept ? 1 : 0;  // CrpeBwdXKept: e after qkv
   Layout l;
-  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 1, 3, &l) || l.off != 1) return 1;
+  if (!IsF32(dtypes[0]) || !GetLayout(ndims, shapes, 1 + at, 3 + at, &l) || l.off != 1) return 1;
   const int64_t B = l.B, H = l.H, W = l.W, C = l.C, N = 1 + H * W;
-  const int n = (nparam - 5) / 2;
-  if (n < 1 || nparam != 5 + 2 * n) return 1;
-  for (int i : {0, 2, nparam - 1})  // qkv, dqkv_in, dqkv
+  const int n = kept ? nparam - 6 : (nparam - 5) / 2;
+  if (n < 1 || nparam != (kept ? 6 + n : 5 + 2 * n)) return 1;
+  for (int i : {0, 2 + at, nparam - 1})  // qkv, dqkv_in, dqkv
     if (ndims[i] != 3 || shapes[i][0] != B || shapes[i][1] != N || shapes[i][2] != 3 * C) return 1;
-  const std::vector<Group> groups = MakeGroups(params, shapes, 4, n, false, 0.0f);
+  if (kept && (ndims[1] != 3 || shapes[1][0] != B || shapes[1][1] != N || shapes[1][2] != C))
+    return 1;
+  const int first_w = 4 + at;
+  const std::vector<Group> groups = MakeGroups(params, shapes, first_w, n, false, 0.0f);
   const Kernels kernels = MakeKernels(groups, C);
-  const Kernels flipped = MakeKernels(MakeGroups(params, shapes, 4, n, true, 0.0f), C);
+  const Kernels flipped = MakeKernels(MakeGroups(params, shapes, first_w, n, true, 0.0f), C);
   std::vector<float> bias(C);
-  for (int g = 0; g < n; ++g)
-    std::memcpy(bias.data() + groups[g].c0, params[4 + n + g], groups[g].cg * sizeof(float));
+  if (!kept)
+    for (int g = 0; g < n; ++g)
+      std::memcpy(bias.data() + groups[g].c0, params[4 + n + g], groups[g].cg * sizeof(float));
   const float *qkv = static_cast<const float *>(params[0]);
-  const float *dy = static_cast<const float *>(params[1]);
-  const float *din = static_cast<const float *>(params[2]);
+  const float *kept_e = kept ? static_cast<const float *>(params[1]) : nullptr;
+  const float *dy = static_cast<const float *>(params[1 + at]);
+  const float *din = static_cast<const float *>(params[2 + at]);
   float *dqkv = static_cast<float *>(params[nparam - 1]);
   // dy * q, laid out like dy (class rows 0): the input of conv^T
   std::vector<float> dconv(B * N * C);
@@ -524,18 +550,19 @@ extern "C" int CrpeBwdX(int nparam, void **params, int *ndims, int64_t **shapes,
     }
   });
   ParallelFor(B * H, [&](int64_t begin, int64_t end) {
-    std::vector<float> conv(W * C), back(W * C);
+    std::vector<float> conv(kept ? 0 : W * C), back(W * C);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, h = row % H;
       if (h == 0)  // the class row: only the attention's gradient
         std::memcpy(dqkv + b * N * 3 * C, din + b * N * 3 * C, 3 * C * sizeof(float));
-      ConvRow({qkv + 2 * C, 3 * C}, kernels, bias.data(), conv.data(), l, b, h);
-      ConvRow({dconv.data(), C}, flipped, nullptr, back.data(), l, b, h);
       const int64_t first = b * N + 1 + h * W;
+      if (!kept) ConvRow({qkv + 2 * C, 3 * C}, kernels, bias.data(), conv.data(), l, b, h);
+      ConvRow({dconv.data(), C}, flipped, nullptr, back.data(), l, b, h);
+      const float *e = kept ? kept_e + first * C : conv.data();
       for (int64_t w = 0; w < W; ++w) {
         const int64_t r = first + w;
         const float *__restrict d = dy + r * C;
-        const float *__restrict cv = conv.data() + w * C;
+        const float *__restrict cv = e + w * C;
         const float *__restrict bk = back.data() + w * C;
         const float *__restrict in = din + r * 3 * C;
         float *__restrict o = dqkv + r * 3 * C;
@@ -548,6 +575,18 @@ extern "C" int CrpeBwdX(int nparam, void **params, int *ndims, int64_t **shapes,
     }
   });
   return 0;
+}
+
+}  // namespace
+
+extern "C" int CrpeBwdX(int nparam, void **params, int *ndims, int64_t **shapes,
+                        const char **dtypes, void *stream, void *extra) {
+  return CrpeGradX(nparam, params, ndims, shapes, dtypes, false);
+}
+
+extern "C" int CrpeBwdXKept(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  return CrpeGradX(nparam, params, ndims, shapes, dtypes, true);
 }
 
 extern "C" int CrpeBwdW(int nparam, void **params, int *ndims, int64_t **shapes,
@@ -568,8 +607,8 @@ extern "C" int CrpeBwdW(int nparam, void **params, int *ndims, int64_t **shapes,
 // ---- self-check (see common.h) ---------------------------------------------------------------
 // Two groups (3x3 over 8 channels, 5x5 over 11: a run of lanes that straddles both, and a partial
 // run at the end) on the token layout (B, 1 + H*W, C), rows wide enough for whole pixel blocks at
-// both sizes: DwResFwd (CoaT's position encoding), CrpeFwd and its two gradients, against direct
-// loops with zero padding.
+// both sizes: DwResFwd (CoaT's position encoding), CrpeFwd, CrpeConvFwd and the gradients,
+// against direct loops with zero padding.
 
 namespace {
 
@@ -646,6 +685,12 @@ extern "C" int MindcoatSelfCheck(char *message, int length) {
     for (int64_t c = 0; c < C; ++c)
       want[r * C + c] = r % N == 0 ? 0.0f : want[r * C + c] * qkv[r * 3 * C + c];
   if (mindcoat::Verdict("CrpeFwd", status, y, want, 1e-4f, message, length)) return 1;
+  status = CrpeConvFwd(7, with_out, nd, shapes, dtypes, nullptr, nullptr);
+  want = ReferenceConv(qkv, 3 * C, 2 * C, w, bias, groups, B, H, W, C, false);
+  for (int64_t r = 0; r < B * N; r += N)  // class rows
+    std::fill(want.begin() + r * C, want.begin() + (r + 1) * C, 0.0f);
+  if (mindcoat::Verdict("CrpeConvFwd", status, y, want, 1e-4f, message, length)) return 1;
+  const std::vector<float> e = y;
 
   // CrpeBwdX / CrpeBwdW for a cotangent dy: g = dy * q on the image rows; dq = dy * (conv(v) + b),
   // dv = the adjoint of the convolution applied to g, dw / db correlate g with v.
@@ -684,6 +729,14 @@ extern "C" int MindcoatSelfCheck(char *message, int length) {
   int bwd_x_nd[9] = {3, 3, 3, 2, 4, 4, 1, 1, 3};
   status = CrpeBwdX(9, bwd_x, bwd_x_nd, bwd_x_shapes, dtypes, nullptr, nullptr);
   if (mindcoat::Verdict("CrpeBwdX", status, dqkv, dqkv_want, 1e-4f, message, length)) return 1;
+  void *kept_x[8] = {qkv.data(), const_cast<float *>(e.data()), dy.data(), din.data(), hw.data(),
+                     w[0].data(), w[1].data(), dqkv.data()};
+  int64_t *kept_x_shapes[8] = {s_qkv, s_x, s_x, s_qkv, s_hw, s_w0, s_w1, s_qkv};
+  int kept_x_nd[8] = {3, 3, 3, 3, 2, 4, 4, 3};
+  std::fill(dqkv.begin(), dqkv.end(), 0.0f);
+  status = CrpeBwdXKept(8, kept_x, kept_x_nd, kept_x_shapes, dtypes, nullptr, nullptr);
+  if (mindcoat::Verdict("CrpeBwdXKept", status, dqkv, dqkv_want, 1e-4f, message, length))
+    return 1;
   int64_t s_dw[1] = {static_cast<int64_t>(dw.size())};
   void *bwd_w[6] = {qkv.data(), dy.data(), hw.data(), w[0].data(), w[1].data(), dw.data()};
   int64_t *bwd_w_shapes[6] = {s_qkv, s_x, s_hw, s_w0, s_w1, s_dw};

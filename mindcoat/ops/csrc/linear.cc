@@ -9,6 +9,7 @@
 //   LinearResFwd  (x, w, b, r (..., N))                 -> r + x W^T + b    (a residual branch)
 //   LinearGeluFwd (x, w, b)                             -> GELU(x W^T + b)  (exact, erf)
 //   LinearGradX   (dy (..., N), w (N, K))               -> dy W             (..., K)
+//   LinearGradXMul (dy, w, m (..., K))                  -> (dy W) * m       (m: GELU's slope)
 //   LinearGradW   (dy (..., N), x (..., K))             -> dy^T x           (N, K)
 // The residual add and GELU are oneDNN post-ops applied while the output tile is in cache: the
 // separate passes over the whole output go away. The gradients read dy^T (or x^T) and W^T as
@@ -76,9 +77,11 @@ namespace {
 constexpr int kCpuEngine = 1, kF32 = 3;                         // dnnl_cpu, dnnl_f32
 constexpr int kSrc = 1, kDst = 17, kWeights = 33, kBias = 41;  // DNNL_ARG_*
 constexpr int kPostOp0Src1 = 32768 * 1 | 2;  // DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1
-constexpr int kGeluErf = 0x31, kBinaryAdd = 0x1fff0;  // dnnl_eltwise_gelu_erf, dnnl_binary_add
+constexpr int kGeluErf = 0x31;                          // dnnl_eltwise_gelu_erf
+constexpr int kBinaryAdd = 0x1fff0, kBinaryMul = 0x1fff1;  // dnnl_binary_add, dnnl_binary_mul
 
-enum class Epilogue { kNone, kResidual, kGelu };
+// kResidual adds, kMultiply multiplies by, a tensor laid out like the output.
+enum class Epilogue { kNone, kResidual, kGelu, kMultiply };
 
 // The layout of oneDNN's dnnl::threadpool_interop::threadpool_iface (dnnl_threadpool_iface.hpp):
 // these virtual functions, in this order. Synchronous: parallel_for returns when all are done.
@@ -113,7 +116,9 @@ dnnl_handle EpilogueAttr(Epilogue epilogue, dnnl_handle dst_desc, bool *ok) {
   *ok = dnnl_primitive_attr_create(&attr) == 0 && dnnl_post_ops_create(&post_ops) == 0 &&
         (epilogue == Epilogue::kGelu
              ? dnnl_post_ops_append_eltwise(post_ops, kGeluErf, 0.0f, 0.0f)
-             : dnnl_post_ops_append_binary(post_ops, kBinaryAdd, dst_desc)) == 0 &&
+             : dnnl_post_ops_append_binary(
+                   post_ops, epilogue == Epilogue::kMultiply ? kBinaryMul : kBinaryAdd,
+                   dst_desc)) == 0 &&
         dnnl_primitive_attr_set_post_ops(attr, post_ops) == 0;
   if (post_ops) dnnl_post_ops_destroy(post_ops);  // the attributes keep a copy
   return attr;
@@ -163,8 +168,8 @@ class Runtime {
     return &cache_.emplace(key, mm).first->second;
   }
 
-  // `b`: the bias (nullptr for the gradient products); `r`: the residual added by a kResidual
-  // primitive (laid out like y), else nullptr.
+  // `b`: the bias (nullptr for the gradient products); `r`: the operand of a kResidual or
+  // kMultiply primitive's post-op (laid out like y), else nullptr.
   int Run(const MatMul &mm, const float *x, const float *w, const float *b, const float *r,
           float *y) {
     const struct {
@@ -239,18 +244,19 @@ int Linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
 
 namespace {
 
-// A gradient product (M, K) . (K, N) -> out (M, N) with no bias: an empty output is left alone,
-// an empty sum (K == 0) is zeros.
-int Gradient(Product product, int64_t M, int64_t K, int64_t N, void *a, void *b, void *out) {
+// A gradient product (M, K) . (K, N) -> out (M, N) with no bias, times `m` (laid out like out)
+// if given: an empty output is left alone, an empty sum (K == 0) is zeros.
+int Gradient(Product product, int64_t M, int64_t K, int64_t N, void *a, void *b, void *out,
+             const void *m = nullptr) {
   if (M == 0 || N == 0) return 0;
   if (K == 0) {
     std::memset(out, 0, sizeof(float) * M * N);
     return 0;
   }
-  const MatMul *mm = runtime.Get(M, K, N, product, Epilogue::kNone);
+  const MatMul *mm = runtime.Get(M, K, N, product, m ? Epilogue::kMultiply : Epilogue::kNone);
   if (!mm) return 1;
   return runtime.Run(*mm, static_cast<const float *>(a), static_cast<const float *>(b), nullptr,
-                     nullptr, static_cast<float *>(out));
+                     static_cast<const float *>(m), static_cast<float *>(out));
 }
 
 }  // namespace
@@ -264,6 +270,23 @@ extern "C" int LinearGradX(int nparam, void **params, int *ndims, int64_t **shap
       Rows(ndims[2], shapes[2]) != rows)
     return 1;
   return Gradient(Product::kGradInput, rows, N, K, params[0], params[1], params[2]);
+}
+
+// dh = (dy W) * m: params dy (..., N), w (N, K), m (..., K), dh (..., K). The input gradient of
+// a layer fed by GELU, with GELU's slope at its input as m: GELU's backward pass runs in the
+// product's epilogue.
+extern "C" int LinearGradXMul(int nparam, void **params, int *ndims, int64_t **shapes,
+                              const char **dtypes, void *stream, void *extra) {
+  if (nparam != 4 || !IsF32(dtypes[0]) || ndims[1] != 2 || ndims[0] != ndims[3] ||
+      ndims[2] != ndims[3])
+    return 1;
+  const int64_t rows = Rows(ndims[0], shapes[0]), N = shapes[1][0], K = shapes[1][1];
+  if (shapes[0][ndims[0] - 1] != N || shapes[3][ndims[3] - 1] != K ||
+      Rows(ndims[3], shapes[3]) != rows)
+    return 1;
+  for (int i = 0; i < ndims[3]; ++i)
+    if (shapes[2][i] != shapes[3][i]) return 1;
+  return Gradient(Product::kGradInput, rows, N, K, params[0], params[1], params[3], params[2]);
 }
 
 // dW = dy^T x, summed over all rows: params dy (..., N), x (..., K), dW (N, K).
@@ -311,7 +334,7 @@ extern "C" int LinearGeluFwd(int nparam, void **params, int *ndims, int64_t **sh
 }
 
 // ---- self-check (see common.h) ---------------------------------------------------------------
-// LinearFwd and LinearResFwd on (3, 7, 13) x (9, 13)^T, and both gradients, against plain loops:
+// LinearFwd and LinearResFwd on (3, 7, 13) x (9, 13)^T, and the gradients, against plain loops:
 // this runs oneDNN's initialisation (its version, the engine, the stream on the package's thread
 // pool), a matmul with and without a post-op, and the transposed views, so a oneDNN without the
 // threadpool runtime fails here.
@@ -351,6 +374,14 @@ extern "C" int MindcoatSelfCheck(char *message, int length) {
   status = LinearGradX(3, grad_x_params, grad_ndims, grad_x_shapes, mindcoat::F32Types(), nullptr,
                        nullptr);
   if (mindcoat::Verdict("LinearGradX", status, dx, dx_want, 1e-4f, message, length)) return 1;
+  // the same times x, elementwise
+  for (int64_t i = 0; i < M * K; ++i) dx_want[i] *= x[i];
+  int64_t *grad_xm_shapes[4] = {s_y, s_w, s_x, s_x};
+  int grad_xm_ndims[4] = {3, 2, 3, 3};
+  void *grad_xm_params[4] = {r.data(), w.data(), x.data(), dx.data()};
+  status = LinearGradXMul(4, grad_xm_params, grad_xm_ndims, grad_xm_shapes, mindcoat::F32Types(),
+                          nullptr, nullptr);
+  if (mindcoat::Verdict("LinearGradXMul", status, dx, dx_want, 1e-4f, message, length)) return 1;
   void *grad_w_params[3] = {r.data(), x.data(), dw.data()};
   status = LinearGradW(3, grad_w_params, grad_w_ndims, grad_w_shapes, mindcoat::F32Types(),
                        nullptr, nullptr);

@@ -8,11 +8,13 @@
 // 1e-7 relative, i.e. at the level of float32 rounding of the reference.
 //   GeluFwd (x)     -> y  = x * Phi(x),            Phi(x) = (1 + erf(x / sqrt 2)) / 2
 //   GeluBwd (x, dy) -> dx = dy * (Phi(x) + x * phi(x)),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+//   GeluFwdGrad (x) -> y, and the slope Phi(x) + x * phi(x)
 //
 // Factorized attention, on the fused projection qkv (B, N, 3C) in token layout (no split into
 // heads, no transposes): per batch b and head h (Ch = C / heads channels),
 //   out = scale * q (softmax_N(k)^T v) + crpe,   scale = Ch^-1/2
 //   FactorAttFwd (qkv, crpe, heads) -> out (B, N, C)       `heads`: only its shape (heads,) is read
+//   FactorAttQFwd (qkv, e, heads)   -> the same with crpe = q * e (e: CrpeConvFwd's conv(v) + b)
 //   FactorAttBwd (qkv, dout, heads) -> dqkv (B, N, 3C)     (d crpe = dout)
 #include "common.h"
 
@@ -101,6 +103,26 @@ extern "C" int GeluBwd(int nparam, void **params, int *ndims, int64_t **shapes, 
       const float v = x[i];
       const float pdf = 0.39894228040143268f * ExpNeg(-0.5f * v * v);
       dx[i] = dy[i] * (Phi(v) + v * pdf);
+    }
+  });
+  return 0;
+}
+
+// GeluFwdGrad (x) -> (y, d): y = GELU(x) and its slope d = Phi(x) + x * phi(x), for a training
+// graph whose backward multiplies by d inside the next layer's product (LinearGradXMul).
+extern "C" int GeluFwdGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                           const char **dtypes, void *stream, void *extra) {
+  if (nparam != 3 || !IsF32(dtypes[0])) return 1;
+  const int64_t n = Numel(ndims[0], shapes[0]);
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  float *__restrict y = static_cast<float *>(params[1]);
+  float *__restrict d = static_cast<float *>(params[2]);
+  ParallelFor(n, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float v = x[i], cdf = Phi(v);
+      y[i] = v * cdf;
+      d[i] = cdf + v * 0.39894228040143268f * ExpNeg(-0.5f * v * v);
     }
   });
   return 0;
@@ -291,9 +313,10 @@ void GatherKv(const float *k, const float *v, const float *q, const float *dy,
   }
 }
 
+// `times_q`: `crpe` is e, and q * e is added.
 template <int P>
 void FactorAttForward(const float *qkv, const float *crpe, float *out, const AttShape &s,
-                      float scale) {
+                      float scale, bool times_q) {
   const int64_t ch = s.ch, C = s.C;
   ParallelFor(s.B * s.blocks, [&](int64_t begin, int64_t end) {
     AttBuffers w(s, P);
@@ -314,9 +337,14 @@ void FactorAttForward(const float *qkv, const float *crpe, float *out, const Att
                           P, w.prod, P, false);
           for (int64_t t = 0; t < t_n; ++t) {
             const int64_t at = (b * s.N + n0 + t) * C + h * ch;
-            const float *o = w.prod + t * P;
+            const float *o = w.prod + t * P, *qt = q + (n0 + t) * s.row + h * ch;
+            if (times_q) {
 #pragma omp simd
-            for (int64_t j = 0; j < ch; ++j) out[at + j] = o[j] + crpe[at + j];
+              for (int64_t j = 0; j < ch; ++j) out[at + j] = o[j] + crpe[at + j] * qt[j];
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < ch; ++j) out[at + j] = o[j] + crpe[at + j];
+            }
           }
         }
       }
@@ -396,17 +424,19 @@ void FactorAttBackward(const float *qkv, const float *dout, float *dqkv, const A
   });
 }
 
+enum class AttPass { kForward, kForwardTimesQ, kBackward };
+
 template <int P>
-void FactorAtt(bool backward, const float *qkv, const float *other, float *out, const AttShape &s,
+void FactorAtt(AttPass pass, const float *qkv, const float *other, float *out, const AttShape &s,
                float scale) {
-  if (backward) FactorAttBackward<P>(qkv, other, out, s, scale);
-  else FactorAttForward<P>(qkv, other, out, s, scale);
+  if (pass == AttPass::kBackward) FactorAttBackward<P>(qkv, other, out, s, scale);
+  else FactorAttForward<P>(qkv, other, out, s, scale, pass == AttPass::kForwardTimesQ);
 }
 
-// params: qkv, crpe (forward) or dout (backward), heads; out (forward) or dqkv (backward).
+// params: qkv, crpe or e (forward) or dout (backward), heads; out (forward) or dqkv (backward).
 // Runs with the smallest P (a multiple of 8) that holds a head.
 int FactorAtt(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-              bool backward) {
+              AttPass pass) {
   AttShape s;
   if (nparam != 4 || !GetAttShape(ndims, shapes, dtypes, 2, &s)) return 1;
   const float scale = static_cast<float>(std::pow(static_cast<double>(s.ch), -0.5));
@@ -414,14 +444,14 @@ int FactorAtt(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   const float *other = static_cast<const float *>(params[1]);
   float *out = static_cast<float *>(params[3]);
   switch ((s.ch + 7) / 8) {  // heads of up to 64 channels (CoaT's widest: 512 / 8)
-    case 1: FactorAtt<8>(backward, qkv, other, out, s, scale); return 0;
-    case 2: FactorAtt<16>(backward, qkv, other, out, s, scale); return 0;
-    case 3: FactorAtt<24>(backward, qkv, other, out, s, scale); return 0;
-    case 4: FactorAtt<32>(backward, qkv, other, out, s, scale); return 0;
-    case 5: FactorAtt<40>(backward, qkv, other, out, s, scale); return 0;
-    case 6: FactorAtt<48>(backward, qkv, other, out, s, scale); return 0;
-    case 7: FactorAtt<56>(backward, qkv, other, out, s, scale); return 0;
-    case 8: FactorAtt<64>(backward, qkv, other, out, s, scale); return 0;
+    case 1: FactorAtt<8>(pass, qkv, other, out, s, scale); return 0;
+    case 2: FactorAtt<16>(pass, qkv, other, out, s, scale); return 0;
+    case 3: FactorAtt<24>(pass, qkv, other, out, s, scale); return 0;
+    case 4: FactorAtt<32>(pass, qkv, other, out, s, scale); return 0;
+    case 5: FactorAtt<40>(pass, qkv, other, out, s, scale); return 0;
+    case 6: FactorAtt<48>(pass, qkv, other, out, s, scale); return 0;
+    case 7: FactorAtt<56>(pass, qkv, other, out, s, scale); return 0;
+    case 8: FactorAtt<64>(pass, qkv, other, out, s, scale); return 0;
     default: return 1;  // the Python side sends wider heads to the native path
   }
 }
@@ -430,12 +460,17 @@ int FactorAtt(int nparam, void **params, int *ndims, int64_t **shapes, const cha
 
 extern "C" int FactorAttFwd(int nparam, void **params, int *ndims, int64_t **shapes,
                             const char **dtypes, void *stream, void *extra) {
-  return FactorAtt(nparam, params, ndims, shapes, dtypes, false);
+  return FactorAtt(nparam, params, ndims, shapes, dtypes, AttPass::kForward);
+}
+
+extern "C" int FactorAttQFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                             const char **dtypes, void *stream, void *extra) {
+  return FactorAtt(nparam, params, ndims, shapes, dtypes, AttPass::kForwardTimesQ);
 }
 
 extern "C" int FactorAttBwd(int nparam, void **params, int *ndims, int64_t **shapes,
                             const char **dtypes, void *stream, void *extra) {
-  return FactorAtt(nparam, params, ndims, shapes, dtypes, true);
+  return FactorAtt(nparam, params, ndims, shapes, dtypes, AttPass::kBackward);
 }
 
 // ---- layer norm over the last axis -----------------------------------------------------------
@@ -584,8 +619,18 @@ int CheckGelu(char *message, int length) {
   int64_t *shapes[2] = {shape, shape};
   int ndims[2] = {1, 1};
   void *params[2] = {x.data(), y.data()};
-  const int status = GeluFwd(2, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
-  return mindcoat::Verdict("GeluFwd", status, y, want, 1e-5f, message, length);
+  int status = GeluFwd(2, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  if (mindcoat::Verdict("GeluFwd", status, y, want, 1e-5f, message, length)) return 1;
+  std::vector<float> y2(x.size()), d(x.size()), d_want(x.size());
+  for (size_t i = 0; i < x.size(); ++i)
+    d_want[i] = 0.5f * (1.0f + std::erf(x[i] * 0.70710678f)) +
+                x[i] * std::exp(-0.5f * x[i] * x[i]) * 0.39894228f;
+  int64_t *shapes3[3] = {shape, shape, shape};
+  int ndims3[3] = {1, 1, 1};
+  void *params3[3] = {x.data(), y2.data(), d.data()};
+  status = GeluFwdGrad(3, params3, ndims3, shapes3, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("GeluFwdGrad", status, y2, want, 1e-5f, message, length) ||
+         mindcoat::Verdict("GeluFwdGrad", status, d, d_want, 1e-5f, message, length);
 }
 
 int CheckLayerNorm(char *message, int length) {
@@ -655,8 +700,13 @@ int CheckFactorAtt(char *message, int length) {
   int64_t *shapes[4] = {s_qkv, s_y, s_h, s_y};
   int ndims[4] = {3, 3, 1, 3};
   void *params[4] = {qkv.data(), crpe.data(), head.data(), y.data()};
-  const int status = FactorAttFwd(4, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
-  return mindcoat::Verdict("FactorAttFwd", status, y, want, 1e-4f, message, length);
+  int status = FactorAttFwd(4, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  if (mindcoat::Verdict("FactorAttFwd", status, y, want, 1e-4f, message, length)) return 1;
+  for (int64_t r = 0; r < B * N; ++r)  // crpe = q * e, e = crpe
+    for (int64_t c = 0; c < C; ++c)
+      want[r * C + c] += (qkv[r * 3 * C + c] - 1.0f) * crpe[r * C + c];
+  status = FactorAttQFwd(4, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("FactorAttQFwd", status, y, want, 1e-4f, message, length);
 }
 
 }  // namespace
