@@ -56,7 +56,7 @@ def test_a_tiny_coat_runs_its_kernels_with_the_native_logits():
         p.set_data(ms.Tensor(rng.normal(0, 0.2, p.shape).astype(np.float32)))
     x = ms.Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
     fast = []
-    for training in (False, True):  # inference fuses GELU into the linear layer; training not
+    for training in (False, True):  # GELU: fused into fc1 (inference), the mlp kernel (training)
         model.set_train(training)  # (no dropout, no drop path: the same logits)
         fast.append(model(x).asnumpy())
     # the gradient norm is the training step's, not the model's: clip the weights as gradients

@@ -245,12 +245,18 @@ class _GeluDispatch(nn.Cell):
         return self.gelu(linear(x, weight, bias))
 
 
+def _mlp_kernel(dispatch, name):
+    """The fused MLP when the fast paths of both the linear layers and GELU apply, else None
+    (``MINDCOAT_NATIVE_GELU=1`` gives native GELU between the two layers)."""
+    return None if dispatch.gelu.kernel is None else (_kernels() or {}).get(name)
+
+
 class _MlpDispatch(nn.Cell):
     """mlp(x, w1, b1, w2, b2[, residual]) -> [residual +] fc2(GELU(fc1(x))), exact GELU; for
     training graphs (inference: linear_gelu, then linear or linear_residual)."""
 
-    kernel = AtParseTime(lambda self: (_kernels() or {}).get('mlp'))
-    kernel_residual = AtParseTime(lambda self: (_kernels() or {}).get('mlp_residual'))
+    kernel = AtParseTime(lambda self: _mlp_kernel(self, 'mlp'))
+    kernel_residual = AtParseTime(lambda self: _mlp_kernel(self, 'mlp_residual'))
 
     def __init__(self):
         super().__init__()
