@@ -331,6 +331,15 @@ def _residual_fused(x, weight, bias, residual):
     return linear_residual(x, weight, bias, residual)
 
 
+def _vjp_results(fns, args, dy):
+    """[output, d args...] as numpy, of each function in ``fns`` for the cotangent ``dy``."""
+    res = []
+    for fn in fns:
+        y, vjp = ms.vjp(fn, *args)
+        res.append([y.asnumpy()] + [g.asnumpy() for g in vjp(dy)])
+    return res
+
+
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
 @pytest.mark.parametrize('fused,native', [(_residual_fused, _residual_native),
                                           (linear_gelu, _gelu_native)], ids=['residual', 'gelu'])
@@ -346,10 +355,7 @@ def test_linear_epilogues_match_native(fused, native, mode):
     if native is _residual_native:
         args = args + (ms.Tensor(rng.normal(size=(2, 57, 80)).astype(np.float32)),)
     dy = ms.Tensor(rng.normal(size=(2, 57, 80)).astype(np.float32))
-    res = []
-    for fn in (fused, native):
-        y, vjp = ms.vjp(fn, *args)
-        res.append([y.asnumpy()] + [g.asnumpy() for g in vjp(dy)])
+    res = _vjp_results((fused, native), args, dy)
     assert linear_residual.kernel is not None and linear_gelu.kernel is not None
     for got, ref in zip(*res):
         assert got.shape == ref.shape
@@ -374,10 +380,7 @@ def test_mlp_matches_native(with_residual, mode):
     if with_residual:
         args.append(ms.Tensor(rng.normal(size=(2, 57, 48)).astype(np.float32)))
     dy = ms.Tensor(rng.normal(size=(2, 57, 48)).astype(np.float32))
-    res = []
-    for fn in (mlp, _mlp_native):
-        y, vjp = ms.vjp(fn, *args)
-        res.append([y.asnumpy()] + [g.asnumpy() for g in vjp(dy)])
+    res = _vjp_results((mlp, _mlp_native), args, dy)
     assert mlp.kernel is not None and mlp.kernel_residual is not None
     assert len(res[0]) == len(args) + 1
     for got, ref in zip(*res):

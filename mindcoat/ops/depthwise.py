@@ -257,15 +257,16 @@ class _CrpeKernel(nn.Cell):
 
     def grads(self, qkv, hw, weights, biases, dout, dqkv):
         """(dqkv + d qkv, d weights, d biases) for the cotangent ``dout``."""
-        dqkv = self.grad_x(qkv, dout, dqkv, hw, *weights, *biases)
-        dws, dbs = _split_grads(self.grad_w(qkv, dout, hw, *weights), weights)
-        return dqkv, dws, dbs
+        return (self.grad_x(qkv, dout, dqkv, hw, *weights, *biases),
+                *self._weight_grads(qkv, hw, weights, dout))
 
     def grads_kept(self, qkv, e, hw, weights, dout, dqkv):
         """``grads`` with e = conv(v) + b as ``conv`` returned it."""
-        dqkv = self.grad_x_kept(qkv, e, dout, dqkv, hw, *weights)
-        dws, dbs = _split_grads(self.grad_w(qkv, dout, hw, *weights), weights)
-        return dqkv, dws, dbs
+        return (self.grad_x_kept(qkv, e, dout, dqkv, hw, *weights),
+                *self._weight_grads(qkv, hw, weights, dout))
+
+    def _weight_grads(self, qkv, hw, weights, dout):
+        return _split_grads(self.grad_w(qkv, dout, hw, *weights), weights)
 
     def bprop(self, qkv, hw, weights, biases, out, dout):
         dqkv, dws, dbs = self.grads(qkv, hw, weights, biases, dout, ops.zeros_like(qkv))
