@@ -8,7 +8,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 from mindspore import nn, ops
 
 from ..ops import conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, factor_attention_crpe, \
-    linear_residual, patch_conv
+    linear_residual, patch_conv, tokens_to_image
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, uniform_fan_in
 
 # Relative position encoding: kernel size -> number of heads it covers (official default).
@@ -24,9 +24,10 @@ class PatchEmbed(nn.Cell):
         self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size, has_bias=True)
         self.norm = LayerNorm(dim, eps=1e-5)
 
-    def construct(self, x):
+    def construct(self, x, grid=None):
+        """An image (B, Cin, H, W), or the previous stage's tokens and their ``grid`` (H, W)."""
         # kernel == stride: on the CPU patch_conv runs this conv as one matmul over patches
-        return self.norm(patch_conv(x, self.proj.weight, self.proj.bias))
+        return self.norm(patch_conv(x, self.proj.weight, self.proj.bias, grid))
 
 
 class ConvPosEnc(nn.Cell):
@@ -225,11 +226,12 @@ class CoaT(nn.Cell):
             raise ValueError(f"CoaT input size must be a multiple of {STRIDE} in height and width, "
                              f"got {h}x{w}")
 
-    def _serial_stage(self, i, x):
-        """Patch embedding, class token and serial blocks of stage ``i`` (1-based)."""
-        tokens = getattr(self, 'patch_embed' + str(i))(x)
+    def _serial_stage(self, i, x, grid):
+        """Patch embedding, class token and serial blocks of stage ``i`` (1-based); ``x`` is the
+        image for stage 1, else the previous stage's tokens on ``grid``."""
+        tokens = getattr(self, 'patch_embed' + str(i))(x, grid)
         b, _, c = tokens.shape
-        h, w = x.shape[2] // (4 if i == 1 else 2), x.shape[3] // (4 if i == 1 else 2)
+        h, w = (x.shape[2] // 4, x.shape[3] // 4) if i == 1 else (grid[0] // 2, grid[1] // 2)
         cls_tok = ops.broadcast_to(getattr(self, 'cls_token' + str(i)), (b, 1, c))
         tokens = ops.cat((cls_tok, tokens), axis=1)
         for blk in getattr(self, 'serial_blocks' + str(i)):
@@ -241,12 +243,12 @@ class CoaT(nn.Cell):
         self._check_input(x.shape[2], x.shape[3])
         outs = ()
         sizes = ()
-        img = x
+        tokens, grid = x, None
         for i in range(1, 5):
-            tokens, h, w = self._serial_stage(i, img)
+            tokens, h, w = self._serial_stage(i, tokens, grid)
+            grid = (h, w)
             outs = outs + (tokens,)
-            sizes = sizes + ((h, w),)
-            img = _tokens_to_image(tokens, h, w)
+            sizes = sizes + (grid,)
         x1, x2, x3, x4 = outs
         for blk in self.parallel_blocks:
             x2 = self.cpe2(x2, sizes[1][0], sizes[1][1])
@@ -260,7 +262,7 @@ class CoaT(nn.Cell):
         outs, sizes = self.forward_tokens(x)
         feats = ()
         for i in self.out_indices:
-            feats = feats + (_tokens_to_image(outs[i], sizes[i][0], sizes[i][1]),)
+            feats = feats + (tokens_to_image(outs[i], sizes[i][0], sizes[i][1]),)
         return feats
 
     def forward_head(self, outs):
@@ -275,9 +277,4 @@ class CoaT(nn.Cell):
             return self.forward_features(x)
         outs, _ = self.forward_tokens(x)
         return self.forward_head(outs)
-
-
-def _tokens_to_image(tokens, h, w):
-    b, n, c = tokens.shape
-    return ops.split(tokens, (1, n - 1), axis=1)[1].transpose(0, 2, 1).reshape(b, c, h, w)
 

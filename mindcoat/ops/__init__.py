@@ -6,7 +6,7 @@ from .depthwise import conv_rel_pos_enc, conv_rel_pos_enc_native, depthwise_nhwc
 from .gelu import Gelu
 from .layernorm import LayerNormOp
 from .linear import linear, linear_gelu, linear_native, linear_residual, mlp
-from .patch import patch_conv
+from .patch import patch_conv, tokens_to_image
 from .resize import cross_scale_sum, cross_scale_sum_native, resize_tokens_native
 
 __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
@@ -14,4 +14,4 @@ __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
            'depthwise_tokens', 'depthwise_tokens_native', 'factor_attention',
            'factor_attention_crpe', 'factor_attention_native', 'Gelu', 'LayerNormOp', 'linear',
            'linear_gelu', 'linear_native', 'linear_residual', 'mlp', 'patch_conv',
-           'resize_tokens_native']
+           'resize_tokens_native', 'tokens_to_image']

@@ -16,12 +16,24 @@ class _PatchConv(nn.Cell):
 
     use_matmul = AtParseTime(_use_matmul)
 
-    def construct(self, x, weight, bias):
-        """x (B, Cin, H, W), weight (Cout, Cin, p, p), bias (Cout,) -> (B, H/p * W/p, Cout)."""
-        _, cin, h, w = x.shape
+    def construct(self, x, weight, bias, grid=None):
+        """Patch embedding -> (B, H/p * W/p, Cout), weight (Cout, Cin, p, p), bias (Cout,).
+        ``x`` is an image (B, Cin, H, W), or, with ``grid=(H, W)``, the previous stage's tokens
+        (B, 1 + H*W, Cin) whose class token is dropped."""
         if weight.dtype != x.dtype:  # mixed precision: this shared cell is outside amp's casts
             weight, bias = weight.astype(x.dtype), bias.astype(x.dtype)
         cout, p = weight.shape[0], weight.shape[2]
+        if grid is not None and self.use_matmul:
+            # channels-last rows ordered (py, px, Cin): one copy of the tokens whose inner run
+            # is a whole token, and the (small) weight permuted to match
+            h, w = grid
+            cin = x.shape[2]
+            rows = x[:, 1:].reshape(-1, h // p, p, w // p, p, cin).transpose(0, 1, 3, 2, 4, 5)
+            rows = rows.reshape(-1, (h // p) * (w // p), p * p * cin)
+            return linear(rows, weight.transpose(0, 2, 3, 1).reshape(cout, -1), bias)
+        if grid is not None:
+            x = tokens_to_image(x, grid[0], grid[1])
+        _, cin, h, w = x.shape
         if self.use_matmul:
             rows = x.reshape(-1, cin, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
             rows = rows.reshape(-1, (h // p) * (w // p), cin * p * p)
@@ -29,6 +41,12 @@ class _PatchConv(nn.Cell):
         y = ops.conv2d(x, weight, bias, p)
         # only the grid is static (the batch may be dynamic in an exported graph)
         return y.reshape(-1, cout, (h // p) * (w // p)).transpose(0, 2, 1)
+
+
+def tokens_to_image(tokens, h, w):
+    """(B, 1 + H*W, C) tokens, class token first -> the (B, C, H, W) image of the others."""
+    b, n, c = tokens.shape
+    return ops.split(tokens, (1, n - 1), axis=1)[1].transpose(0, 2, 1).reshape(b, c, h, w)
 
 
 patch_conv = _PatchConv()
