@@ -14,7 +14,7 @@ from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, conv_rel_pos_enc_n
     cross_scale_sum, cross_scale_sum_native, depthwise_nhwc, depthwise_nhwc_native, \
     depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
     factor_attention_crpe, factor_attention_native, linear, linear_gelu, linear_native, mlp, \
-    linear_residual, patch_conv
+    linear_residual, patch_conv, scaled_add, scaled_add_native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -386,6 +386,30 @@ def test_mlp_matches_native(with_residual, mode):
     for got, ref in zip(*res):
         assert got.shape == ref.shape
         assert _rel(got, ref) < 1e-5
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+def test_stochastic_depth_add_matches_native(mode):
+    """x + keep[b] * branch in one pass (ScaledAdd, its backward RowScale): output and the
+    gradients wrt x and the branch against broadcast + Mul + Add, for dropped (0), kept
+    (1 / (1 - p)) and arbitrary per-sample factors."""
+    ms.set_context(mode=mode)
+    rng = np.random.default_rng(14)
+    x, branch, dy = (ms.Tensor(rng.normal(size=(5, 57, 48)).astype(np.float32)) for _ in range(3))
+    keep = ms.Tensor(np.array([0.0, 1.25, 1.0, 0.3, 1.25], np.float32).reshape(5, 1, 1))
+
+    def fused(a, b):
+        return scaled_add(a, b, keep)
+
+    def native(a, b):
+        return scaled_add_native(a, b, keep)
+
+    res = _vjp_results((fused, native), (x, branch), dy)
+    assert scaled_add.kernel is not None
+    for got, ref in zip(*res):
+        assert got.shape == ref.shape
+        assert _rel(got, ref) < 1e-6
+    assert np.array_equal(res[0][2][0], np.zeros((57, 48), np.float32))  # a dropped sample
 
 
 @pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])

@@ -209,6 +209,20 @@ def test_stochastic_depth_drops_whole_samples():
     mask = np.round(out.asnumpy() / x.asnumpy(), 3)
     assert set(np.unique(mask)) == {0.0, 2.0}
     assert np.allclose(dx.asnumpy(), w.asnumpy() * mask, rtol=1e-6, atol=0)
+    # with a residual (one pass on the CPU): residual + the dropped branch; the residual's
+    # gradient passes unscaled
+    r = ms.Tensor(rng.normal(size=(64, 5, 3)).astype(np.float32))
+
+    def loss_residual(t, res):
+        out = drop(t, res)
+        return (out * w).sum(), out
+
+    (_, out), (dx, dr) = ms.value_and_grad(loss_residual, grad_position=(0, 1), has_aux=True)(x, r)
+    mask = np.round((out.asnumpy() - r.asnumpy()) / x.asnumpy(), 3)
+    assert set(np.unique(mask)) == {0.0, 2.0}
+    assert np.all(mask.reshape(64, -1).min(1) == mask.reshape(64, -1).max(1))
+    assert np.allclose(dx.asnumpy(), w.asnumpy() * mask, rtol=1e-6, atol=0)
+    assert np.array_equal(dr.asnumpy(), w.asnumpy())
     drop.set_train(False)
     assert np.array_equal(drop(ms.Tensor(np.ones((4, 5, 3), np.float32))).asnumpy(),
                           np.ones((4, 5, 3)))

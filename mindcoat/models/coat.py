@@ -112,8 +112,8 @@ class SerialBlock(nn.Cell):
     def construct(self, x, h, w):
         x = self.cpe(x, h, w)
         if self.training and self.drop_path.p > 0:
-            x = x + self.drop_path(self.factoratt_crpe(self.norm1(x), h, w))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
+            x = self.drop_path(self.factoratt_crpe(self.norm1(x), h, w), x)
+            return self.drop_path(self.mlp(self.norm2(x)), x)
         # without stochastic depth the residual adds run inside the output projections
         x = self.factoratt_crpe(self.norm1(x), h, w, x)
         return self.mlp(self.norm2(x), x)
@@ -144,13 +144,13 @@ class ParallelBlock(nn.Cell):
         new2 = cross_scale_sum(cur2, s2, cur3, s3, cur4, s4)
         new3 = cross_scale_sum(cur3, s3, cur4, s4, cur2, s2)
         new4 = cross_scale_sum(cur4, s4, cur3, s3, cur2, s2)
-        x2 = x2 + self.drop_path(new2)
-        x3 = x3 + self.drop_path(new3)
-        x4 = x4 + self.drop_path(new4)
+        x2 = self.drop_path(new2, x2)
+        x3 = self.drop_path(new3, x3)
+        x4 = self.drop_path(new4, x4)
         if self.training and self.drop_path.p > 0:
-            x2 = x2 + self.drop_path(self.mlp2(self.norm22(x2)))
-            x3 = x3 + self.drop_path(self.mlp2(self.norm23(x3)))
-            x4 = x4 + self.drop_path(self.mlp2(self.norm24(x4)))
+            x2 = self.drop_path(self.mlp2(self.norm22(x2)), x2)
+            x3 = self.drop_path(self.mlp2(self.norm23(x3)), x3)
+            x4 = self.drop_path(self.mlp2(self.norm24(x4)), x4)
             return x2, x3, x4
         # without stochastic depth the residual adds run inside fc2
         return (self.mlp2(self.norm22(x2), x2), self.mlp2(self.norm23(x3), x3),

@@ -6,7 +6,8 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common import initializer as init
 
-from ..ops import Gelu, LayerNormOp, linear, linear_gelu, linear_residual, mlp
+from ..ops import Gelu, LayerNormOp, linear, linear_gelu, linear_residual, mlp, scale_samples, \
+    scaled_add
 
 
 def trunc_normal(shape, std=0.02):
@@ -87,27 +88,16 @@ class DropPath(nn.Cell):
         super().__init__()
         self.p = float(p)
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        """``x`` dropped per sample (the kept scaled by 1 / (1 - p)), plus ``residual`` if given
+        (in one pass on the CPU: ``mindcoat.ops.scaled_add``)."""
         if not self.training or self.p == 0.0:
-            return x
-        keep = ops.dropout(ops.ones((x.shape[0], 1, 1), x.dtype), p=self.p, training=True)
-        return _scale_samples(x, keep)
-
-
-class _ScaleSamples(nn.Cell):
-    """x (B, ...) times a per-sample factor (B, 1, ...), with a backward that keeps only the
-    factor. The factor is broadcast to x's shape before the multiply: in MindSpore 2.10's CPU
-    training graphs a broadcasting Mul held ~8 activation-sized buffers per use (+1.4 GB for
-    coat_lite_small with drop path). The factor is a constant of the backward."""
-
-    def construct(self, x, factor):
-        return x * ops.broadcast_to(factor, x.shape)
-
-    def bprop(self, x, factor, out, dout):
-        return dout * ops.broadcast_to(factor, x.shape), ops.zeros_like(factor)
-
-
-_scale_samples = _ScaleSamples()
+            return x if residual is None else residual + x
+        keep = ops.dropout(ops.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype), p=self.p,
+                           training=True)
+        if residual is None:
+            return scale_samples(x, keep)
+        return scaled_add(residual, x, keep)
 
 
 class Mlp(nn.Cell):

@@ -3,6 +3,7 @@ reference (``*_native``) used on Ascend/GPU and whenever the fast path does not 
 from .attention import factor_attention, factor_attention_crpe, factor_attention_native
 from .depthwise import conv_rel_pos_enc, conv_rel_pos_enc_native, depthwise_nhwc, \
     depthwise_nhwc_native, depthwise_path, depthwise_tokens, depthwise_tokens_native
+from .droppath import scale_samples, scaled_add, scaled_add_native
 from .gelu import Gelu
 from .layernorm import LayerNormOp
 from .linear import linear, linear_gelu, linear_native, linear_residual, mlp
@@ -14,4 +15,5 @@ __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
            'depthwise_tokens', 'depthwise_tokens_native', 'factor_attention',
            'factor_attention_crpe', 'factor_attention_native', 'Gelu', 'LayerNormOp', 'linear',
            'linear_gelu', 'linear_native', 'linear_residual', 'mlp', 'patch_conv',
-           'resize_tokens_native', 'tokens_to_image']
+           'resize_tokens_native', 'scale_samples', 'scaled_add', 'scaled_add_native',
+           'tokens_to_image']

@@ -19,7 +19,7 @@ from .build import build, why
 logger = logging.getLogger('mindcoat.ops')
 
 _choices = {}  # (op, device target) -> its libraries (see fast_path), or None for native
-_cells = {}  # (op, libraries) -> the kernel cells built on them (see kernel_cells)
+_cells = {}  # (op, maker, libraries) -> the kernel cells built on them (see kernel_cells)
 
 
 class AtParseTime:
@@ -88,12 +88,12 @@ def fast_path(op):
 
 def kernel_cells(op, make):
     """What ``make(*libraries)`` builds on ``op``'s compiled libraries (the Custom-op cells)
-    when the CPU fast path applies, else None. Built once per library set and shared by every
-    graph that uses the op."""
+    when the CPU fast path applies, else None. Built once per maker and library set and shared
+    by every graph that uses the op."""
     libs = fast_path(op)
     if libs is None:
         return None
-    key = (op, libs)
+    key = (op, make, libs)
     if key not in _cells:
         _cells[key] = make(*libs)
     return _cells[key]

@@ -1,5 +1,6 @@
 // Transformer-side CPU kernels for CoaT, called through ops.Custom(func_type="aot"):
-// exact GELU, CoaT's factorized attention and LayerNorm (forward and backward), a bias gradient.
+// exact GELU, CoaT's factorized attention and LayerNorm (forward and backward), a bias gradient,
+// stochastic depth's residual add.
 //
 // GELU:
 // MindSpore 2.10's CPU erf/GELU are scalar (~8 ns per element); CoaT's MLPs apply GELU to
@@ -603,6 +604,59 @@ extern "C" int ColSum(int nparam, void **params, int *ndims, int64_t **shapes, c
   return 0;
 }
 
+// ---- stochastic depth ------------------------------------------------------------------------
+// The residual add of a branch that stochastic depth scales per sample (keep: B values, 0 or
+// 1 / (1 - p)); x and branch are (B, ...) alike:
+//   ScaledAdd (x, branch, keep) -> y = x + keep[b] * branch
+//   RowScale (dy, keep)         -> dbranch = keep[b] * dy      (dx = dy needs no kernel)
+// Natively these were a broadcast of keep to the branch's shape, a multiply and an add: ~7
+// activation-sized passes and buffers instead of 3.
+namespace {
+
+template <typename Fn>
+void PerSample(int64_t n, int64_t per_sample, const float *keep, Fn fn) {
+  ParallelFor(n, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t b = i / per_sample, stop = std::min(end, (b + 1) * per_sample);
+      fn(i, stop, keep[b]);
+      i = stop;
+    }
+  });
+}
+
+}  // namespace
+
+extern "C" int ScaledAdd(int nparam, void **params, int *ndims, int64_t **shapes,
+                         const char **dtypes, void *stream, void *extra) {
+  if (nparam != 4 || !IsF32(dtypes[0]) || !IsF32(dtypes[1]) || !IsF32(dtypes[2])) return 1;
+  const int64_t n = Numel(ndims[0], shapes[0]), batch = Numel(ndims[2], shapes[2]);
+  if (batch <= 0 || n % batch != 0) return 1;
+  const float *__restrict x = static_cast<const float *>(params[0]);
+  const float *__restrict branch = static_cast<const float *>(params[1]);
+  float *__restrict y = static_cast<float *>(params[3]);
+  PerSample(n, n / batch, static_cast<const float *>(params[2]),
+            [&](int64_t begin, int64_t end, float s) {
+#pragma omp simd
+              for (int64_t i = begin; i < end; ++i) y[i] = x[i] + s * branch[i];
+            });
+  return 0;
+}
+
+extern "C" int RowScale(int nparam, void **params, int *ndims, int64_t **shapes,
+                        const char **dtypes, void *stream, void *extra) {
+  if (nparam != 3 || !IsF32(dtypes[0]) || !IsF32(dtypes[1])) return 1;
+  const int64_t n = Numel(ndims[0], shapes[0]), batch = Numel(ndims[1], shapes[1]);
+  if (batch <= 0 || n % batch != 0) return 1;
+  const float *__restrict dy = static_cast<const float *>(params[0]);
+  float *__restrict out = static_cast<float *>(params[2]);
+  PerSample(n, n / batch, static_cast<const float *>(params[1]),
+            [&](int64_t begin, int64_t end, float s) {
+#pragma omp simd
+              for (int64_t i = begin; i < end; ++i) out[i] = s * dy[i];
+            });
+  return 0;
+}
+
 // ---- self-check (see common.h) ---------------------------------------------------------------
 // GELU against std::erf, LayerNorm and the column sum against plain loops, and the factorized
 // attention (3 heads of 5 channels, 7 tokens: not vector multiples) against its definition.
@@ -709,9 +763,29 @@ int CheckFactorAtt(char *message, int length) {
   return mindcoat::Verdict("FactorAttQFwd", status, y, want, 1e-4f, message, length);
 }
 
+int CheckScaledAdd(char *message, int length) {
+  const int64_t B = 3, per = 37;  // samples split across the threads' chunks
+  std::vector<float> x = mindcoat::TestData(B * per, 0.4f), br = mindcoat::TestData(B * per, 0.8f);
+  std::vector<float> keep = {0.0f, 1.25f, 1.0f}, y(B * per), want(B * per);
+  for (int64_t i = 0; i < B * per; ++i) want[i] = x[i] + keep[i / per] * br[i];
+  int64_t s_x[2] = {B, per}, s_k[3] = {B, 1, 1};
+  int64_t *shapes[4] = {s_x, s_x, s_k, s_x};
+  int ndims[4] = {2, 2, 3, 2};
+  void *params[4] = {x.data(), br.data(), keep.data(), y.data()};
+  int status = ScaledAdd(4, params, ndims, shapes, mindcoat::F32Types(), nullptr, nullptr);
+  if (mindcoat::Verdict("ScaledAdd", status, y, want, 1e-6f, message, length)) return 1;
+  for (int64_t i = 0; i < B * per; ++i) want[i] = keep[i / per] * br[i];
+  int64_t *shapes3[3] = {s_x, s_k, s_x};
+  int ndims3[3] = {2, 3, 2};
+  void *params3[3] = {br.data(), keep.data(), y.data()};
+  status = RowScale(3, params3, ndims3, shapes3, mindcoat::F32Types(), nullptr, nullptr);
+  return mindcoat::Verdict("RowScale", status, y, want, 1e-6f, message, length);
+}
+
 }  // namespace
 
 extern "C" int MindcoatSelfCheck(char *message, int length) {
   return CheckGelu(message, length) || CheckLayerNorm(message, length) ||
-         CheckColSum(message, length) || CheckFactorAtt(message, length);
+         CheckColSum(message, length) || CheckFactorAtt(message, length) ||
+         CheckScaledAdd(message, length);
 }
