@@ -3,7 +3,7 @@
 
 MindSpore's broadcasting Mul needs the factor broadcast to the branch's shape first (see
 ``scale_samples``), so the add took a broadcast, a multiply and an add: ~7 activation-sized
-passes, 3-4% of a CoaT training step with the recipe's drop path. On the CPU, float32 takes
+passes, ~3% of a CoaT training step with the recipe's drop path. On the CPU, float32 takes
 one pass forward and one backward (``csrc/transformer.cc``: ScaledAdd, RowScale). It is part
 of the linear layers' fast path (``MINDCOAT_NATIVE_LINEAR=1`` turns it off too): every such
 branch ends in a linear layer.
@@ -61,9 +61,10 @@ def _dtype(first, *others):
 
 
 class _ScaledAddKernel(nn.Cell):
-    """The compiled forward; its gradient as a Cell ``bprop`` (dx = dout, no kernel)."""
+    """The compiled forward; its gradient as a Cell ``bprop`` (dx = dout, no kernel). Built on
+    the linear layers' libraries, of which it needs transformer.cc's only."""
 
-    def __init__(self, lib, transformer_lib):
+    def __init__(self, _linear_lib, transformer_lib):
         super().__init__()
         self.forward = ops.Custom(transformer_lib + ':ScaledAdd', _add_shape, _dtype,
                                   func_type='aot')
