@@ -23,16 +23,16 @@ class _PatchConv(nn.Cell):
         if weight.dtype != x.dtype:  # mixed precision: this shared cell is outside amp's casts
             weight, bias = weight.astype(x.dtype), bias.astype(x.dtype)
         cout, p = weight.shape[0], weight.shape[2]
-        if grid is not None and self.use_matmul:
-            # channels-last rows ordered (py, px, Cin): one copy of the tokens whose inner run
-            # is a whole token, and the (small) weight permuted to match
-            h, w = grid
-            cin = x.shape[2]
-            rows = x[:, 1:].reshape(-1, h // p, p, w // p, p, cin).transpose(0, 1, 3, 2, 4, 5)
-            rows = rows.reshape(-1, (h // p) * (w // p), p * p * cin)
-            return linear(rows, weight.transpose(0, 2, 3, 1).reshape(cout, -1), bias)
         if grid is not None:
-            x = tokens_to_image(x, grid[0], grid[1])
+            h, w = grid
+            if self.use_matmul:
+                # channels-last rows ordered (py, px, Cin): one copy of the tokens whose inner
+                # run is a whole token, and the (small) weight permuted to match
+                cin = x.shape[2]
+                rows = x[:, 1:].reshape(-1, h // p, p, w // p, p, cin).transpose(0, 1, 3, 2, 4, 5)
+                rows = rows.reshape(-1, (h // p) * (w // p), p * p * cin)
+                return linear(rows, weight.transpose(0, 2, 3, 1).reshape(cout, -1), bias)
+            x = tokens_to_image(x, h, w)
         _, cin, h, w = x.shape
         if self.use_matmul:
             rows = x.reshape(-1, cin, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
