@@ -536,19 +536,25 @@ extern "C" int LayerNormBwd(int nparam, void **params, int *ndims, int64_t **sha
   const int64_t chunks = std::min<int64_t>(rows, 64);
   std::vector<float> partial(chunks * 2 * C, 0.0f);
   ParallelFor(chunks, [&](int64_t begin, int64_t end) {
+    // gamma as a local: read through the closure, gcc re-loaded the pointer per element (the
+    // stores below might alias it) and vectorized with gathers, 2x slower on Intel
+    const float *__restrict g = gamma;
+    std::vector<float> xhat_buffer(C);
+    float *__restrict xhat = xhat_buffer.data();
     for (int64_t ch = begin; ch < end; ++ch) {
-      float *pg = partial.data() + ch * 2 * C, *pb = pg + C;
-      std::vector<float> xhat(C);
+      float *__restrict pg = partial.data() + ch * 2 * C;
+      float *__restrict pb = pg + C;
       for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
-        const float *xr = x + r * C, *dyr = dy + r * C;
-        float *dxr = dx + r * C;
+        const float *__restrict xr = x + r * C;
+        const float *__restrict dyr = dy + r * C;
+        float *__restrict dxr = dx + r * C;
         float mean, rstd;
         RowStats(xr, C, eps, &mean, &rstd);
         float s1 = 0.0f, s2 = 0.0f;  // sums of dy*gamma and dy*gamma*xhat
 #pragma omp simd reduction(+ : s1, s2)
         for (int64_t c = 0; c < C; ++c) {
           const float xh = (xr[c] - mean) * rstd;
-          const float dg = dyr[c] * gamma[c];
+          const float dg = dyr[c] * g[c];
           xhat[c] = xh;
           s1 += dg;
           s2 += dg * xh;
@@ -557,7 +563,7 @@ extern "C" int LayerNormBwd(int nparam, void **params, int *ndims, int64_t **sha
         }
         const float m1 = s1 / static_cast<float>(C), m2 = s2 / static_cast<float>(C);
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) dxr[c] = rstd * (dyr[c] * gamma[c] - m1 - xhat[c] * m2);
+        for (int64_t c = 0; c < C; ++c) dxr[c] = rstd * (dyr[c] * g[c] - m1 - xhat[c] * m2);
       }
     }
   });
