@@ -593,6 +593,27 @@ def test_kernels_give_the_same_numbers_on_any_thread_count(tmp_path):
             assert np.array_equal(three[name], one[name]), name
 
 
+def test_linear_gradients_agree_on_both_weight_layouts(tmp_path):
+    """Where oneDNN runs AVX-512, the input gradient reads W from a transposed copy; held to AVX2
+    (ONEDNN_MAX_CPU_ISA), it reads W as stored. Every kernel's outputs and gradients in both runs:
+    the linear layers' (fc1 + GELU + fc2 included) within float32 rounding, the rest identical.
+    On a CPU without AVX-512 both runs take the stored layout."""
+    runs = []
+    for isa in (None, 'AVX2'):
+        path = tmp_path / f'{isa}.npz'
+        _run_child([os.path.join(REPO, 'tests', 'kernel_outputs.py'), str(path)],
+                   {} if isa is None else {'ONEDNN_MAX_CPU_ISA': isa})
+        runs.append(np.load(path))
+    native, avx2 = runs
+    assert sorted(native.files) == sorted(avx2.files)
+    assert {'linear_grad0', 'linear_mlp_grad0', 'linear_mlp_grad3'} <= set(native.files)
+    for name in native.files:
+        if name.startswith('linear'):
+            assert _rel(avx2[name], native[name]) < 1e-5, name
+        else:
+            assert np.array_equal(avx2[name], native[name]), name
+
+
 class _Residual(nn.Cell):
     def construct(self, x, weight, bias, residual):
         return linear_residual(x, weight, bias, residual)

@@ -12,8 +12,8 @@
 //   LinearGradXMul (dy, w, m (..., K))                  -> (dy W) * m       (m: GELU's slope)
 //   LinearGradW   (dy (..., N), x (..., K))             -> dy^T x           (N, K)
 // The residual add and GELU are oneDNN post-ops applied while the output tile is in cache: the
-// separate passes over the whole output go away. The gradients read dy^T (or x^T) and W^T as
-// strided views; MindSpore's MatMul (the same oneDNN) was 10-35% slower on CoaT's shapes.
+// separate passes over the whole output go away. The weight gradient reads dy^T (or x^T) as a
+// strided view; MindSpore's MatMul (the same oneDNN) was 10-35% slower on CoaT's shapes.
 //
 // oneDNN's headers are not shipped with MindSpore, so the few C API entry points used are
 // declared here, from oneDNN 3.x's dnnl.h / dnnl_types.h (stable within the major version; the
@@ -63,6 +63,7 @@ int dnnl_memory_destroy(dnnl_handle memory);
 int dnnl_primitive_execute(dnnl_handle primitive, dnnl_handle stream, int nargs,
                            const dnnl_exec_arg *args);
 int dnnl_stream_wait(dnnl_handle stream);
+int dnnl_get_effective_cpu_isa(void);
 int dnnl_primitive_attr_create(dnnl_handle *attr);
 int dnnl_primitive_attr_destroy(dnnl_handle attr);
 int dnnl_primitive_attr_set_post_ops(dnnl_handle attr, dnnl_handle post_ops);
@@ -77,6 +78,7 @@ namespace {
 constexpr int kCpuEngine = 1, kF32 = 3;                         // dnnl_cpu, dnnl_f32
 constexpr int kSrc = 1, kDst = 17, kWeights = 33, kBias = 41;  // DNNL_ARG_*
 constexpr int kPostOp0Src1 = 32768 * 1 | 2;  // DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1
+constexpr int kAvx512Core = 0x27;  // dnnl_cpu_isa_avx512_core, a subset of every AVX-512 ISA
 constexpr int kGeluErf = 0x31;                          // dnnl_eltwise_gelu_erf
 constexpr int kBinaryAdd = 0x1fff0, kBinaryMul = 0x1fff1;  // dnnl_binary_add, dnnl_binary_mul
 
@@ -128,7 +130,10 @@ dnnl_handle EpilogueAttr(Epilogue epilogue, dnnl_handle dst_desc, bool *ok) {
 // reuse the same (M, K) . (K, N) shape names for their own product:
 //   kGradInput:  dy (M, K=out) . W (K=out, N=in)       -> dx (M, N)
 //   kGradWeight: dy^T (M=out, K=rows) . x (K=rows, N=in) -> dW (M, N)
-// Each operand is a strided view of the tensor as stored: no transposed copies.
+// Each operand is a strided view of the tensor as stored, except W in kGradInput where oneDNN
+// runs AVX-512 kernels: there W is read from a transposed copy (W^T, (in, out)), the weights
+// layout of the forward product, which its AVX-512 matmul ran 1.1-1.3x faster on CoaT's shapes,
+// copy included; its AVX2 kernels ran both layouts alike.
 enum class Product { kForward, kGradInput, kGradWeight };
 
 class Runtime {
@@ -144,7 +149,9 @@ class Runtime {
     MatMul mm;
     const bool forward = product == Product::kForward;
     mm.src = product == Product::kGradWeight ? Desc(M, K, 1, M) : Desc(M, K, K, 1);
-    mm.weights = forward ? Desc(K, N, 1, K) : Desc(K, N, N, 1);  // forward: W^T, a view of W
+    // forward: W^T as a view of W; kGradInput: W as stored, or as a view of its transposed copy
+    const bool transposed = forward || (product == Product::kGradInput && transposed_w_);
+    mm.weights = transposed ? Desc(K, N, 1, K) : Desc(K, N, N, 1);
     mm.dst = Desc(M, N, N, 1);
     bool ok = mm.src && mm.weights && mm.dst;
     if (forward) {
@@ -167,6 +174,9 @@ class Runtime {
     dnnl_primitive_desc_destroy(pd);  // the primitive keeps what it needs
     return &cache_.emplace(key, mm).first->second;
   }
+
+  // Whether kGradInput's primitives read W from a transposed copy (set by the first Get).
+  bool TransposedW() const { return transposed_w_; }
 
   // `b`: the bias (nullptr for the gradient products); `r`: the operand of a kResidual or
   // kMultiply primitive's post-op (laid out like y), else nullptr.
@@ -200,19 +210,31 @@ class Runtime {
   bool Init() {
     const dnnl_version_info *v = dnnl_version();
     if (!v || v->major != 3) return false;
+    transposed_w_ = (dnnl_get_effective_cpu_isa() & kAvx512Core) == kAvx512Core;
     ready_ = dnnl_engine_create(&engine_, kCpuEngine, 0) == 0 &&
              dnnl_threadpool_interop_stream_create(&stream_, engine_, &pool_) == 0;
     return ready_;
   }
 
   std::mutex mutex_;
-  bool ready_ = false;
+  bool ready_ = false, transposed_w_ = false;
   DnnlPool pool_;
   dnnl_handle engine_ = nullptr, stream_ = nullptr;
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, MatMul> cache_;
 };
 
 Runtime runtime;  // lives as long as the library (never unloaded by MindSpore)
+
+// to (C, R) <- from (R, C), both row-major, in tiles that keep both sides in cache.
+void Transpose(const float *from, int64_t R, int64_t C, float *to) {
+  constexpr int64_t kTile = 32;
+  ParallelFor((R + kTile - 1) / kTile, [&](int64_t begin, int64_t end) {
+    for (int64_t r0 = begin * kTile; r0 < std::min(R, end * kTile); r0 += kTile)
+      for (int64_t c0 = 0; c0 < C; c0 += kTile)
+        for (int64_t r = r0; r < std::min(R, r0 + kTile); ++r)
+          for (int64_t c = c0; c < std::min(C, c0 + kTile); ++c) to[c * R + r] = from[r * C + c];
+  });
+}
 
 // The rows of a (..., C) tensor.
 int64_t Rows(int ndim, const int64_t *shape) {
@@ -255,6 +277,12 @@ int Gradient(Product product, int64_t M, int64_t K, int64_t N, void *a, void *b,
   }
   const MatMul *mm = runtime.Get(M, K, N, product, m ? Epilogue::kMultiply : Epilogue::kNone);
   if (!mm) return 1;
+  std::vector<float> transposed;
+  if (product == Product::kGradInput && runtime.TransposedW()) {  // b: W (K, N) as stored
+    transposed.resize(K * N);
+    Transpose(static_cast<const float *>(b), K, N, transposed.data());
+    b = transposed.data();
+  }
   return runtime.Run(*mm, static_cast<const float *>(a), static_cast<const float *>(b), nullptr,
                      static_cast<const float *>(m), static_cast<float *>(out));
 }
@@ -306,15 +334,7 @@ extern "C" int LinearGradW(int nparam, void **params, int *ndims, int64_t **shap
   const int status =
       Gradient(Product::kGradWeight, K, rows, N, params[1], params[0], transposed.data());
   if (status != 0) return status;
-  float *dw = static_cast<float *>(params[2]);
-  constexpr int64_t kTile = 32;  // both sides of a tile stay in cache
-  ParallelFor((N + kTile - 1) / kTile, [&](int64_t begin, int64_t end) {
-    for (int64_t n0 = begin * kTile; n0 < std::min(N, end * kTile); n0 += kTile)
-      for (int64_t k0 = 0; k0 < K; k0 += kTile)
-        for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n)
-          for (int64_t k = k0; k < std::min(K, k0 + kTile); ++k)
-            dw[n * K + k] = transposed[k * N + n];
-  });
+  Transpose(transposed.data(), K, N, static_cast<float *>(params[2]));
   return 0;
 }
 
