@@ -132,8 +132,9 @@ dnnl_handle EpilogueAttr(Epilogue epilogue, dnnl_handle dst_desc, bool *ok) {
 //   kGradWeight: dy^T (M=out, K=rows) . x (K=rows, N=in) -> dW (M, N)
 // Each operand is a strided view of the tensor as stored, except W in kGradInput where oneDNN
 // runs AVX-512 kernels: there W is read from a transposed copy (W^T, (in, out)), the weights
-// layout of the forward product, which its AVX-512 matmul ran 1.1-1.3x faster on CoaT's shapes,
-// copy included; its AVX2 kernels ran both layouts alike.
+// layout of the forward product. On buffers placed as MindSpore's CPU pool places them (16 bytes
+// past a 64-byte boundary) its AVX-512 matmul ran dy W 1.12x faster that way over coat_small's
+// shapes, copy included (tools/time_kernels.py); 64-byte aligned, and under AVX2, alike.
 enum class Product { kForward, kGradInput, kGradWeight };
 
 class Runtime {
