@@ -224,7 +224,7 @@ OK(dnnl_matmul_primitive_desc_create) OK(dnnl_primitive_desc_destroy) OK(dnnl_pr
 OK(dnnl_memory_create) OK(dnnl_memory_destroy) OK(dnnl_primitive_execute) OK(dnnl_stream_wait)
 OK(dnnl_primitive_attr_create) OK(dnnl_primitive_attr_destroy)
 OK(dnnl_primitive_attr_set_post_ops) OK(dnnl_post_ops_create) OK(dnnl_post_ops_destroy)
-OK(dnnl_post_ops_append_eltwise) OK(dnnl_post_ops_append_binary)
+OK(dnnl_post_ops_append_eltwise) OK(dnnl_post_ops_append_binary) OK(dnnl_get_effective_cpu_isa)
 #ifdef CRASHING
 int dnnl_threadpool_interop_stream_create() { abort(); }
 #endif
