@@ -21,6 +21,7 @@ def _cases(rng):
         return ms.Tensor(rng.normal(size=shape).astype(np.float32))
 
     tokens, qkv = t(3, 1 + H * W, C), t(3, 1 + H * W, 3 * C)
+    rows = t(16, 130, C)  # 2080 rows: enough for the linear kernels' transposed-W input gradient
     w3, w5, b3, b5 = t(C // 2, 1, 3, 3), t(C // 2, 1, 5, 5), t(C // 2), t(C // 2)
     gelu, norm = Gelu(), LayerNormOp(1e-6)
     return {
@@ -33,11 +34,12 @@ def _cases(rng):
                            (qkv, w3, w5, b3, b5)),
         'cross_scale': (lambda x, a, b: cross_scale_sum(x, GRIDS[0], a, GRIDS[1], b, GRIDS[2]),
                         (tokens, t(3, 1 + H * W // 4, C), t(3, 1 + H * W * 4, C))),
-        'linear': (linear, (tokens, t(4 * C, C), t(4 * C))),
-        'linear_gelu': (linear_gelu, (tokens, t(4 * C, C), t(4 * C))),
+        'linear': (linear, (rows, t(4 * C, C), t(4 * C))),
+        'linear_gelu': (linear_gelu, (rows, t(4 * C, C), t(4 * C))),
         'linear_residual': (lambda x, a, b, r: linear_residual(x, a, b, r),
-                            (tokens, t(C, C), t(C), t(3, 1 + H * W, C))),
-        'linear_mlp': (mlp, (tokens, t(4 * C, C), t(4 * C), t(C, 4 * C), t(C))),
+                            (rows, t(C, C), t(C), t(16, 130, C))),
+        'linear_mlp': (mlp, (rows, t(4 * C, C), t(4 * C), t(C, 4 * C), t(C))),
+        'linear_few_rows': (linear, (tokens, t(4 * C, C), t(4 * C))),
         'gelu': (gelu, (tokens,)),
         'layer_norm': (norm, (tokens, t(C), t(C))),
     }

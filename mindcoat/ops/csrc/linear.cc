@@ -132,9 +132,10 @@ dnnl_handle EpilogueAttr(Epilogue epilogue, dnnl_handle dst_desc, bool *ok) {
 //   kGradWeight: dy^T (M=out, K=rows) . x (K=rows, N=in) -> dW (M, N)
 // Each operand is a strided view of the tensor as stored, except W in kGradInput where oneDNN
 // runs AVX-512 kernels: there W is read from a transposed copy (W^T, (in, out)), the weights
-// layout of the forward product. On buffers placed as MindSpore's CPU pool places them (16 bytes
-// past a 64-byte boundary) its AVX-512 matmul ran dy W 1.12x faster that way over coat_small's
-// shapes, copy included (tools/time_kernels.py); 64-byte aligned, and under AVX2, alike.
+// layout of the forward product, given enough rows. On buffers placed as MindSpore's CPU pool
+// places them (16 bytes past a 64-byte boundary) its AVX-512 matmul ran dy W 1.12x faster that
+// way over coat_small's shapes, copy included (tools/time_kernels.py); 64-byte aligned, and
+// under AVX2, alike.
 enum class Product { kForward, kGradInput, kGradWeight };
 
 class Runtime {
@@ -151,7 +152,7 @@ class Runtime {
     const bool forward = product == Product::kForward;
     mm.src = product == Product::kGradWeight ? Desc(M, K, 1, M) : Desc(M, K, K, 1);
     // forward: W^T as a view of W; kGradInput: W as stored, or as a view of its transposed copy
-    const bool transposed = forward || (product == Product::kGradInput && transposed_w_);
+    const bool transposed = forward || ReadsTransposedW(product, M);
     mm.weights = transposed ? Desc(K, N, 1, K) : Desc(K, N, N, 1);
     mm.dst = Desc(M, N, N, 1);
     bool ok = mm.src && mm.weights && mm.dst;
@@ -176,8 +177,11 @@ class Runtime {
     return &cache_.emplace(key, mm).first->second;
   }
 
-  // Whether kGradInput's primitives read W from a transposed copy (set by the first Get).
-  bool TransposedW() const { return transposed_w_; }
+  // Whether the kGradInput primitive for M rows reads W from a transposed copy (valid once Get
+  // has run). Not for few rows: with 800 (coat_lite_medium's last stage) it ran 0.70-0.82x.
+  bool ReadsTransposedW(Product product, int64_t M) const {
+    return product == Product::kGradInput && transposed_w_ && M >= 2048;
+  }
 
   // `b`: the bias (nullptr for the gradient products); `r`: the operand of a kResidual or
   // kMultiply primitive's post-op (laid out like y), else nullptr.
@@ -279,7 +283,7 @@ int Gradient(Product product, int64_t M, int64_t K, int64_t N, void *a, void *b,
   const MatMul *mm = runtime.Get(M, K, N, product, m ? Epilogue::kMultiply : Epilogue::kNone);
   if (!mm) return 1;
   std::vector<float> transposed;
-  if (product == Product::kGradInput && runtime.TransposedW()) {  // b: W (K, N) as stored
+  if (runtime.ReadsTransposedW(product, M)) {  // b: W (K, N) as stored
     transposed.resize(K * N);
     Transpose(static_cast<const float *>(b), K, N, transposed.data());
     b = transposed.data();
