@@ -605,15 +605,15 @@ def test_linear_gradients_agree_on_both_weight_layouts(tmp_path):
         _run_child([os.path.join(REPO, 'tests', 'kernel_outputs.py'), str(path)],
                    {} if isa is None else {'ONEDNN_MAX_CPU_ISA': isa})
         runs.append(np.load(path))
-    native, avx2 = runs
-    assert sorted(native.files) == sorted(avx2.files)
+    default, avx2 = runs
+    assert sorted(default.files) == sorted(avx2.files)
     assert {'linear_grad0', 'linear_mlp_grad0', 'linear_mlp_grad3',
-            'linear_few_rows_grad0'} <= set(native.files)
-    for name in native.files:
+            'linear_few_rows_grad0'} <= set(default.files)
+    for name in default.files:
         if name.startswith('linear'):
-            assert _rel(avx2[name], native[name]) < 1e-5, name
+            assert _rel(avx2[name], default[name]) < 1e-5, name
         else:
-            assert np.array_equal(avx2[name], native[name]), name
+            assert np.array_equal(avx2[name], default[name]), name
 
 
 class _Residual(nn.Cell):
