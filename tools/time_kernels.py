@@ -28,11 +28,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRODUCTS = ('LinearFwd', 'LinearGradX', 'LinearGradXMul', 'LinearGradW')
 KERNELS = PRODUCTS + ('LayerNormFwd', 'LayerNormBwd')
 LIBRARY = {name: 'linear.cc' if name in PRODUCTS else 'transformer.cc' for name in KERNELS}
+sys.path.insert(0, REPO)  # this checkout's mindcoat, also when run from elsewhere
 
 
 def stage_shapes(model, batch):
     """[(rows, channels, mlp ratio)] per stage of the variant: its tokens (+ class token)."""
-    sys.path.insert(0, REPO)
     from mindcoat.models.registry import ARCHS, DATA_CONFIGS
     arch, size = ARCHS[model], DATA_CONFIGS[model]['input_size'][-1]
     return [(batch * (1 + (size // 2 ** (i + 2)) ** 2), dim, ratio)
@@ -103,19 +103,23 @@ class Kernel:
 def operands(kernel, shape, offset, rng):
     """The kernel's arrays (inputs then outputs) for a layer of shape (rows, in, out)."""
     rows, cin, cout = shape
-    x, dy = buffer((rows, cin), offset, rng), buffer((rows, cout), offset, rng)
-    w = buffer((cout, cin), offset, rng)
+
+    def data(*dims):
+        return buffer(dims, offset, rng)
+
+    def out(*dims):
+        return buffer(dims, offset)
+
+    eps = np.full((1,), 1e-6, np.float32)
     return {
-        'LinearFwd': lambda: [x, w, buffer((cout,), offset, rng), buffer((rows, cout), offset)],
-        'LinearGradX': lambda: [dy, w, buffer((rows, cin), offset)],
-        'LinearGradXMul': lambda: [dy, w, buffer((rows, cin), offset, rng),
-                                   buffer((rows, cin), offset)],
-        'LinearGradW': lambda: [dy, x, buffer((cout, cin), offset)],
-        'LayerNormFwd': lambda: [x, buffer((cin,), offset, rng), buffer((cin,), offset, rng),
-                                 np.full((1,), 1e-6, np.float32), buffer((rows, cin), offset)],
-        'LayerNormBwd': lambda: [x, buffer((rows, cin), offset, rng), buffer((cin,), offset, rng),
-                                 np.full((1,), 1e-6, np.float32), buffer((rows, cin), offset),
-                                 buffer((2 * cin,), offset)],
+        'LinearFwd': lambda: [data(rows, cin), data(cout, cin), data(cout), out(rows, cout)],
+        'LinearGradX': lambda: [data(rows, cout), data(cout, cin), out(rows, cin)],
+        'LinearGradXMul': lambda: [data(rows, cout), data(cout, cin), data(rows, cin),
+                                   out(rows, cin)],
+        'LinearGradW': lambda: [data(rows, cout), data(rows, cin), out(cout, cin)],
+        'LayerNormFwd': lambda: [data(rows, cin), data(cin), data(cin), eps, out(rows, cin)],
+        'LayerNormBwd': lambda: [data(rows, cin), data(rows, cin), data(cin), eps,
+                                 out(rows, cin), out(2 * cin)],
     }[kernel]()
 
 
@@ -145,7 +149,6 @@ def main(argv=None):
     builds = [('this', build_libraries(REPO))]
     if args.against:
         builds.append((os.path.abspath(args.against), build_libraries(args.against)))
-    sys.path.insert(0, REPO)
     from mindcoat.ops import build  # sets MINDCOAT_NUM_THREADS before a library reads it
     # the linear library needs MindSpore's oneDNN already loaded, as it is under MindSpore
     ctypes.CDLL(os.path.join(build.dnnl_dir(), 'libdnnl.so.3'), mode=ctypes.RTLD_GLOBAL)
