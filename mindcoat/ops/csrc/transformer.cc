@@ -85,7 +85,7 @@ extern "C" int GeluFwd(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *__restrict x = static_cast<const float *>(params[0]);
   float *__restrict y = static_cast<float *>(params[1]);
   ParallelFor(n, [&](int64_t begin, int64_t end) {
-#pragma omp simd
+#pragma omp simd simdlen(MINDCOAT_MATH_LANES)
     for (int64_t i = begin; i < end; ++i) y[i] = x[i] * Phi(x[i]);
   });
   return 0;
@@ -99,7 +99,7 @@ extern "C" int GeluBwd(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *__restrict dy = static_cast<const float *>(params[1]);
   float *__restrict dx = static_cast<float *>(params[2]);
   ParallelFor(n, [&](int64_t begin, int64_t end) {
-#pragma omp simd
+#pragma omp simd simdlen(MINDCOAT_MATH_LANES)
     for (int64_t i = begin; i < end; ++i) {
       const float v = x[i];
       const float pdf = 0.39894228040143268f * ExpNeg(-0.5f * v * v);
@@ -119,7 +119,7 @@ extern "C" int GeluFwdGrad(int nparam, void **params, int *ndims, int64_t **shap
   float *__restrict y = static_cast<float *>(params[1]);
   float *__restrict d = static_cast<float *>(params[2]);
   ParallelFor(n, [&](int64_t begin, int64_t end) {
-#pragma omp simd
+#pragma omp simd simdlen(MINDCOAT_MATH_LANES)
     for (int64_t i = begin; i < end; ++i) {
       const float v = x[i], cdf = Phi(v);
       y[i] = v * cdf;
