@@ -127,25 +127,28 @@ def test_the_wheel_ships_every_file_of_the_package(tmp_path):
 
 # ---- the kernels vectorise on every x86 instruction set -----------------------------------------
 
-def _simd_loops(source):
-    """Line numbers (1-based) of the `#pragma omp simd` lines of csrc/<source>."""
+def _simd_loops(source, clause=''):
+    """Line numbers (1-based) of the `#pragma omp simd` lines of csrc/<source> (with `clause`)."""
     with open(os.path.join(build.CSRC, source)) as f:
-        return [i + 1 for i, line in enumerate(f) if line.strip().startswith('#pragma omp simd')]
+        return [i + 1 for i, line in enumerate(f)
+                if line.strip().startswith('#pragma omp simd') and clause in line]
 
 
-@pytest.mark.parametrize('march', ['x86-64-v3', 'x86-64-v4'])
+@pytest.mark.parametrize('march', ['x86-64-v3', 'x86-64-v4', 'skylake-avx512'])
 def test_every_simd_loop_vectorises_with_avx2_and_with_avx512(march):
     """-march=native is AVX2 on some CPUs (AMD Zen 1-3, Intel before Skylake-SP) and AVX-512 on
     others. With the build's flags, gcc must vectorise every `#pragma omp simd` loop for both:
     without -fno-trapping-math, the seven loops around exp/erf (GELU, softmax, attention) stayed
-    scalar with AVX2 only, and GELU ran 8x slower there than with it."""
+    scalar with AVX2 only, and GELU ran 8x slower there than with it. GELU's loops must use
+    512-bit vectors with AVX-512, also under an Intel core's tuning (skylake-avx512), where gcc
+    otherwise keeps to 256 bits."""
     cxx = build.find_compiler()
     if cxx is None or 'g++' not in build.compiler_version(cxx).lower() or \
             os.uname().machine != 'x86_64':
         pytest.skip('needs gcc on x86-64 (its -fopt-info report)')
     flags = [f'-march={march}' if f == '-march=native' else f for f in build.FLAGS
              if f not in ('-shared', '-Wl,--no-undefined')]
-    checked = 0
+    checked = wide = 0
     for source in sorted(os.listdir(build.CSRC)):
         if not source.endswith('.cc') or not _simd_loops(source):
             continue
@@ -153,13 +156,24 @@ def test_every_simd_loop_vectorises_with_avx2_and_with_avx512(march):
                               '-fopt-info-vec-optimized'], capture_output=True, text=True,
                              timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
-        done = {int(n) for n in re.findall(rf'{source}:(\d+):\d+: optimized: loop vectorized',
-                                           res.stderr)}
+        widths = {}  # line -> vector bytes gcc reports for it
+        for n, size in re.findall(rf'{source}:(\d+):\d+: optimized: loop vectorized using '
+                                  r'(\d+) byte vectors', res.stderr):
+            widths.setdefault(int(n), set()).add(int(size))
         # gcc names the loop by the pragma, its `for` line or its first statement
-        scalar = [p for p in _simd_loops(source) if not done & {p, p + 1, p + 2}]
+        near = {p: set().union(*(widths.get(n, set()) for n in (p, p + 1, p + 2)))
+                for p in _simd_loops(source)}
+        scalar = [p for p, sizes in near.items() if not sizes]
         assert scalar == [], f'{source} with -march={march}: loops at lines {scalar} stay scalar'
-        checked += len(_simd_loops(source))
-    assert checked >= 20
+        # GELU's loops ask for 16 lanes where AVX-512 is there (csrc/common.h)
+        want = 32 if march == 'x86-64-v3' else 64
+        narrow = [p for p in _simd_loops(source, 'simdlen(MINDCOAT_MATH_LANES)')
+                  if want not in near[p]]
+        assert narrow == [], f'{source} with -march={march}: loops at lines {narrow} are not ' \
+                             f'{want} bytes wide'
+        wide += len(_simd_loops(source, 'simdlen(MINDCOAT_MATH_LANES)'))
+        checked += len(near)
+    assert checked >= 20 and wide >= 3
 
 
 # ---- python -m mindcoat.ops --------------------------------------------------------------------
