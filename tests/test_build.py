@@ -150,7 +150,8 @@ def test_every_simd_loop_vectorises_with_avx2_and_with_avx512(march):
              if f not in ('-shared', '-Wl,--no-undefined')]
     checked = wide = 0
     for source in sorted(os.listdir(build.CSRC)):
-        if not source.endswith('.cc') or not _simd_loops(source):
+        loops = _simd_loops(source) if source.endswith('.cc') else []
+        if not loops:
             continue
         res = subprocess.run([cxx, *flags, '-c', os.path.join(build.CSRC, source), '-o', os.devnull,
                               '-fopt-info-vec-optimized'], capture_output=True, text=True,
@@ -162,17 +163,17 @@ def test_every_simd_loop_vectorises_with_avx2_and_with_avx512(march):
             widths.setdefault(int(n), set()).add(int(size))
         # gcc names the loop by the pragma, its `for` line or its first statement
         near = {p: set().union(*(widths.get(n, set()) for n in (p, p + 1, p + 2)))
-                for p in _simd_loops(source)}
+                for p in loops}
         scalar = [p for p, sizes in near.items() if not sizes]
         assert scalar == [], f'{source} with -march={march}: loops at lines {scalar} stay scalar'
         # GELU's loops ask for 16 lanes where AVX-512 is there (csrc/common.h)
         want = 32 if march == 'x86-64-v3' else 64
-        narrow = [p for p in _simd_loops(source, 'simdlen(MINDCOAT_MATH_LANES)')
-                  if want not in near[p]]
+        wide_loops = _simd_loops(source, 'simdlen(MINDCOAT_MATH_LANES)')
+        narrow = [p for p in wide_loops if want not in near[p]]
         assert narrow == [], f'{source} with -march={march}: loops at lines {narrow} are not ' \
                              f'{want} bytes wide'
-        wide += len(_simd_loops(source, 'simdlen(MINDCOAT_MATH_LANES)'))
-        checked += len(near)
+        wide += len(wide_loops)
+        checked += len(loops)
     assert checked >= 20 and wide >= 3
 
 
