@@ -1,6 +1,7 @@
 """mindcoat: CoaT (Co-Scale Conv-Attentional Image Transformers) for MindSpore."""
 __version__ = '0.1.0'
 
-from .models import create_model, list_models  # noqa: E402
+from .factory import create_model  # noqa: E402
+from .models import list_models  # noqa: E402
 
 __all__ = ['create_model', 'list_models', '__version__']

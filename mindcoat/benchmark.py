@@ -24,12 +24,10 @@ import time
 
 import numpy as np
 
+from .cli import parse_model_kwargs, run
+from .errors import ConfigError, MindcoatError, UsageError
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class BenchmarkError(ValueError):
-    """A bad request (unknown model, missing or unusable config), reported as one line."""
-
 
 def peak_rss_mb():
     """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
@@ -63,7 +61,7 @@ def pace_by_stdin():
     driver lets one system at a time take its step; tools/compare_speed.py)."""
     print('PACE', flush=True)
     if not sys.stdin.readline():
-        raise BenchmarkError('--paced: stdin closed before the next step')
+        raise MindcoatError('--paced: stdin closed before the next step')
 
 
 def summarize(first, times, batch_size):
@@ -106,7 +104,7 @@ def load_train_config(model=None, config=None):
     """The trainer's config for the benchmark: ``config`` or the variant's recipe, parsed by
     mindcoat.config.parse_config (so a bad file fails as it would in train.py). Returns
     (model name, cfg, config path)."""
-    from .config import ConfigError, check_training, parse_config
+    from .config import check_training, parse_config
 
     _check_name(model)
     if config is None:
@@ -114,15 +112,12 @@ def load_train_config(model=None, config=None):
             model = 'coat_lite_tiny'
         config = default_config_path(model)
         if not os.path.isfile(config):
-            raise BenchmarkError(f"no shipped recipe for '{model}' at {config} (configs/ is in "
+            raise UsageError(f"no shipped recipe for '{model}' at {config} (configs/ is in "
                                  f"the source checkout, not the wheel): pass --config YAML")
-    try:
-        cfg = parse_config(['-c', config, '--distribute', 'False'])
-        check_training(cfg)  # what train.py refuses before building anything
-    except ConfigError as e:
-        raise BenchmarkError(str(e)) from None
+    cfg = parse_config(['-c', config, '--distribute', 'False'])
+    check_training(cfg)  # what train.py refuses before building anything
     if model is not None and model != cfg.model:
-        raise BenchmarkError(f"--model {model} but {config} is the recipe of {cfg.model}: pass "
+        raise UsageError(f"--model {model} but {config} is the recipe of {cfg.model}: pass "
                              f"only one of them, or a config whose model is {model}")
     return cfg.model, cfg, config
 
@@ -151,8 +146,8 @@ def make_train_step(model, cfg, batch_size, image_size, amp_level='O0', seed=0):
     the update has landed. Returns (callable, {'step', 'optimizer', 'ema', 'loss_scaler'})."""
     import mindspore as ms
 
-    from .engine import create_train_step
     from .engine.loop import wait_for_device
+    from .engine.train_step import create_train_step
 
     # one lr for every step: past its end the schedule holds its last value
     _, step, optimizer, ema, scaler = create_train_step(model, cfg, amp_level, distributed=False,
@@ -171,32 +166,21 @@ def make_train_step(model, cfg, batch_size, image_size, amp_level='O0', seed=0):
 
 # ---- measure ---------------------------------------------------------------------------------
 
-def _context(device, graph, jit_level=None):
-    import mindspore as ms
-
-    if device:
-        ms.set_device(device)
-    ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
-    if jit_level:
-        ms.set_context(jit_config={'jit_level': jit_level})
-    return ms.get_context('device_target')
-
-
 def _check_name(model):
     from .models import list_models
 
     if model is not None and model not in list_models():
-        raise BenchmarkError(f"unknown model '{model}'; choose one of: {', '.join(list_models())}")
+        raise UsageError(f"unknown model '{model}'; choose one of: {', '.join(list_models())}")
 
 
 def _build(model, num_classes, arch):
-    from .models import create_model
+    from .models import build_coat
 
     _check_name(model)
     try:
-        return create_model(model, num_classes=num_classes, **arch)
+        return build_coat(model, num_classes=num_classes, **arch)
     except TypeError as e:
-        raise BenchmarkError(f"bad model override for {model}: {e}") from None
+        raise UsageError(f"bad model override for {model}: {e}") from None
 
 
 def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=None, steps=5,
@@ -208,30 +192,29 @@ def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=N
     called before each timed step (time_steps)."""
     import mindspore as ms
 
+    from .engine.context import set_device, training_amp_level
     from .ops import depthwise_path
 
     if mode not in ('infer', 'train'):
-        raise BenchmarkError(f"mode must be 'infer' or 'train', got {mode!r}")
+        raise UsageError(f"mode must be 'infer' or 'train', got {mode!r}")
     arch, cfg, recipe = dict(model_kwargs or {}), None, None
     if mode == 'train':
         model, cfg, config = load_train_config(model, config)
         arch = {**(cfg.model_kwargs or {}), 'drop_rate': cfg.drop_rate,
                 'drop_path_rate': cfg.drop_path_rate, **arch}  # --model_kwargs wins
     model = model or 'coat_lite_tiny'
-    jit_level = None
-    if cfg is not None:  # the trainer's context (train.py's setup_context)
-        on_ascend = (device or ms.get_context('device_target')) == 'Ascend'
-        jit_level = cfg.jit_level or ('O2' if on_ascend else 'O0')
-    target = _context(device, graph, jit_level)
-    if amp_level is None:  # train.py: float32 on the CPU, the config's level elsewhere
-        amp_level = cfg.amp_level if cfg is not None and target != 'CPU' else 'O0'
+    # the trainer's context: its jit level, and its precision on this device
+    target = set_device(device, 0 if graph else 1, cfg.jit_level if cfg is not None else None,
+                        training=cfg is not None)
+    if amp_level is None:
+        amp_level = training_amp_level(target, cfg.amp_level) if cfg is not None else 'O0'
     ms.set_seed(seed)
     net = _build(model, num_classes, arch)
     if mode == 'train':
         try:
             step, parts = make_train_step(net, cfg, batch_size, image_size, amp_level, seed)
-        except ValueError as e:  # the trainer's own check of the config (optimizer, amp, ...)
-            raise BenchmarkError(f'{config}: {e}') from None
+        except ConfigError as e:  # the trainer's own check of the config (optimizer, amp, ...)
+            raise ConfigError(f'{config}: {e}') from None
         recipe = dict(recipe_summary(cfg, amp_level, parts['loss_scaler']), config=config,
                       drop_rate=arch['drop_rate'], drop_path_rate=arch['drop_path_rate'])
     else:
@@ -269,9 +252,7 @@ def _print_text(res):
           f"peak host memory {res['peak_rss_mb']:.0f} MB")
 
 
-def main(argv=None):
-    from .cli import UsageError, parse_model_kwargs
-
+def _main(argv):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', default=None,
                    help="variant (default: the --config's model, else coat_lite_tiny)")
@@ -296,26 +277,26 @@ def main(argv=None):
                         "take turns with another benchmark step by step)")
     args = p.parse_args(argv)
     os.environ.setdefault('GLOG_v', '3')
-    try:
-        if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
-            raise BenchmarkError('--batch_size and --steps must be at least 1, --warmup at least 0')
-        if args.image_size <= 0 or args.image_size % 32:
-            raise BenchmarkError(f'--image_size must be a positive multiple of 32 (CoaT '
-                                 f'downsamples by 32), got {args.image_size}')
-        res = measure(args.model, batch_size=args.batch_size, image_size=args.image_size,
-                      mode=args.mode, amp_level=args.amp_level, steps=args.steps,
-                      warmup=args.warmup, device=args.device, graph=not args.pynative,
-                      config=args.config, model_kwargs=parse_model_kwargs(args.model_kwargs),
-                      pace=pace_by_stdin if args.paced else None)
-    except (BenchmarkError, UsageError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return None
+    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
+        raise UsageError('--batch_size and --steps must be at least 1, --warmup at least 0')
+    if args.image_size <= 0 or args.image_size % 32:
+        raise UsageError(f'--image_size must be a positive multiple of 32 (CoaT downsamples by '
+                         f'32), got {args.image_size}')
+    res = measure(args.model, batch_size=args.batch_size, image_size=args.image_size,
+                  mode=args.mode, amp_level=args.amp_level, steps=args.steps, warmup=args.warmup,
+                  device=args.device, graph=not args.pynative, config=args.config,
+                  model_kwargs=parse_model_kwargs(args.model_kwargs),
+                  pace=pace_by_stdin if args.paced else None)
     if args.json:
         print(json.dumps(res), flush=True)
     else:
         _print_text(res)
-    return res
+    return 0
+
+
+def main(argv=None):
+    return run(_main, argv)
 
 
 if __name__ == '__main__':
-    sys.exit(0 if main() else 1)
+    sys.exit(main())

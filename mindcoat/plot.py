@@ -12,7 +12,9 @@ import math
 import os
 import sys
 
-from .cli import UsageError, run
+from .cli import run
+from .errors import UsageError
+from .fileio import atomic_output
 
 INSTALL_HINT = ("python -m mindcoat.plot needs matplotlib, which is not installed: "
                 "pip install 'mindcoat[plot]' (or pip install matplotlib)")
@@ -113,14 +115,8 @@ def check_output(out):
 
 
 def save_figure(fig, out):
-    folder = os.path.dirname(os.path.abspath(check_output(out)))
-    tmp = os.path.join(folder, f'.{os.path.basename(out)}.{os.getpid()}.partial.png')
-    try:
+    with atomic_output(check_output(out), suffix='.png') as tmp:
         fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out)  # a failed write never leaves a truncated PNG under the name
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 
@@ -132,7 +128,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def _main(argv):
     args = build_parser().parse_args(argv)
     if not os.path.isdir(args.run_dir):
         raise UsageError(f"{args.run_dir} is not a folder; give the run's --ckpt_save_dir")
@@ -145,5 +141,9 @@ def main(argv=None):
     return 0
 
 
+def main(argv=None):
+    return run(_main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run(main))
+    sys.exit(main())

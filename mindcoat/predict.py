@@ -18,8 +18,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .cli import UsageError, build_model, check_at_least_one, checkpoint_settings, \
-    not_a_file, parse_model_kwargs, regular_file, resolve_model, run, take_from_checkpoint
+from .cli import build_model, check_at_least_one, checkpoint_settings, parse_model_kwargs, \
+    resolve_model, run, take_from_checkpoint
+from .errors import ConfigError, UsageError
+from .fileio import not_a_file, regular_file
 
 IMAGENET_CLASSES = os.path.join(os.path.dirname(__file__), 'data', 'imagenet_classes.txt')
 def read_labels(path):
@@ -70,7 +72,6 @@ def eval_transforms_for(model_name, image_size=None, crop_pct=None, interpolatio
                         mean=None, std=None, crop_mode=None):
     """The variant's eval transform with optional overrides, resolved exactly as train.py and
     validate.py resolve theirs (mindcoat.data.resolve_data_settings)."""
-    from .config import ConfigError
     from .data import EvalTransform, resolve_data_settings
     wanted = SimpleNamespace(image_resize=image_size, crop_pct=crop_pct, crop_mode=crop_mode,
                              interpolation=interpolation, mean=mean, std=std)
@@ -164,7 +165,7 @@ def print_result(path, top, as_json):
         print(f"  {rank}. {q:7.2%}  {n}  [{i}]" if n is not None else f"  {rank}. {q:7.2%}  [{i}]")
 
 
-def main(argv=None):
+def _main(argv):
     args = build_parser().parse_args(argv)
     check_at_least_one(args, ('batch_size', 'topk', 'num_classes', 'in_channels'))
     failed = [path for path in args.images if not_a_file(path)]
@@ -211,5 +212,9 @@ def main(argv=None):
     return 0
 
 
+def main(argv=None):
+    return run(_main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run(main))
+    sys.exit(main())

@@ -92,7 +92,7 @@ def test_bad_requests_are_one_line(tmp_path, capsys):
              # train.py's own refusals (check_training), before anything is built
              (['--mode', 'train', '--config', augmix], 'aug_splits 3 (AugMix splits')]
     for args, message in cases:
-        assert benchmark.main(args) is None, args
+        assert benchmark.main(args) == 2, args
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], \
             (args, lines)
@@ -101,7 +101,7 @@ def test_bad_requests_are_one_line(tmp_path, capsys):
 def test_config_the_trainer_refuses_is_one_line(tmp_path):
     """The trainer's own check (create_optimizer) stops the benchmark with its message."""
     res = _run(tmp_path, '--mode', 'train', '--config', _tiny_recipe(tmp_path, opt='sgd'))
-    assert res.returncode == 1, res.stderr[-2000:]
+    assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ') and "opt 'sgd'" in lines[0], \
         res.stderr[-2000:]

@@ -106,13 +106,15 @@ def _assert_native_like_fast(tiny, report, logits, ops, reason):
 
 def test_the_wheel_ships_every_file_of_the_package(tmp_path):
     """`pip install .` / a wheel used to leave out csrc/common.h, so every kernel failed to build
-    on a user's machine. Every non-Python file of the package must be in the wheel."""
+    on a user's machine. Every non-Python file of the package must be in the wheel, and the
+    configs/ it trains from (as mindcoat/configs/)."""
     src = tmp_path / 'src'
     src.mkdir()
     for name in ('setup.py', 'MANIFEST.in', 'README.md'):
         shutil.copy(os.path.join(REPO, name), src)
-    shutil.copytree(os.path.join(REPO, 'mindcoat'), src / 'mindcoat',
-                    ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('mindcoat', 'configs'):
+        shutil.copytree(os.path.join(REPO, name), src / name,
+                        ignore=shutil.ignore_patterns('__pycache__'))
     res = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
                           '--no-build-isolation', '-q', '.', '-w', str(tmp_path / 'dist')],
                          cwd=src, capture_output=True, text=True, timeout=300)
@@ -122,7 +124,10 @@ def test_the_wheel_ships_every_file_of_the_package(tmp_path):
     files = {os.path.relpath(os.path.join(d, f), src).replace(os.sep, '/')
              for d, _, names in os.walk(src / 'mindcoat') for f in names}
     assert {'mindcoat/ops/csrc/common.h', 'mindcoat/ops/csrc/linear.cc'} <= files
-    assert sorted(files - shipped) == []
+    configs = {'mindcoat/' + os.path.relpath(os.path.join(d, f), src).replace(os.sep, '/')
+               for d, _, names in os.walk(src / 'configs') for f in names}
+    assert 'mindcoat/configs/demo/coat_lite_mnist.yaml' in configs
+    assert sorted((files | configs) - shipped) == []
 
 
 # ---- the kernels vectorise on every x86 instruction set -----------------------------------------

@@ -7,8 +7,9 @@ import mindspore as ms
 import pytest
 
 from mindcoat import create_model
-from mindcoat.convert import CheckpointError, checkpoint_info
-from mindcoat.engine.checkpoint import FORMAT, save_checkpoint
+from mindcoat.engine.checkpoint import save_checkpoint
+from mindcoat.errors import CheckpointError
+from mindcoat.weights import TRAIN_FORMAT as FORMAT, checkpoint_info
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'weights')
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))

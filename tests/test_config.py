@@ -7,9 +7,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from mindcoat.config import ConfigError, KEYS, parse_config
+from mindcoat.config import KEYS, parse_config
+from mindcoat.errors import ConfigError
 from train_helpers import REPO, env, load_script, make_color_folder
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*.yaml')))
@@ -61,7 +63,7 @@ def test_unknown_key_in_yaml_is_one_line_from_train_py(tmp_path):
 
 def test_missing_data_dir_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '--data_dir',
-                           str(tmp_path / 'nowhere'), '--device_target', 'CPU'],
+                           str(tmp_path / 'nowhere'), '--device_target', 'CPU', '--opt', 'adamw'],
                           cwd=str(tmp_path), env=env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
@@ -151,12 +153,13 @@ def test_bare_pretrained_flag_downloads_through_create_model(tmp_path):
     data = make_color_folder(str(tmp_path / 'data'), per_class=(2, 1))
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '--data_dir', data,
                            '--pretrained', '--num_classes', '4', '--image_resize', '32',
-                           '--ckpt_save_dir', str(tmp_path / 'out'), '--device_target', 'CPU'],
+                           '--ckpt_save_dir', str(tmp_path / 'out'), '--device_target', 'CPU',
+                           '--opt', 'adamw'],
                           cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
                           env=dict(env(), MINDCOAT_CACHE=str(tmp_path / 'cache'),
                                    MINDCOAT_WEIGHTS_URL=f'http://127.0.0.1:{port}/'))
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f'error: could not download http://127.0.0.1:{port}/'
                                f'coat_lite_tiny_e88e96b0.pth'), lines[0]
     assert not (tmp_path / 'out').exists()
@@ -242,6 +245,7 @@ WIDER_DEFAULTS = {
     'model': ('coat_lite_tiny', 'mobilenet_v2_035_224'),  # only CoaT here
     'ckpt_path': (None, ''),                # both: no checkpoint
     'dataset_sink_mode': (False, True),     # the loop feeds its own steps either way
+    'eps': (None, 1e-10),                   # MindCV's AdamW ignores its eps: 1e-8 either way
 }
 
 
@@ -255,6 +259,28 @@ def test_parser_defaults_are_mindcv_s():
     differ = {k: (getattr(mine, k), v) for k, v in theirs.items()
               if not same_value(getattr(mine, k), v)}
     assert differ == {k: v for k, v in WIDER_DEFAULTS.items()}
+
+
+def test_the_key_table_knows_mindcv_s_defaults_and_says_where_it_differs():
+    """The table's MindCV column is MindCV's own default for each of its 86 keys (the fixture
+    ran MindCV's config.py), the keys only mindcoat has are marked so, and every default that
+    differs from MindCV's says how in the key's row."""
+    from mindcoat.config.keys import NOT_IN_MINDCV
+    theirs = mindcv_parsed()['defaults']
+    for name, key in KEYS.items():
+        if name in theirs:
+            assert same_value(key.mindcv, theirs[name]) or \
+                np.allclose(key.mindcv, theirs[name]), name
+        else:
+            assert key.mindcv is NOT_IN_MINDCV, name
+    assert [k for k in WIDER_DEFAULTS if not KEYS[k].differs] == []
+
+
+def test_the_config_page_is_generated_from_the_table():
+    from mindcoat.config.__main__ import markdown
+    with open(os.path.join(REPO, 'docs', 'config.md'), encoding='utf-8') as f:
+        assert f.read() == markdown(), 'run: python -m mindcoat.config --markdown > docs/config.md'
+    assert all(f'`{name}`' in markdown() for name in KEYS)
 
 
 # run-time choices, not part of a recipe
@@ -312,10 +338,11 @@ def test_demo_configs_keep_their_meaning():
     (['--val_amp_level', 'O5'], 'val_amp_level must be one of O0, O1, O2, O3'),
 ])
 def test_what_cannot_apply_here_is_one_line(flags, words):
+    """Refused when the config is parsed (what no command can use) or when training starts
+    (what training cannot honour), always before anything is built."""
     from mindcoat.config import check_training
-    cfg = parse_config(flags)
     with pytest.raises(ConfigError, match=re.escape(words)) as e:
-        check_training(cfg)
+        check_training(parse_config(['--opt', 'adamw'] + flags))
     assert '\n' not in str(e.value)
 
 
@@ -323,7 +350,8 @@ def test_accepted_and_unused_keys_pass():
     """MindCV's momentum and use_nesterov are accepted and unused by adamw and lion (as in
     MindCV); resume_opt without ckpt_path does nothing there either."""
     from mindcoat.config import check_training
-    check_training(parse_config(['--momentum', '0.5', '--use_nesterov', '--resume_opt']))
+    check_training(parse_config(['--momentum', '0.5', '--use_nesterov', '--resume_opt', '--opt',
+                                 'adamw']))
 
 
 def test_refusals_come_before_anything_is_built(tmp_path):
@@ -352,12 +380,12 @@ def test_parse_config_records_the_keys_that_were_set(tmp_path):
 def test_train_counts_the_classes_when_num_classes_is_not_given(tmp_path, capsys):
     """MindCV's num_classes None: the training split's class folders (said in the log), so a
     4-class folder gets a 4-way head, not a 1000-way one."""
-    train = load_script('train.py')
+    from mindcoat.engine import context, trainer as train
     data = make_color_folder(str(tmp_path / 'data'), per_class=(2, 1))
     cfg = parse_config(['--data_dir', data, '--model_kwargs', '{embed_dims: [16, 16, 16, 16], '
                         'serial_depths: [1, 1, 1, 1]}', '--opt', 'adamw', '--image_resize', '32'])
     assert cfg.num_classes is None
-    model = train.build(cfg, train.Run(device='CPU'))[0]
+    model = train.build(cfg, context.Run(device='CPU'))[0]
     assert cfg.num_classes == 4 and model.head.weight.shape[0] == 4
     assert f"num_classes 4: the class folders of {os.path.join(data, 'train')}" in \
         capsys.readouterr().out

@@ -15,7 +15,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from mindcoat import create_model
-from mindcoat.convert import CheckpointError, convert_checkpoint, load_weights
+from mindcoat.convert import convert_checkpoint
+from mindcoat.errors import CheckpointError
+from mindcoat.weights import load_weights
 from weight_files import Namespace, mindcv_style, official_style, state_dict, write_torch_zip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

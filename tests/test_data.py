@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from mindcoat.config import parse_config
-from mindcoat.data import DataError, EvalTransform, TrainTransform, create_loader, find_classes, \
+from mindcoat.data import EvalTransform, TrainTransform, create_loader, find_classes, \
     rank_indices, resolve_data_settings
 from mindcoat.data.transforms import random_erasing
+from mindcoat.errors import DataError
 from train_helpers import REPO, make_color_folder
 
 RECIPE = os.path.join(REPO, 'configs', 'coat', 'coat_lite_tiny_ascend.yaml')

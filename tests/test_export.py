@@ -51,10 +51,7 @@ def test_cli_exports_trained_weights_and_checks(five_classes, tmp_path, capsys):
 
 
 def run_cli(argv):
-    from mindcoat.cli import run
-    with pytest.raises(SystemExit) as exc:
-        run(lambda: main(argv))
-    return exc.value.code
+        return main(argv)
 
 
 def test_onnx_is_refused_in_one_line(tmp_path, capsys):

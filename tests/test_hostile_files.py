@@ -16,8 +16,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from mindcoat import create_model
-from mindcoat.convert import CheckpointError, load_weights, read_weights
-from mindcoat.convert.readers import read_any
+from mindcoat.errors import CheckpointError
+from mindcoat.weights import load_weights, read_weights
+from mindcoat.weights.readers import read_any
 from weight_files import PickleWriter, write_torch_zip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

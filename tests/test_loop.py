@@ -17,8 +17,9 @@ from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
 from mindcoat import create_model
 from mindcoat.config import parse_config
-from mindcoat.engine import NonFiniteLoss, TrainStep, build_seeded, create_train_step, \
-    load_training_state, save_checkpoint, sink_supported, train_one_epoch, training_state
+from mindcoat.engine import TrainStep, build_seeded, create_train_step, load_training_state, \
+    save_checkpoint, sink_supported, train_one_epoch, training_state
+from mindcoat.errors import NonFiniteLoss
 from train_helpers import TINY_KWARGS, base_flags, deterministic_flags, make_color_folder, \
     read_log, run_train
 

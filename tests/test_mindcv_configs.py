@@ -27,7 +27,8 @@ NAMES = ['coat_lite_mini_ascend.yaml', 'coat_lite_tiny_ascend.yaml', 'coat_mini_
 # A CoaT (not Lite) small enough for CI: 16 channels, one block per stage, one parallel block.
 TINY_COAT = '{embed_dims: [16, 16, 16, 16], serial_depths: [1, 1, 1, 1], parallel_depth: 1}'
 # Keys whose value here is MindCV's under another spelling (README: "Coming from MindCV").
-SPELLED_OTHERWISE = {'ckpt_path': ('', None)}    # both: no checkpoint
+SPELLED_OTHERWISE = {'ckpt_path': ('', None),   # both: no checkpoint
+                     'eps': (1e-10, None)}     # MindCV's AdamW ignores its eps: 1e-8 both
 DEFAULTS_WIDER = {'device_target', 'mean', 'std', 'dataset_sink_mode'}  # compared below
 
 
@@ -73,14 +74,14 @@ def test_everything_before_the_first_step_builds(name, tmp_path):
     augmented batch for the YAML as shipped, tiny."""
     from mindcoat.data import create_loader, resolve_data_settings
     from mindcoat.optim import lr_schedule_for
-    train = load_script('train.py')
+    from mindcoat.engine import context, trainer as train
     data = make_color_folder(str(tmp_path / 'data'), per_class=(4, 1))
     kwargs = TINY if 'lite' in name else TINY_COAT
     cfg = parse_config(['-c', os.path.join(SHIPPED, name), '--data_dir', data, '--distribute',
                         'False', '--model_kwargs', kwargs, '--image_resize', '32',
                         '--batch_size', '4'])
     check_training(cfg)
-    model, _, _, ema, _, classes, train_dir, _ = train.build(cfg, train.Run(device='CPU'))
+    model, _, _, ema, _, classes, train_dir, _ = train.build(cfg, context.Run(device='CPU'))
     assert model.head.weight.shape[0] == 1000 and (ema is not None) == cfg.ema
     settings = resolve_data_settings(cfg, cfg.model)
     loader = create_loader(cfg, train_dir, classes, settings, True)

@@ -57,9 +57,8 @@ def test_opt_lion_gets_mindcvs_betas_unless_betas_is_set():
     adamw = create_optimizer(model, parse_config(['--opt', 'adamw']))
     assert float(adamw.beta2) == pytest.approx(0.999)
     # MindCV's AdamW gets no eps from its config (1e-8 always); a value that was set is used
-    cfg = parse_config(['--opt', 'adamw', '--eps', '1e-6'])
-    for given, eps in (([], 1e-8), (['eps'], 1e-6)):
-        cfg.given = given
+    for flags, eps in (([], 1e-8), (['--eps', '1e-6'], 1e-6)):
+        cfg = parse_config(['--opt', 'adamw'] + flags)
         assert float(create_optimizer(model, cfg).eps) == pytest.approx(eps, rel=1e-6)
     for name in ('sgd', 'momentum', 'adam', 'rmsprop', 'adagrad', 'lamb', 'nadam'):
         with pytest.raises(ValueError, match=rf"opt '{name}' \(MindCV has it; not implemented "
@@ -186,7 +185,7 @@ _SPLIT_QKV = re.compile(r'^(.*factoratt_crpe\d?)\.[qkv]\.(weight|bias)$')
 
 def ours_from_mindcv(name):
     """mindcoat's name of a MindCV CoaT parameter (q/k/v fused into qkv)."""
-    from mindcoat.convert.mapping import canonical_name
+    from mindcoat.weights.mapping import canonical_name
     return _SPLIT_QKV.sub(r'\1.qkv.\2', canonical_name(name))
 
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from mindcoat.cli import run
 from mindcoat.plot import INSTALL_HINT, main, plot_records, read_log
 
 
@@ -58,9 +57,7 @@ def test_png_panels_hold_the_logged_values(run_dir, tmp_path, capsys):
 
 
 def run_cli(argv):
-    with pytest.raises(SystemExit) as exc:
-        run(lambda: main(argv))
-    return exc.value.code
+    return main(argv)
 
 
 def test_missing_matplotlib_says_how_to_install(run_dir, monkeypatch, capsys):

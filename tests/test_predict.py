@@ -14,7 +14,6 @@ from PIL import Image
 
 from mindcoat import create_model
 from mindcoat.demo import materialise_mnist
-from mindcoat.cli import run
 from mindcoat.engine.checkpoint import save_checkpoint
 from mindcoat.predict import IMAGENET_CLASSES, class_names, load_image, main
 
@@ -157,9 +156,7 @@ def test_weights_without_names_print_class_indices(images, checkpoint, capsys, t
 
 
 def run_cli(argv):
-    with pytest.raises(SystemExit) as exc:
-        run(lambda: main(argv))
-    return exc.value.code
+    return main(argv)
 
 
 def test_contradicting_num_classes_is_refused(images, checkpoint, capsys):
@@ -241,10 +238,9 @@ def test_packaged_imagenet_names():
 def test_labels_count_must_match_the_model(images, checkpoint, tmp_path, capsys):
     labels = tmp_path / 'three.txt'
     labels.write_text('a\nb\nc\n')
-    with pytest.raises(SystemExit) as exc:
-        run(lambda: main(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON,
-                          '--ckpt_path', checkpoint[1], '--labels', str(labels),
-                          '--num_classes', '10', images['good'][0]]))
-    assert exc.value.code == 2
+    code = main(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path',
+                 checkpoint[1], '--labels', str(labels), '--num_classes', '10',
+                 images['good'][0]])
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and '3 classes' in err and '10' in err

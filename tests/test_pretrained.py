@@ -12,7 +12,9 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from mindcoat import create_model, hub
+from mindcoat import create_model
+from mindcoat.errors import DownloadError
+from mindcoat.weights import hub
 from mindcoat.models import PRETRAINED_FILES
 
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
@@ -138,7 +140,7 @@ def test_a_wrong_hash_is_one_line_and_keeps_nothing(server, cache, weights_file,
     data, digest, _ = weights_file
     monkeypatch.setenv('MINDCOAT_WEIGHTS_URL', server.url)
     server.files['/coat_lite_tiny_e88e96b0.pth'] = data
-    with pytest.raises(hub.DownloadError) as err:
+    with pytest.raises(DownloadError) as err:
         create_model('coat_lite_tiny', pretrained=True, **TINY)
     msg = str(err.value)
     assert '\n' not in msg
@@ -151,7 +153,7 @@ def test_a_wrong_hash_is_one_line_and_keeps_nothing(server, cache, weights_file,
 def test_a_cached_file_with_the_wrong_hash_is_refused(cache, weights_file):
     os.makedirs(cache)
     (cache / 'coat_lite_tiny_e88e96b0.pth').write_bytes(weights_file[0])
-    with pytest.raises(hub.DownloadError, match='cached .* expected it to start with e88e96b0: '
+    with pytest.raises(DownloadError, match='cached .* expected it to start with e88e96b0: '
                                                 'delete it to download again'):
         hub.fetch_weights('http://127.0.0.1:9/coat_lite_tiny_e88e96b0.pth')
 
@@ -163,7 +165,7 @@ def test_a_cut_download_resumes(server, cache, weights_file, ignore_range):
     server.files['/' + name] = data
     server.drop_after = cut = len(data) // 3
     url = f'{server.url}/{name}'
-    with pytest.raises(hub.DownloadError, match=rf'stopped at {cut} of {len(data)} bytes .*'
+    with pytest.raises(DownloadError, match=rf'stopped at {cut} of {len(data)} bytes .*'
                                                 'run again to resume'):
         hub.fetch_weights(url, progress=False, log=[].append)
     assert _files(cache) == [name + '.partial']
@@ -186,7 +188,7 @@ def test_a_partial_file_longer_than_the_file_starts_over(server, cache, weights_
 
 
 def test_not_found_is_one_line(server, cache):
-    with pytest.raises(hub.DownloadError) as err:
+    with pytest.raises(DownloadError) as err:
         hub.fetch_weights(f'{server.url}/coat_tiny_c6efc33c.pth', log=[].append)
     msg = str(err.value)
     assert 'HTTP 404' in msg and 'checkpoint_path=FILE (--ckpt_path FILE)' in msg
@@ -198,7 +200,7 @@ def test_a_refused_connection_is_one_line(cache, monkeypatch):
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     monkeypatch.setenv('MINDCOAT_WEIGHTS_URL', f'http://127.0.0.1:{port}/')
-    with pytest.raises(hub.DownloadError, match=r'could not download http://127\.0\.0\.1:\d+/'
+    with pytest.raises(DownloadError, match=r'could not download http://127\.0\.0\.1:\d+/'
                                                 r'coat_mini_40667eec\.pth: .*refused.*offline'):
         create_model('coat_mini', pretrained=True, log=[].append, **TINY)
 
@@ -206,7 +208,7 @@ def test_a_refused_connection_is_one_line(cache, monkeypatch):
 def test_a_silent_server_times_out(server, cache):
     server.stall = True
     start = time.monotonic()
-    with pytest.raises(hub.DownloadError, match='timed out'):
+    with pytest.raises(DownloadError, match='timed out'):
         hub.fetch_weights(f'{server.url}/coat_tiny_c6efc33c.pth', timeout=0.5, log=[].append)
     assert time.monotonic() - start < 2.5
 
@@ -215,6 +217,6 @@ def test_an_unusable_cache_is_one_line(tmp_path, monkeypatch):
     blocker = tmp_path / 'not-a-folder'
     blocker.write_text('')
     monkeypatch.setenv('MINDCOAT_CACHE', str(blocker))
-    with pytest.raises(hub.DownloadError, match='cannot store coat_tiny_c6efc33c.pth in .*not-a-'
+    with pytest.raises(DownloadError, match='cannot store coat_tiny_c6efc33c.pth in .*not-a-'
                                                 'folder/weights .*set MINDCOAT_CACHE'):
         hub.fetch_weights('http://127.0.0.1:9/coat_tiny_c6efc33c.pth', log=[].append)

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from mindcoat import create_model
-from mindcoat.convert import CheckpointError, convert_checkpoint, load_weights
-from mindcoat.convert.readers import LazyTensor, read_any, read_mindspore_ckpt
+from mindcoat.convert import convert_checkpoint
+from mindcoat.errors import CheckpointError
+from mindcoat.weights import load_weights
+from mindcoat.weights.readers import LazyTensor, read_any, read_mindspore_ckpt
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'weights')
 # the shrunken variants of tools/make_weight_fixtures.py

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mindcoat.config import ConfigError, parse_config
+from mindcoat.config import parse_config
+from mindcoat.errors import ConfigError
 from mindcoat.data import DataSettings, EvalTransform, clamp_workers, resolve_data_settings
 from mindcoat.data.settings import available_cpus
 from mindcoat.data.transforms import center_crop, resize_short_side
@@ -132,12 +133,13 @@ def test_eval_loader_with_more_workers_than_cpus(tmp_path):
     from train_helpers import make_color_folder
     root = make_color_folder(str(tmp_path), per_class=(2, 3), size=40, classes=2)
     code = (
-        "import sys; from argparse import Namespace\n"
+        "import sys\n"
+        "from mindcoat.config import parse_config\n"
         "from mindcoat.data import create_loader, find_classes, DataSettings\n"
         "from mindcoat.data.settings import available_cpus\n"
         f"val = {os.path.join(root, 'val')!r}\n"
-        "cfg = Namespace(batch_size=4, num_parallel_workers=available_cpus() + 62, "
-        "in_channels=3, eval_shuffle=False)\n"
+        "cfg = parse_config(['--batch_size', '4', '--num_parallel_workers', "
+        "str(available_cpus() + 62)])\n"
         "s = DataSettings(32, 0.875, 'center', 'bicubic', (0.5,) * 3, (0.5,) * 3)\n"
         "for _ in range(2):\n"
         "    data = create_loader(cfg, val, find_classes(val), s, False)\n"

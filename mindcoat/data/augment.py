@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageEnhance, ImageOps
 
+from ..errors import ConfigError
+
 MAX_LEVEL = 10.0
 
 INCREASING_OPS = (
@@ -175,13 +177,13 @@ def parse_rand_augment(spec):
     Defaults as timm: magnitude 10, 2 ops, no magnitude noise, the default op set."""
     parts = str(spec).strip().split('-')
     if parts[0] not in ('rand', 'randaug'):
-        raise ValueError(f"auto_augment '{spec}': only RandAugment specs are supported "
+        raise ConfigError(f"auto_augment '{spec}': only RandAugment specs are supported "
                          f"('rand-m9-mstd0.5-inc1', or MindCV's 'randaug-m9-mstd0.5-inc1')")
     values = {}
     for part in parts[1:]:
         match = re.fullmatch(r'(m|n|mstd|inc)(\d+(?:\.\d+)?)', part)
         if not match:
-            raise ValueError(f"auto_augment '{spec}': cannot read '{part}' (known: m<magnitude>, "
+            raise ConfigError(f"auto_augment '{spec}': cannot read '{part}' (known: m<magnitude>, "
                              f"n<ops per image>, mstd<magnitude std>, inc<0|1>)")
         values[match.group(1)] = float(match.group(2))
     spec = RandAugmentSpec(magnitude=values.get('m', MAX_LEVEL),
@@ -189,7 +191,7 @@ def parse_rand_augment(spec):
                            magnitude_std=values.get('mstd', 0.0),
                            increasing=bool(values.get('inc', 0)))
     if spec.num_layers < 1 or not 0 <= spec.magnitude <= MAX_LEVEL:
-        raise ValueError(f"auto_augment: need n >= 1 and 0 <= m <= 10, got n{spec.num_layers} "
+        raise ConfigError(f"auto_augment: need n >= 1 and 0 <= m <= 10, got n{spec.num_layers} "
                          f"m{spec.magnitude:g}")
     return spec
 

@@ -22,20 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 import mindspore.dataset as ds
 
+from ..errors import DataError
 from .decode import BadImageLog, list_images, read_image
 from .mixing import BatchMix
 from .sampler import rank_indices
-from .settings import clamp_workers
+from .settings import AugmentSettings, LoaderSettings, clamp_workers
 from .transforms import EvalTransform, TrainTransform
 
 SAMPLE_STREAM, MIX_STREAM = 0, 1
 # Worker processes (not threads): PIL and the numpy conversions hold the GIL for part of each
 # image, so threads share one core (measured: see the commit that chose this).
 USE_PROCESSES = True
-
-
-class DataError(ValueError):
-    """An unusable data directory, reported as one line before anything compiles."""
 
 
 def find_classes(split_dir):
@@ -113,12 +110,12 @@ class _MixBatch:
         return np.ascontiguousarray(x), y.astype(np.float32)
 
 
-def repeats_in_effect(cfg, world):
+def repeats_in_effect(settings, world):
     """Repeated augmentation (DeiT's RASampler) only across several ranks, as DeiT does; CoaT's
     main.py also repeats on one GPU, which ``aug_repeats_single_device: True`` reproduces (off by
     default: a one-device fine-tune would see a third of its images per epoch)."""
-    repeats = int(cfg.aug_repeats or 0)
-    if repeats <= 1 or (world <= 1 and not cfg.aug_repeats_single_device):
+    repeats = int(settings.aug_repeats or 0)
+    if repeats <= 1 or (world <= 1 and not settings.aug_repeats_single_device):
         return 0
     return repeats
 
@@ -147,8 +144,10 @@ def eval_order(num_samples, rank, world, shuffle_seed=None):
 
 
 def create_loader(cfg, split_dir, classes, settings, is_training, rank=0, world=1, epoch=0):
-    """One epoch's pipeline for this rank. ``cfg``: the parsed config (batch size, workers, seed,
-    sampler, augmentation and mixing keys); ``settings``: resolve_data_settings(...)."""
+    """One epoch's pipeline for this rank. ``cfg`` carries the LoaderSettings (and, for
+    training, the AugmentSettings) fields; ``settings``: resolve_data_settings(...)."""
+    aug = AugmentSettings.of(cfg) if is_training else None
+    cfg = LoaderSettings.of(cfg)
     _check_channels(settings, cfg.in_channels)
     samples = list_images(split_dir, classes)
     if not samples:
@@ -159,7 +158,7 @@ def create_loader(cfg, split_dir, classes, settings, is_training, rank=0, world=
         order = np.asarray(rank_indices(len(samples), world, rank, max(repeats, 1), cfg.seed,
                                         epoch, cfg.shuffle, cfg.num_samples), np.int64)
         key = (int(cfg.seed) & 0xFFFFFFFF, int(epoch), int(rank))
-        source = _Source(samples, order, TrainTransform(settings, cfg), key, cfg.in_channels,
+        source = _Source(samples, order, TrainTransform(settings, aug), key, cfg.in_channels,
                          len(order) + top_up_rows(len(order), cfg.batch_size))
     else:
         order = eval_order(len(samples), rank, world, cfg.seed if cfg.eval_shuffle else None)

@@ -1,12 +1,53 @@
-"""The data settings every tool uses (train.py, validate.py, predict): the config's values where
-set, else the variant's defaults (mindcoat.models.DATA_CONFIGS); and the worker count clamp."""
+"""What the data pipeline takes: the eval settings every tool uses (train, validate, predict) —
+the config's values where set, else the variant's defaults (mindcoat.models.DATA_CONFIGS) —, the
+loader's and the augmentation's settings; and the worker count clamp."""
+import math
 import os
 import sys
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..typed import Settings
 
 CROP_MODES = ('center', 'squash')
+
+
+@dataclass(frozen=True)
+class LoaderSettings(Settings):
+    """How one epoch's images are read, ordered, batched and mixed."""
+    batch_size: int
+    num_parallel_workers: int
+    seed: int
+    shuffle: bool
+    num_samples: int          # images per epoch and rank (None: all)
+    eval_shuffle: bool
+    drop_remainder: bool
+    aug_repeats: int
+    aug_repeats_single_device: bool
+    in_channels: int
+    num_classes: int
+    mixup: float
+    cutmix: float
+    cutmix_prob: float
+    mixup_switch_prob: float
+    label_smoothing: float
+
+
+@dataclass(frozen=True)
+class AugmentSettings(Settings):
+    """The training transform's random augmentation (timm's recipe, MindCV's keys)."""
+    scale: tuple
+    ratio: tuple
+    hflip: float
+    vflip: float
+    color_jitter: float
+    auto_augment: str
+    re_prob: float
+    re_scale: tuple
+    re_ratio: tuple
+    re_value: object
+    re_max_attempts: int
+    re_sampling: str
 
 
 @dataclass(frozen=True)
@@ -25,9 +66,60 @@ def pixel_fraction(values, name):
         values = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a list of numbers, got {values!r}") from None
-    if not values:
-        raise ConfigError(f"{name} is empty")
+    if not values or len(values) > 64 or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{name} must be one finite number per channel, got {values!r}")
+    if name == 'std' and min(values) <= 0:
+        raise ConfigError(f"std must be above 0 for every channel (std > 0), got {values}")
     return tuple(v / 255.0 for v in values) if max(values) > 1.0 else values
+
+
+def _image_size(size):
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 4096 or size % 32:
+        raise ConfigError(f"image size must be a positive multiple of 32 (CoaT downsamples by "
+                          f"32) up to 4096, got {size}")
+    return size
+
+
+def _crop_pct(value):
+    value = float(value)
+    if not 0 < value <= 1:
+        raise ConfigError(f"crop_pct must be in (0, 1], got {value}")
+    return value
+
+
+def _crop_mode(value):
+    value = str(value).lower()
+    if value not in CROP_MODES:
+        raise ConfigError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got '{value}'")
+    return value
+
+
+def _interpolation(value):
+    from .transforms import INTERPOLATIONS
+    value = str(value).lower()
+    if value not in INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation '{value}'; choose one of "
+                          f"{', '.join(INTERPOLATIONS)}")
+    return value
+
+
+# config key -> its reader: the value checked and normalised (None: the variant's default)
+EVAL_SETTINGS = {'image_resize': _image_size, 'crop_pct': _crop_pct, 'crop_mode': _crop_mode,
+                 'interpolation': _interpolation,
+                 'mean': lambda v: pixel_fraction(v, 'mean'),
+                 'std': lambda v: pixel_fraction(v, 'std')}
+
+
+def eval_setting_problem(key, value):
+    """Why ``value`` cannot be the eval setting ``key`` (one line), or None; None is the
+    variant's default and always fits."""
+    if value is None:
+        return None
+    try:
+        EVAL_SETTINGS[key](value)
+    except (ConfigError, TypeError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def _pick(value, default):
@@ -35,35 +127,24 @@ def _pick(value, default):
 
 
 def resolve_data_settings(cfg, model_name):
-    """DataSettings for ``model_name`` from ``cfg`` (a parsed config: image_resize, crop_pct,
-    crop_mode, interpolation, mean, std; None means the variant's default). One-line ConfigError
-    for an unknown model or a bad value."""
+    """DataSettings for ``model_name`` from ``cfg`` (image_resize, crop_pct, crop_mode,
+    interpolation, mean, std; None means the variant's default). One-line ConfigError for an
+    unknown model or a bad value."""
     from ..models.registry import DATA_CONFIGS
-    from .transforms import INTERPOLATIONS
     if model_name not in DATA_CONFIGS:
         raise ConfigError(f"unknown model '{model_name}'; choose one of: "
                           f"{', '.join(sorted(DATA_CONFIGS))}")
     d = DATA_CONFIGS[model_name]
-    size = _pick(cfg.image_resize, d['input_size'][-1])
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 32:
-        raise ConfigError(f"image size must be a positive multiple of 32 (CoaT downsamples by "
-                          f"32), got {size}")
-    crop_pct = float(_pick(cfg.crop_pct, d['crop_pct']))
-    if not 0 < crop_pct <= 1:
-        raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    crop_mode = str(_pick(cfg.crop_mode, d.get('crop_mode', 'center'))).lower()
-    if crop_mode not in CROP_MODES:
-        raise ConfigError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got '{crop_mode}'")
-    interpolation = str(_pick(cfg.interpolation, d['interpolation'])).lower()
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(f"unknown interpolation '{interpolation}'; choose one of "
-                          f"{', '.join(INTERPOLATIONS)}")
-    mean = pixel_fraction(_pick(cfg.mean, d['mean']), 'mean')
-    std = pixel_fraction(_pick(cfg.std, d['std']), 'std')
-    if len(mean) != len(std) or min(std) <= 0:
-        raise ConfigError(f"mean and std need one value per channel and std > 0, got mean "
-                          f"{mean} std {std}")
-    return DataSettings(size, crop_pct, crop_mode, interpolation, mean, std)
+    defaults = {'image_resize': d['input_size'][-1], 'crop_pct': d['crop_pct'],
+                'crop_mode': d.get('crop_mode', 'center'), 'interpolation': d['interpolation'],
+                'mean': d['mean'], 'std': d['std']}
+    v = {key: read(_pick(getattr(cfg, key), defaults[key])) for key, read in
+         EVAL_SETTINGS.items()}
+    if len(v['mean']) != len(v['std']):
+        raise ConfigError(f"mean and std need one value per channel, got mean {v['mean']} "
+                          f"std {v['std']}")
+    return DataSettings(v['image_resize'], v['crop_pct'], v['crop_mode'], v['interpolation'],
+                        v['mean'], v['std'])
 
 
 _NOTED = set()

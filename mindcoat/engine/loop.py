@@ -10,9 +10,7 @@ import time
 import mindspore as ms
 from tqdm import tqdm
 
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite (not a loss-scale overflow, which is skipped)."""
+from ..errors import NonFiniteLoss
 
 
 class EpochShort(RuntimeError):

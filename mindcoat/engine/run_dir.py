@@ -8,11 +8,8 @@ import os
 import re
 import shutil
 
-from .checkpoint import remove_stale_temporaries
-
-
-class RunDirError(ValueError):
-    """A run folder that cannot be used as asked, reported as one line."""
+from ..errors import ConfigError, RunDirError
+from ..fileio import remove_stale_temporaries, write_text
 
 
 def checkpoint_files(folder, model_name):
@@ -72,10 +69,7 @@ class EpochLog:
 
     def keep_until(self, epoch):
         kept = [r for r in self.records() if r['epoch'] <= epoch]
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in kept)
-        os.replace(tmp, self.path)
+        write_text(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
         return kept
 
     def append(self, record):
@@ -83,3 +77,41 @@ class EpochLog:
             f.write(json.dumps(record) + '\n')
             f.flush()
             os.fsync(f.fileno())
+
+
+class CheckpointKeeper:
+    """Names and prunes the files of a run: ``<model>-<epoch>.ckpt`` every ``interval`` epochs
+    (the newest ``keep_max`` by 'latest_k', the best ``keep_max`` by val top-1 by 'top_k'),
+    ``<model>-best.ckpt`` and ``<model>-latest.ckpt`` (the resume point)."""
+
+    def __init__(self, folder, model_name, interval=1, keep_max=10, policy='latest_k',
+                 scores=None):
+        """``scores``: {epoch: val top-1} of the epochs already logged (a resumed run), so the
+        numbered checkpoints already on disk count towards ``keep_max``."""
+        if policy not in ('latest_k', 'top_k'):
+            raise ConfigError(f"ckpt_save_policy must be latest_k or top_k, got '{policy}'")
+        self.folder, self.name = folder, model_name
+        self.interval, self.keep_max, self.policy = max(interval, 1), keep_max, policy
+        scores = scores or {}
+        self.kept = [(self._score(scores.get(epoch, -1.0), epoch), epoch, path)
+                     for epoch, path in checkpoint_files(folder, model_name).items()]
+
+    def _score(self, top1, epoch):
+        return top1 if self.policy == 'top_k' else epoch
+
+    def path(self, tag):
+        return os.path.join(self.folder, f'{self.name}-{tag}.ckpt')
+
+    def save_epoch(self, epoch, top1, save):
+        """``save(path)`` writes one file. Called after epoch ``epoch`` (1-based) ends."""
+        if epoch % self.interval == 0:
+            path = self.path(epoch)
+            save(path)
+            self.kept = [k for k in self.kept if k[1] != epoch]  # rewritten after a resume
+            self.kept.append((self._score(top1, epoch), epoch, path))
+            self.kept.sort(key=lambda k: (k[0], k[1]), reverse=True)
+            for _, _, old in self.kept[self.keep_max:]:
+                if os.path.exists(old):
+                    os.remove(old)
+            self.kept = self.kept[:self.keep_max]
+        save(self.path('latest'))

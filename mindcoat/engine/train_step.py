@@ -14,7 +14,9 @@ import numpy as np
 from mindspore import nn, ops, Parameter, Tensor
 from mindspore.amp import DynamicLossScaler, StaticLossScaler, all_finite
 
-from ..optim import EMA, ClipGradNorm, create_optimizer
+from ..errors import ConfigError
+from ..optim import EMA, ClipGradNorm, OptimizerSettings, create_optimizer
+from ..typed import Settings
 
 
 class SoftTargetCrossEntropy(nn.Cell):
@@ -45,7 +47,7 @@ def create_loss_scaler(loss_scale_type, loss_scale):
         return StaticLossScaler(loss_scale)
     if loss_scale_type == 'dynamic':
         return DynamicLossScaler(loss_scale, scale_factor=2, scale_window=2000)
-    raise ValueError(f"unknown loss_scale_type '{loss_scale_type}'; choose dynamic, fixed or none")
+    raise ConfigError(f"unknown loss_scale_type '{loss_scale_type}'; choose dynamic, fixed or none")
 
 
 @dataclass
@@ -193,24 +195,39 @@ class TrainStep(nn.Cell):
         return self.loss_scaler.scale(self.net_with_loss(images, targets))
 
 
-def create_train_step(model, cfg, amp_level='O0', distributed=False, lr_schedule=None):
-    """The compiled step for ``model`` and the trainer's config ``cfg`` (optimizer, EMA, clipping,
-    loss scaling keys). ``amp_level`` O2/O3 casts the network's computation to float16
-    (Ascend/GPU); the float32 islands stay float32 whatever the level: the parameters
-    themselves, the AdamW moments and step, the EMA weights, the lr and the loss (computed from
-    float32 logits). ``lr_schedule``: the lr of every step (else ``step.set_lr_schedule`` before
-    the first step). Returns (network, step, optimizer, ema, loss_scaler)."""
+@dataclass(frozen=True)
+class StepSettings(Settings):
+    """What the compiled step is made of besides the optimizer: loss scaling, EMA, clipping."""
+    loss_scale_type: str
+    loss_scale: float
+    drop_overflow_update: bool
+    ema: bool
+    ema_decay: float
+    ema_warmup: bool
+    clip_grad: bool
+    clip_value: float
+
+
+def create_train_step(model, settings, amp_level='O0', distributed=False, lr_schedule=None):
+    """The compiled step for ``model``. ``settings`` carries the StepSettings and the
+    OptimizerSettings fields (the parsed config does). ``amp_level`` O2/O3 casts the network's
+    computation to float16 (Ascend/GPU); the float32 islands stay float32 whatever the level: the
+    parameters themselves, the AdamW moments and step, the EMA weights, the lr and the loss
+    (computed from float32 logits). ``lr_schedule``: the lr of every step (else
+    ``step.set_lr_schedule`` before the first step). Returns (network, step, optimizer, ema,
+    loss_scaler)."""
     if amp_level not in ('O0', 'O1', 'O2', 'O3'):
-        raise ValueError(f"amp_level must be O0, O1, O2 or O3, got '{amp_level}'")
+        raise ConfigError(f"amp_level must be O0, O1, O2 or O3, got '{amp_level}'")
+    s = StepSettings.of(settings)
     network = model
     scaler = None
     if amp_level != 'O0':
         network = ms.amp.auto_mixed_precision(model, amp_level)
-        scaler = create_loss_scaler(cfg.loss_scale_type, cfg.loss_scale)
-    optimizer = create_optimizer(model, cfg)
-    ema = EMA(model.trainable_params(), cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
-    step = TrainStep(network, optimizer, ema, cfg.clip_value if cfg.clip_grad else 0.0, scaler,
-                     cfg.drop_overflow_update, distributed)
+        scaler = create_loss_scaler(s.loss_scale_type, s.loss_scale)
+    optimizer = create_optimizer(model, OptimizerSettings.of(settings))
+    ema = EMA(model.trainable_params(), s.ema_decay, warmup=s.ema_warmup) if s.ema else None
+    step = TrainStep(network, optimizer, ema, s.clip_value if s.clip_grad else 0.0, scaler,
+                     s.drop_overflow_update, distributed)
     if lr_schedule is not None:
         step.set_lr_schedule(lr_schedule)
     return network, step, optimizer, ema, scaler

@@ -1,6 +1,10 @@
-"""The optimizer a config names, built for a model: one place that reads the optimizer keys."""
+"""The optimizer the settings name, built for a model: one place that reads the optimizer keys."""
+from dataclasses import dataclass
+
 from mindspore import nn
 
+from ..errors import ConfigError
+from ..typed import Settings
 from .adamw import AdamW, split_decay
 from .lion import LION_BETAS, Lion
 
@@ -9,7 +13,7 @@ OPTIMIZERS = ('adamw', 'lion')
 MINDCV_ONLY = ('sgd', 'nesterov', 'momentum', 'adam', 'rmsprop', 'adagrad', 'lamb', 'nadam',
                'adan')
 WEIGHT_DECAY_FILTERS = ('disable', 'auto', 'norm_and_bias')
-ADAM_BETAS = (0.9, 0.999)  # the config's default for `betas`
+ADAM_BETAS = (0.9, 0.999)  # torch's and MindCV's AdamW
 ADAM_EPS = 1e-8  # AdamW's own (MindCV's and timm's)
 
 
@@ -40,7 +44,7 @@ def mindcv_decays(names, weight_decay, weight_decay_filter, no_weight_decay=()):
     without 'beta' or 'gamma' (norms) decays; ``norm_and_bias``: names containing 'beta',
     'gamma' or 'bias', and the model's ``no_weight_decay()`` names, do not decay."""
     if weight_decay_filter not in WEIGHT_DECAY_FILTERS:
-        raise ValueError(f"weight_decay_filter '{weight_decay_filter}': choose one of "
+        raise ConfigError(f"weight_decay_filter '{weight_decay_filter}': choose one of "
                          f"{', '.join(WEIGHT_DECAY_FILTERS)} (or leave it unset: "
                          "filter_bias_and_bn)")
     if weight_decay_filter == 'disable':
@@ -53,51 +57,52 @@ def mindcv_decays(names, weight_decay, weight_decay_filter, no_weight_decay=()):
     return [0.0 if exempt(n) else weight_decay for n in names]
 
 
-def weight_decays(model, params, cfg):
+def optimizer_problem(name):
+    """Why ``name`` cannot be built here (one line), or None."""
+    if str(name).lower() in OPTIMIZERS:
+        return None
+    known = ' (MindCV has it; not implemented here)' if str(name).lower() in MINDCV_ONLY else ''
+    return f"opt '{name}'{known}: choose one of {', '.join(OPTIMIZERS)}"
+
+
+@dataclass(frozen=True)
+class OptimizerSettings(Settings):
+    """What the optimizer is built from. ``betas``/``eps`` None: the optimizer's own (AdamW
+    0.9/0.999 and 1e-8, Lion 0.9/0.99). ``weight_decay_filter`` None: ``filter_bias_and_bn``
+    decides (no decay on class tokens, norms and biases)."""
+    opt: str
+    weight_decay: float
+    filter_bias_and_bn: bool
+    weight_decay_filter: str
+    betas: tuple
+    eps: float
+
+
+def weight_decays(model, params, settings):
     """Per-parameter weight decay: MindCV's ``weight_decay_filter`` when set, else ours
     (``filter_bias_and_bn``: no decay on class tokens, norms and biases)."""
-    if cfg.weight_decay_filter is None:
-        return split_decay(params, model.no_weight_decay_names(), cfg.weight_decay,
-                           cfg.filter_bias_and_bn)
+    if settings.weight_decay_filter is None:
+        return split_decay(params, model.no_weight_decay_names(), settings.weight_decay,
+                           settings.filter_bias_and_bn)
     spelled = mindspore_names(model)
     # MindCV's CoaT defines no no_weight_decay(): its class tokens decay under norm_and_bias
-    return mindcv_decays([spelled[p.name] for p in params], cfg.weight_decay,
-                         cfg.weight_decay_filter)
+    return mindcv_decays([spelled[p.name] for p in params], settings.weight_decay,
+                         settings.weight_decay_filter)
 
 
-def create_optimizer(model, cfg):
-    """An optimizer Cell for ``model``'s trainable parameters from the trainer's config:
-    ``optimizer(grads, lr)`` updates them in place; ``optimizer.state_params()`` lists the state
-    a resume restores."""
+def create_optimizer(model, settings):
+    """An optimizer Cell for ``model``'s trainable parameters (``settings``: OptimizerSettings, or
+    anything carrying its fields): ``optimizer(grads, lr)`` updates them in place;
+    ``optimizer.state_params()`` lists the state a resume restores."""
+    settings = OptimizerSettings.of(settings)
     params = model.trainable_params()
-    opt = cfg.opt.lower()
-    if opt not in OPTIMIZERS:
-        known = ' (MindCV has it; not implemented here)' if opt in MINDCV_ONLY else ''
-        raise ValueError(f"opt '{cfg.opt}'{known}: choose one of {', '.join(OPTIMIZERS)}")
-    if getattr(cfg, 'layer_decay', None) is not None:
-        raise ValueError("layer_decay (layer-wise lr decay) is not implemented here; "
-                         "remove it from the config")
-    decays = weight_decays(model, params, cfg)
-    betas = _betas(cfg, LION_BETAS if opt == 'lion' else ADAM_BETAS)
+    opt = settings.opt.lower()
+    if optimizer_problem(opt):
+        raise ConfigError(optimizer_problem(settings.opt))
+    decays = weight_decays(model, params, settings)
+    betas = tuple(settings.betas) if settings.betas is not None else \
+        (LION_BETAS if opt == 'lion' else ADAM_BETAS)
     if opt == 'lion':
         return Lion(params, decays, betas=betas)
-    return AdamW(params, decays, betas=betas, eps=_setting(cfg, 'eps', ADAM_EPS))
-
-
-def _setting(cfg, key, default):
-    """``cfg.<key>`` when the YAML or the command line set it, else ``default``. (MindCV's
-    create_optimizer passes its ``eps`` key to rmsprop only: its AdamW always runs at 1e-8, as
-    timm's, whatever the config's default 1e-10 says.)"""
-    given = getattr(cfg, 'given', None)
-    return getattr(cfg, key) if given is None or key in given else default
-
-
-def _betas(cfg, default):
-    """``betas`` as set in the YAML or on the command line, else the optimizer's own default
-    (MindCV passes none to Lion: 0.9, 0.99). Without a record of what was set (``cfg.given``),
-    the config default (Adam's) stands for 'not set'."""
-    given = getattr(cfg, 'given', None)
-    betas = None if cfg.betas is None else tuple(cfg.betas)
-    if given is not None:
-        return betas if 'betas' in given and betas is not None else default
-    return default if betas is None or betas == ADAM_BETAS else betas
+    return AdamW(params, decays, betas=betas,
+                 eps=ADAM_EPS if settings.eps is None else settings.eps)

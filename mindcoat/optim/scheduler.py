@@ -22,8 +22,12 @@ warmup; every value is recomputed each step (``lr_epoch_stair``: at each epoch's
   ``num_cycles`` cycles.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import ConfigError
+from ..typed import Settings
 
 SCHEDULERS = ('timm_cosine', 'cosine_decay', 'warmup_cosine_decay', 'constant', 'step_decay',
               'multi_step_decay', 'exponential_decay', 'polynomial_decay', 'one_cycle', 'cyclic')
@@ -68,7 +72,7 @@ def create_lr_schedule(scheduler, *, lr, steps_per_epoch, epochs, min_lr=0.0, wa
     length (per cycle); for timm_cosine it is timm's t_initial, which includes the warmup; for
     step_decay the epochs between two decays."""
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"unknown scheduler '{scheduler}'; choose one of {', '.join(SCHEDULERS)}")
     start = warmup_start(lr, warmup_lr, warmup_factor)
     if scheduler == 'timm_cosine':
         per_epoch = timm_cosine_per_epoch(lr, epochs, min_lr, warmup_epochs, start,
@@ -104,10 +108,10 @@ def _cosine(*, lr, steps, steps_per_epoch, min_lr, decay_epochs, num_cycles, cyc
     """MindCV's cosine_decay_refined_lr (cosine_decay_lr with ``stair``): cycle c runs
     min_lr + 0.5 (lr cycle_decay^c - min_lr)(1 + cos(pi t / decay_epochs)), t its epoch."""
     if num_cycles < 1:
-        raise ValueError(f"num_cycles must be at least 1, got {num_cycles}")
+        raise ConfigError(f"num_cycles must be at least 1, got {num_cycles}")
     cycle_steps = int(round(decay_epochs * steps_per_epoch))
     if cycle_steps < 1:
-        raise ValueError(f"decay_epochs {decay_epochs} is shorter than one step")
+        raise ConfigError(f"decay_epochs {decay_epochs} is shorter than one step")
     i = np.arange(steps)
     cycle, within = i // cycle_steps, i % cycle_steps
     t = np.minimum(_epoch(cycle_steps, steps_per_epoch, stair)[within], decay_epochs)
@@ -146,7 +150,7 @@ def _polynomial(*, lr, steps, steps_per_epoch, epochs, decay_rate, stair, **_):
 
 def _no_warmup_or_stair(name, warmup, stair):
     if warmup or stair:
-        raise ValueError(f"scheduler {name} takes no warmup_epochs and no lr_epoch_stair "
+        raise ConfigError(f"scheduler {name} takes no warmup_epochs and no lr_epoch_stair "
                          "(as in MindCV): set warmup_epochs: 0 and lr_epoch_stair: False")
 
 
@@ -155,12 +159,12 @@ def _one_cycle(*, lr, steps, min_lr, stair, warmup, **_):
     up to lr over the first 30% of the steps, then down to min_lr."""
     _no_warmup_or_stair('one_cycle', warmup, stair)
     if min_lr <= 0:
-        raise ValueError("scheduler one_cycle needs min_lr above 0 (its final lr)")
+        raise ConfigError("scheduler one_cycle needs min_lr above 0 (its final lr)")
     initial = lr / 25.0
     final = initial / (initial / min_lr)
     up, end = float(0.3 * steps) - 1, float(steps) - 1
     if up <= 0 or end <= up:
-        raise ValueError(f"scheduler one_cycle needs more steps than {steps}")
+        raise ConfigError(f"scheduler one_cycle needs more steps than {steps}")
     i = np.arange(steps, dtype=np.float64)
 
     def anneal(high, low, pct):
@@ -173,7 +177,7 @@ def _cyclic(*, lr, steps, min_lr, num_cycles, stair, warmup, **_):
     _no_warmup_or_stair('cyclic', warmup, stair)
     half = float(int(steps / num_cycles / 2))
     if half < 1:
-        raise ValueError(f"scheduler cyclic: {steps} steps are too few for {num_cycles} cycles")
+        raise ConfigError(f"scheduler cyclic: {steps} steps are too few for {num_cycles} cycles")
     i = np.arange(steps, dtype=np.float64)
     cycle = np.floor(1 + i / (2 * half))
     x = 1.0 + i / (2 * half) - cycle
@@ -186,14 +190,38 @@ _MAIN = {'cosine_decay': _cosine, 'warmup_cosine_decay': _cosine, 'constant': _c
          'polynomial_decay': _polynomial, 'one_cycle': _one_cycle, 'cyclic': _cyclic}
 
 
-def lr_schedule_for(cfg, steps_per_epoch, world_size):
-    """(peak lr, lr of every step) for the trainer's config ``cfg`` on ``world_size`` devices:
-    lr scaled by the global batch when ``cfg.lr_base_batch`` is set, then the schedule."""
-    lr = scaled_lr(cfg.lr, cfg.batch_size * world_size, cfg.lr_base_batch)
+@dataclass(frozen=True)
+class ScheduleSettings(Settings):
+    """What a run's lr schedule is made from (``create_lr_schedule``'s arguments, the run's
+    length and the batch the lr may be scaled by)."""
+    scheduler: str
+    lr: float
+    lr_base_batch: int
+    min_lr: float
+    warmup_epochs: float
+    warmup_lr: float
+    warmup_factor: float
+    decay_epochs: float
+    cooldown_epochs: float
+    decay_rate: float
+    multi_step_decay_milestones: tuple
+    lr_epoch_stair: bool
+    num_cycles: int
+    cycle_decay: float
+    epoch_size: int
+    batch_size: int
+
+
+def lr_schedule_for(settings, steps_per_epoch, world_size):
+    """(peak lr, lr of every step) for ``settings`` (ScheduleSettings, or anything carrying its
+    fields) on ``world_size`` devices: lr scaled by the global batch when ``lr_base_batch`` is
+    set, then the schedule."""
+    s = ScheduleSettings.of(settings)
+    lr = scaled_lr(s.lr, s.batch_size * world_size, s.lr_base_batch)
     return lr, create_lr_schedule(
-        cfg.scheduler, lr=lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epoch_size,
-        min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
-        warmup_factor=cfg.warmup_factor, decay_epochs=cfg.decay_epochs,
-        cooldown_epochs=cfg.cooldown_epochs, decay_rate=cfg.decay_rate,
-        milestones=cfg.multi_step_decay_milestones, num_cycles=cfg.num_cycles,
-        cycle_decay=cfg.cycle_decay, lr_epoch_stair=cfg.lr_epoch_stair)
+        s.scheduler, lr=lr, steps_per_epoch=steps_per_epoch, epochs=s.epoch_size,
+        min_lr=s.min_lr, warmup_epochs=s.warmup_epochs, warmup_lr=s.warmup_lr,
+        warmup_factor=s.warmup_factor, decay_epochs=s.decay_epochs,
+        cooldown_epochs=s.cooldown_epochs, decay_rate=s.decay_rate,
+        milestones=s.multi_step_decay_milestones, num_cycles=s.num_cycles,
+        cycle_decay=s.cycle_decay, lr_epoch_stair=s.lr_epoch_stair)

@@ -1,4 +1,5 @@
-"""Load CoaT weights from any source into a mindcoat model, or convert them to a MindSpore .ckpt.
+"""Load CoaT weights from any source into a mindcoat model, and read what a file says about the
+model it belongs to.
 
 Sources: the official mlpc-ucsd/CoaT ``.pth`` files (bare state dicts and the trainer's
 checkpoints), timm's ``.pth``/``.safetensors``, MindCV's ``.ckpt`` and mindcoat's own checkpoints
@@ -6,18 +7,16 @@ checkpoints), timm's ``.pth``/``.safetensors``, MindCV's ``.ckpt`` and mindcoat'
 dtypes, architecture) before the first parameter is assigned.
 """
 import json
-import os
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import CheckpointError
+from ..models.registry import ARCHS
+from .checkpoint import TRAIN_FORMAT, TRAIN_SETTINGS
 from .mapping import canonical_name, select_weights, to_mindcoat
-from .readers import (DEFAULT_MAX_GB, MAX_GB_ENV, CheckpointError, as_numpy, read_any,
-                      read_mindspore_ckpt)
-
-__all__ = ['CheckpointError', 'LoadReport', 'read_weights', 'load_weights', 'convert_checkpoint',
-           'checkpoint_info', 'read_mindspore_ckpt', 'MAX_GB_ENV', 'DEFAULT_MAX_GB']
+from .readers import as_numpy, read_any
 
 # Keys the reference writes but never uses: the stage-1 final norm (and in CoaT-Lite the
 # stage-2/3 norms); a backbone (features_only) also has no use for the classifier.
@@ -99,7 +98,6 @@ def _describe(arch):
 def likely_variant(arch):
     """Registered variants whose architecture matches ``arch``, read off ARCHS without building
     a model."""
-    from ..models import ARCHS
     names = []
     for name, cfg in ARCHS.items():
         mine = {'embed_dims': tuple(cfg['embed_dims']),
@@ -137,12 +135,6 @@ def _check_architecture(model, path, weights, params):
 
 
 # ----------------------------------------------------------------------- what a file says
-TRAIN_FORMAT = 'mindcoat-train-v1'  # mindcoat.engine.checkpoint.FORMAT (that module imports ms)
-# trainer config key -> checkpoint_info key, for the settings an inference tool can reuse
-_TRAIN_SETTINGS = {'model': 'model', 'model_kwargs': 'model_kwargs', 'image_resize': 'image_size',
-                   'crop_pct': 'crop_pct', 'crop_mode': 'crop_mode',
-                   'interpolation': 'interpolation', 'mean': 'mean', 'std': 'std',
-                   'class_names': 'class_names'}
 
 
 def checkpoint_info(path, max_gb=None):
@@ -193,7 +185,7 @@ def _from_train_config(text, path, num_classes):
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: a mindcoat training checkpoint whose stored config is "
                               "not a JSON object; the file is damaged")
-    out = {mine: config[theirs] for theirs, mine in _TRAIN_SETTINGS.items()
+    out = {mine: config[theirs] for theirs, mine in TRAIN_SETTINGS.items()
            if config.get(theirs) is not None}
     names = out.get('class_names')
     if names is not None and not (isinstance(names, list) and len(names) == num_classes and
@@ -299,27 +291,4 @@ def load_weights(model, path, use_ema=False, strict=True, log=print, max_gb=None
         param.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=param.dtype))
     for line in report.lines():
         log(line)
-    return report
-
-
-def convert_checkpoint(src, model_name, out, use_ema=False, num_classes=1000, strict=True,
-                       model_kwargs=None, max_gb=None, log=print):
-    """Reads ``src`` (any supported format) and writes a MindSpore checkpoint (with a CRC) for
-    ``model_name`` built with ``model_kwargs``."""
-    import mindspore as ms
-    from ..models import create_model
-    try:
-        model = create_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
-    except TypeError as exc:  # an override the model does not take
-        raise ValueError(f"bad model_kwargs for {model_name}: {exc}") from None
-    report = load_weights(model, src, use_ema=use_ema, strict=strict, log=log, max_gb=max_gb)
-    # MindSpore appends '.ckpt' to names without it, so the temporary name keeps the suffix
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.getpid()}.partial.ckpt")
-    try:
-        ms.save_checkpoint(model, tmp, crc_check=True)
-        os.replace(tmp, out)  # never leave a half-written checkpoint under the final name
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    log(f"wrote {out}")
     return report

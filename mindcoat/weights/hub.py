@@ -2,7 +2,7 @@
 
 Files come from ``$MINDCOAT_WEIGHTS_URL`` (default https://vcl.ucsd.edu/coat/pretrained/, the
 official README's links) and are kept, unconverted, in ``$MINDCOAT_CACHE/weights`` (default
-``~/.cache/mindcoat/weights``); every load reads them through mindcoat.convert's safe reader.
+``~/.cache/mindcoat/weights``); every load reads them through the safe readers of mindcoat.weights.
 The 8 hex digits in each official file name are the start of its SHA-256, checked after every
 download and on every use of a cached file. A download is written to ``<file>.partial``, resumed
 from there with an HTTP Range request, and renamed into place only once its hash is right.
@@ -17,18 +17,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .convert import CheckpointError
-from .models.registry import PRETRAINED_FILES
+from ..errors import DownloadError
+from ..models.registry import PRETRAINED_FILES
 
 DEFAULT_BASE_URL = 'https://vcl.ucsd.edu/coat/pretrained/'
 BASE_URL_ENV = 'MINDCOAT_WEIGHTS_URL'
 CHUNK = 1 << 20
 # torch.hub's convention: '<stem>-<hex>.<ext>'; the official CoaT files use '_' instead of '-'
 _HASH_IN_NAME = re.compile(r'[_-]([0-9a-f]{8,64})\.[A-Za-z0-9]+$')
-
-
-class DownloadError(CheckpointError):
-    """Weights that could not be fetched or verified; the message says how to use a local file."""
 
 
 def cache_dir():

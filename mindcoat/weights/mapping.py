@@ -10,7 +10,8 @@ import re
 
 import numpy as np
 
-from .readers import CheckpointError, is_tensor
+from ..errors import CheckpointError
+from .readers import is_tensor
 
 # alias -> canonical name of a shared module
 _ALIASES = [

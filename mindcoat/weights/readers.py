@@ -27,10 +27,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be used; the message says what is wrong and what to do."""
-
+from ..errors import CheckpointError
 
 MAX_GB_ENV = 'MINDCOAT_MAX_CHECKPOINT_GB'
 DEFAULT_MAX_GB = 2.0  # the largest real CoaT file (coat_lite_medium, model + EMA + AdamW) is 0.7 GB

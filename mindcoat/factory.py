@@ -1,0 +1,90 @@
+"""``create_model``: MindCV's and timm's entry point. It builds the variant (``mindcoat.models``)
+and then loads its weights (``mindcoat.weights``): the one place where the two meet."""
+import os
+
+from .errors import UsageError
+from .models import build_coat
+from .models.builder import check_arch_args, check_model_name
+from .weights import checkpoint_info, fetch_weights, load_weights, pretrained_cfg
+
+# create_model's own arguments (named in the error for an unknown keyword)
+FACTORY_ARGS = ('model_name', 'num_classes', 'pretrained', 'in_channels', 'checkpoint_path',
+                'ema', 'auto_mapping', 'features_only', 'out_indices', 'name', 'log')
+
+
+def create_model(model_name=None, num_classes=None, pretrained=False, in_channels=3,
+                 checkpoint_path='', ema=False, auto_mapping=False, *, features_only=False,
+                 out_indices=(0, 1, 2, 3), name=None, log=print, **arch):
+    """Builds a CoaT variant by name: MindCV's ``create_model`` (same positional order), with
+    timm's ``features_only``/``out_indices``.
+
+    num_classes: the classifier's size. None: the checkpoint's head when weights are loaded
+        (a fine-tuned file keeps its trained head), else 1000. A number that differs from the
+        file's re-initialises the head, with a line saying so.
+    pretrained: True downloads the official weights into the cache (``mindcoat.weights.hub``);
+        a local path or an http(s) URL loads that file instead.
+    checkpoint_path: a local file in any format ``mindcoat.weights`` reads (mindcoat/MindSpore
+        .ckpt, the official .pth, timm .pth/.safetensors, MindCV .ckpt). Not with ``pretrained``.
+    ema: load the EMA weights of the file (an error if it holds none).
+    auto_mapping: accepted for MindCV's callers; names of every supported format are always mapped.
+    name: alias of ``model_name``.
+    log: where the loader's report and download messages go.
+    arch: overrides of the variant's architecture (embed_dims, serial_depths, parallel_depth,
+        num_heads, mlp_ratios, patch_size, drop_rate, drop_path_rate, crpe_window); None means
+        the variant's default, as in MindCV. Anything else is a TypeError.
+    """
+    model_name = _model_name(model_name, name)
+    check_arch_args(model_name, arch, FACTORY_ARGS)
+    _check_num_classes(num_classes)
+    source = _weights_source(pretrained, checkpoint_path, ema)
+    url = pretrained_cfg(model_name)
+    if source is True:  # a failed download builds nothing
+        source = fetch_weights(url['url'], url['hash_prefix'], log=log)
+    elif source and source.startswith(('http://', 'https://')):
+        source = fetch_weights(source, log=log)
+    if num_classes is None:
+        num_classes = checkpoint_info(source).get('num_classes', 1000) if source else 1000
+    model = build_coat(model_name, num_classes=num_classes, in_channels=in_channels,
+                       features_only=features_only, out_indices=out_indices, **arch)
+    model.default_cfg.update(url)
+    if source:
+        load_weights(model, source, use_ema=bool(ema), log=log)
+    return model
+
+
+def _model_name(model_name, name):
+    if model_name is not None and name is not None and model_name != name:
+        raise TypeError(f"create_model() got model_name='{model_name}' and name='{name}': "
+                        "pass one of them")
+    model_name = model_name if model_name is not None else name
+    if model_name is None:
+        raise TypeError("create_model() needs a model name, e.g. create_model('coat_lite_tiny')")
+    check_model_name(model_name)
+    return model_name
+
+
+def _check_num_classes(num_classes):
+    # MindCV's order puts num_classes second (mindcoat's used to be pretrained)
+    if num_classes is None:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise TypeError(f"num_classes must be a non-negative int, got {num_classes!r} (the second "
+                        "positional argument is num_classes, as in MindCV; pass pretrained= by "
+                        "keyword)")
+
+
+def _weights_source(pretrained, checkpoint_path, ema):
+    """True (the official download), a path or URL string, or None."""
+    if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise TypeError(f"pretrained must be True/False, a file path or a URL, got "
+                        f"{type(pretrained).__name__}")
+    pretrained = os.fspath(pretrained) if isinstance(pretrained, os.PathLike) else pretrained
+    checkpoint_path = os.fspath(checkpoint_path) if checkpoint_path else None
+    if pretrained and checkpoint_path and pretrained != checkpoint_path:
+        raise UsageError("pretrained and checkpoint_path both given: pretrained=True downloads the "
+                         "official weights, checkpoint_path loads a local file; pass one of them")
+    source = checkpoint_path or pretrained or None
+    if ema and not source:
+        raise UsageError("ema=True loads the EMA weights of a file: pass checkpoint_path= (or "
+                         "pretrained=)")
+    return source
