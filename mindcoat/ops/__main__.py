@@ -20,6 +20,8 @@ def _toolchain():
     info = {'mindcoat': os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             'mindspore': metadata.version('mindspore'), 'cache': build.cache_dir(),
             'threads': os.environ.get('MINDCOAT_NUM_THREADS', '?')}
+    if build.cache_note():
+        info['cache'] += f' ({build.cache_note()})'
     cxx = build.find_compiler()
     info['compiler'] = 'none found (set CXX or install g++)' if cxx is None else cxx
     info['target'] = '-'
@@ -61,7 +63,8 @@ def main(argv=None):
     # the table says why a library is not used: the build's warnings would repeat it
     logging.getLogger('mindcoat').addHandler(logging.NullHandler())
     logging.getLogger('mindcoat').propagate = False
-    report = {'device': ms.get_context('device_target'), **_toolchain(), 'ops': _decisions()}
+    ops = _decisions()  # first: the cache line says where the kernels were put
+    report = {'device': ms.get_context('device_target'), **_toolchain(), 'ops': ops}
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
