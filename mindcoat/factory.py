@@ -39,7 +39,7 @@ def create_model(model_name=None, num_classes=None, pretrained=False, in_channel
     source = _weights_source(pretrained, checkpoint_path, ema)
     url = pretrained_cfg(model_name)
     if source is True:  # a failed download builds nothing
-        source = fetch_weights(url['url'], url['hash_prefix'], log=log)
+        source = fetch_weights(url['url'], url['hash_prefix'], official=True, log=log)
     elif source and source.startswith(('http://', 'https://')):
         source = fetch_weights(source, log=log)
     if num_classes is None:

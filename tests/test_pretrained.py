@@ -101,6 +101,11 @@ def _files(folder):
     return sorted(f for f in os.listdir(folder) if not f.endswith('.lock'))
 
 
+def _entry(cache, url, hash_prefix):
+    """The cache folder of a URL that is not an official file: one per URL and expected hash."""
+    return cache / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{hash_prefix}"
+
+
 def test_pretrained_true_downloads_verifies_caches_and_loads(server, cache, weights_file,
                                                              monkeypatch, capsys):
     data, digest, weights = weights_file
@@ -129,10 +134,10 @@ def test_pretrained_true_downloads_verifies_caches_and_loads(server, cache, weig
 def test_a_url_is_checked_against_the_hash_in_its_name(server, cache, weights_file):
     data, digest, weights = weights_file
     server.files[f'/x/tiny_{digest[:8]}.ckpt'] = data
-    model = create_model('coat_lite_tiny', pretrained=f'{server.url}/x/tiny_{digest[:8]}.ckpt',
-                         **TINY)
+    url = f'{server.url}/x/tiny_{digest[:8]}.ckpt'
+    model = create_model('coat_lite_tiny', pretrained=url, **TINY)
     assert _holds(model, weights)
-    assert _files(cache) == [f'tiny_{digest[:8]}.ckpt']
+    assert _files(_entry(cache, url, digest[:8])) == [f'tiny_{digest[:8]}.ckpt']
 
 
 def test_a_wrong_hash_is_one_line_and_keeps_nothing(server, cache, weights_file, monkeypatch):
@@ -155,7 +160,7 @@ def test_a_cached_file_with_the_wrong_hash_is_refused(cache, weights_file):
     (cache / 'coat_lite_tiny_e88e96b0.pth').write_bytes(weights_file[0])
     with pytest.raises(DownloadError, match='cached .* expected it to start with e88e96b0: '
                                                 'delete it to download again'):
-        hub.fetch_weights('http://127.0.0.1:9/coat_lite_tiny_e88e96b0.pth')
+        hub.fetch_weights('http://127.0.0.1:9/coat_lite_tiny_e88e96b0.pth', official=True)
 
 
 @pytest.mark.parametrize('ignore_range', [False, True], ids=['range', 'server-ignores-range'])
@@ -168,31 +173,35 @@ def test_a_cut_download_resumes(server, cache, weights_file, ignore_range):
     with pytest.raises(DownloadError, match=rf'stopped at {cut} of {len(data)} bytes .*'
                                                 'run again to resume'):
         hub.fetch_weights(url, progress=False, log=[].append)
-    assert _files(cache) == [name + '.partial']
-    assert os.path.getsize(cache / (name + '.partial')) == cut
+    entry = _entry(cache, url, digest[:8])
+    assert _files(entry) == [name + '.partial']
+    assert os.path.getsize(entry / (name + '.partial')) == cut
     server.ignore_range = ignore_range
     path = hub.fetch_weights(url, progress=False, log=[].append)
     assert server.requests[-1] == ('/' + name, f'bytes={cut}-')  # asked to resume
     assert hub.sha256_of(path) == digest
-    assert _files(cache) == [name]
+    assert _files(entry) == [name]
 
 
 def test_a_partial_file_longer_than_the_file_starts_over(server, cache, weights_file):
     data, digest, _ = weights_file
     name = f'tiny_{digest[:8]}.ckpt'
     server.files['/' + name] = data
-    os.makedirs(cache)
-    (cache / (name + '.partial')).write_bytes(b'x' * (len(data) + 5))  # the server says 416
-    path = hub.fetch_weights(f'{server.url}/{name}', progress=False, log=[].append)
+    url = f'{server.url}/{name}'
+    entry = _entry(cache, url, digest[:8])
+    os.makedirs(entry)
+    (entry / (name + '.partial')).write_bytes(b'x' * (len(data) + 5))  # the server says 416
+    path = hub.fetch_weights(url, progress=False, log=[].append)
     assert hub.sha256_of(path) == digest
 
 
 def test_not_found_is_one_line(server, cache):
+    url = f'{server.url}/coat_tiny_c6efc33c.pth'
     with pytest.raises(DownloadError) as err:
-        hub.fetch_weights(f'{server.url}/coat_tiny_c6efc33c.pth', log=[].append)
+        hub.fetch_weights(url, log=[].append)
     msg = str(err.value)
     assert 'HTTP 404' in msg and 'checkpoint_path=FILE (--ckpt_path FILE)' in msg
-    assert '\n' not in msg and _files(cache) == []
+    assert '\n' not in msg and _files(_entry(cache, url, 'c6efc33c')) == []
 
 
 def test_a_refused_connection_is_one_line(cache, monkeypatch):
