@@ -55,9 +55,11 @@ def parse_model_kwargs(text):
 
 
 def check_image_size(size):
-    if size <= 0 or size % 32:
-        raise UsageError(f"image size must be a positive multiple of 32 (CoaT downsamples by 32), "
-                         f"got {size}")
+    """The data layer's rule for an input size, as a command-line error."""
+    from .data.settings import eval_setting_problem
+    problem = eval_setting_problem('image_resize', size)
+    if problem:
+        raise UsageError(problem)
 
 
 def build_model(name, ckpt_path=None, num_classes=1000, in_channels=3, use_ema=False,
@@ -102,12 +104,19 @@ def apply_config(args):
     return args
 
 
+# what a tool's count arguments may be at most: beyond these a value is a typo, not a request
+MOST = {'batch_size': 4096, 'topk': 1_000_000, 'num_classes': 1_000_000, 'in_channels': 64}
+
+
 def check_at_least_one(args, names):
-    """Integer arguments that must be >= 1 when given (a batch of 0 images, a top-0 list)."""
+    """Integer arguments that must be >= 1 when given (a batch of 0 images, a top-0 list), and
+    not absurdly large (a batch of 10**12 images)."""
     for name in names:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name} must be at least 1, got {value}")
+        if value is not None and value > MOST.get(name, value):
+            raise UsageError(f"--{name} must be at most {MOST[name]:,}, got {value}")
 
 
 def checkpoint_settings(args):

@@ -52,3 +52,8 @@ class CheckpointWriteError(MindcoatError, OSError):
 
 class NonFiniteLoss(MindcoatError, RuntimeError):
     """The loss became NaN or infinite (not a loss-scale overflow, whose update is skipped)."""
+
+
+class Interrupted(MindcoatError):
+    """Stopped by Ctrl-C (SIGINT); the message says what was saved."""
+    exit_code = 130

@@ -24,10 +24,21 @@ from .errors import ConfigError, UsageError
 from .fileio import not_a_file, regular_file
 
 IMAGENET_CLASSES = os.path.join(os.path.dirname(__file__), 'data', 'imagenet_classes.txt')
+TOPK = 5
+MAX_LABELS_BYTES = 16 << 20
+
+
 def read_labels(path):
     regular_file(path, 'labels file')
-    with open(path, encoding='utf-8') as f:
-        names = [line.strip() for line in f if line.strip()]
+    if os.path.getsize(path) > MAX_LABELS_BYTES:
+        raise UsageError(f"labels file {path} is larger than {MAX_LABELS_BYTES >> 20} MB: not a "
+                         "list of class names")
+    try:
+        with open(path, encoding='utf-8') as f:
+            names = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise UsageError(f"labels file {path} is not UTF-8 text (one class name per line)") \
+            from None
     if not names:
         raise UsageError(f"labels file {path} holds no names")
     return names
@@ -141,7 +152,8 @@ def build_parser():
     p.add_argument('--crop_pct', type=float, help="default: the variant's crop_pct")
     p.add_argument('--interpolation', help="default: the variant's (bicubic)")
     p.set_defaults(mean=None, std=None, crop_mode=None)  # from -c CONFIG or the checkpoint
-    p.add_argument('--topk', type=int, default=5, help='classes per image (default: 5)')
+    p.add_argument('--topk', type=int, default=TOPK,
+                   help=f'classes per image (default: {TOPK}, or all of fewer)')
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--device_target', help='CPU / GPU / Ascend (default: what MindSpore finds)')
     p.add_argument('--json', action='store_true', help='one JSON object per image')
@@ -179,9 +191,11 @@ def _main(argv):
     args.in_channels = args.in_channels or 3
     if args.num_classes is None:
         args.num_classes = len(read_labels(args.labels)) if args.labels else 1000
-    if args.topk > args.num_classes:
-        raise UsageError(f"--topk {args.topk} is more than the model's {args.num_classes} "
-                         "classes")
+    if args.topk > args.num_classes:  # all of them, best first
+        if given.topk != TOPK:
+            notes.append(f"--topk {args.topk}: the model has {args.num_classes} classes, all "
+                         f"are listed")
+        args.topk = args.num_classes
     names = class_names(args.num_classes, args.labels, info.get('class_names'))
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     for note in notes:

@@ -5,16 +5,22 @@
 
 Takes the trainer's YAML files and flags (MindCV names: batch_size, num_parallel_workers,
 image_resize, crop_pct, interpolation, ...), the variant's eval transform, and weights in any
-format mindcoat.weights reads. Validate-only flags: --ema (the checkpoint's EMA weights), --json
-(only the JSON line on stdout), --results_file (append the JSON line to a file).
+format mindcoat.weights reads. Validate-only flags: --json (only the JSON line on stdout),
+--results_file (append the JSON line to a file), --random_weights (score an untrained model).
 
-EMA weights, as MindCV's validate.py reads the YAML's ``ema``: ``--ema`` or ``ckpt_use_ema`` on a
-file without EMA weights is an error; the YAML's ``ema: True`` evaluates the file's EMA weights
-when it has them (said in the output) and its weights when it has none (an official release),
-with one line saying so. ``val_amp_level`` casts the evaluated network on Ascend/GPU (MindCV's
-meaning); the CPU evaluates in float32 and says so. Under msrun with
---distribute True each rank evaluates its own shard (every image exactly once) and the counts are
-summed, so the numbers equal a single-device run. The last line printed is always JSON.
+What the checkpoint says wins over the config file: a mindcoat training checkpoint gives the
+model, its class count and names, and the image size and crop it was trained with; a flag typed
+on the command line wins over both (a class count that contradicts the file is refused).
+
+Which weights: ``--ema True|False`` or ``--ckpt_use_ema`` typed on the command line say it (EMA
+weights from a file without them is an error). Otherwise a mindcoat training checkpoint's own
+record decides (the weights that scored better in the trainer's last validation, said in one
+line; the raw weights if it never validated), and for other files the config's ``ema: True``
+takes their EMA weights when they have them, as MindCV's validate.py does. ``val_amp_level``
+casts the evaluated network on Ascend/GPU (MindCV's meaning); the CPU evaluates in float32 and
+says so. Under msrun with --distribute True each rank evaluates its own shard (every image
+exactly once) and the counts are summed, so the numbers equal a single-device run. The last
+line printed is always JSON.
 """
 import argparse
 import json
@@ -23,17 +29,20 @@ import sys
 import time
 
 from .cli import run
-from .config import create_parser, parse_config, str2bool
-from .errors import UsageError
+from .config import create_parser, parse_config
+from .errors import CheckpointError, UsageError
 
 # validate-only flags, kept out of the trainer's key set (which rejects unknown keys)
 EXTRA = [
-    # parsed apart from the YAML's 'ema' so that the typed flag can be strict (see choose_ema)
-    ('--ema', dict(nargs='?', const=True, default=False, type=str2bool,
-                   help="evaluate the checkpoint's EMA weights (same as --ckpt_use_ema True)")),
     ('--json', dict(action='store_true', help='print only the JSON result line on stdout')),
     ('--results_file', dict(default=None, help='append the JSON result line to this file')),
+    ('--random_weights', dict(action='store_true',
+                              help='score a model without weights (otherwise refused)')),
 ]
+# eval settings a training checkpoint stores: its checkpoint_info name -> the config key
+CHECKPOINT_EVAL = {'image_size': 'image_resize', 'crop_pct': 'crop_pct',
+                   'crop_mode': 'crop_mode', 'interpolation': 'interpolation', 'mean': 'mean',
+                   'std': 'std'}
 
 
 def parse_args(argv=None):
@@ -41,30 +50,77 @@ def parse_args(argv=None):
     for flag, kw in EXTRA:
         pre.add_argument(flag, **kw)
     extra, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
-    parser = create_parser()
-    parser.description = 'Evaluate a CoaT checkpoint (loss, Acc@1, Acc@5)'
+    parser = create_parser('Evaluate a CoaT checkpoint (loss, Acc@1, Acc@5)')
     group = parser.add_argument_group('validate')
     for flag, kw in EXTRA:  # listed in --help; parsed above
-        clash = [a for a in parser._actions if flag in a.option_strings]
-        if clash:  # the trainer's --ema (keep an EMA while training) means something else here
-            clash[0].help = kw['help']
-        else:
-            group.add_argument(flag, **dict(kw, default=argparse.SUPPRESS))
+        group.add_argument(flag, **dict(kw, default=argparse.SUPPRESS))
     cfg = parse_config(rest, parser)
-    cfg.strict_ema = bool(extra.ema or cfg.ckpt_use_ema)
-    cfg.json = extra.json
-    cfg.results_file = extra.results_file
+    for flag, _ in EXTRA:
+        setattr(cfg, flag[2:], getattr(extra, flag[2:]))
     return cfg
 
 
-def eval_data(cfg, settings, rank=0, world=1):
-    """The trainer's eval pipeline over data_dir/val_split. Labels follow the train split's
-    classes when it is present (a val folder missing a class must not shift the indices)."""
+def choose_ema(cfg, ckpt, info, log):
+    """Whether to evaluate EMA weights (see the module's docstring). ``info``: checkpoint_info
+    of ``ckpt`` ({} without a file)."""
+    typed = vars(cfg.command_line)
+    if 'ema' in typed or 'ckpt_use_ema' in typed:
+        wanted = bool(typed.get('ema') or typed.get('ckpt_use_ema'))
+        if wanted and not info.get('has_ema'):
+            raise CheckpointError(f"{ckpt or 'the official weights'}: no EMA weights in this "
+                                  "file; drop --ema / --ckpt_use_ema")
+        return wanted
+    if info.get('format') == 'mindcoat-train-v1':
+        if info.get('eval_weights') == 'ema' and info.get('has_ema'):
+            log(f"note: evaluating the EMA weights of {ckpt}, which scored better in the "
+                f"trainer's last validation (--ema False for the others)")
+            return True
+        if info.get('has_ema'):
+            log(f"note: evaluating the trained weights of {ckpt}"
+                f"{', which scored better than its EMA' if info.get('eval_weights') else ''} "
+                f"(--ema True for the EMA weights)")
+        return False
+    if not cfg.ema:
+        return False
+    if info.get('has_ema'):
+        log(f"note: evaluating the EMA weights of {ckpt} (the config says ema: True)")
+        return True
+    log(f"note: {ckpt or 'the official weights'} has no EMA weights: evaluating its weights "
+        f"(the config says ema: True)")
+    return False
+
+
+def checkpoint_settings_win(cfg, info, log):
+    """The model and eval settings a training checkpoint stores replace the config file's (the
+    command line still wins): a run trained at 64 px is validated at 64 px."""
+    typed = vars(cfg.command_line)
+    if info.get('model') and 'model' not in typed and info['model'] != cfg.model:
+        log(f"note: model {info['model']} from the checkpoint (the config says {cfg.model})")
+        cfg.model, cfg.model_kwargs = info['model'], None
+    if cfg.model == info.get('model') and 'model_kwargs' not in typed and \
+            info.get('model_kwargs') is not None:
+        cfg.model_kwargs = info['model_kwargs']
+    for theirs, key in CHECKPOINT_EVAL.items():
+        value = info.get(theirs)
+        if value is None or key in typed or getattr(cfg, key) == value:
+            continue
+        if getattr(cfg, key) is not None:
+            log(f"note: {key} {value} from the checkpoint (the config says {getattr(cfg, key)})")
+        setattr(cfg, key, value)
+
+
+def eval_data(cfg, settings, rank=0, world=1, class_names=None):
+    """The trainer's eval pipeline over data_dir/val_split. Labels follow the checkpoint's class
+    names when it stores them, else the train split's classes when it is present (a val folder
+    missing a class must not shift the indices)."""
     from .data import check_split, create_loader, find_classes
     from .errors import DataError
     val_dir = os.path.join(cfg.data_dir, cfg.val_split)
     train_dir = os.path.join(cfg.data_dir, cfg.train_split)
-    if os.path.isdir(train_dir):
+    if class_names:
+        classes = list(class_names)
+        check_split(val_dir, classes)
+    elif os.path.isdir(train_dir):
         classes = find_classes(train_dir)
         check_split(val_dir, classes)
     else:
@@ -75,24 +131,6 @@ def eval_data(cfg, settings, rank=0, world=1):
         raise DataError(f"{val_dir} has {len(classes)} classes, the model only {cfg.num_classes} "
                         f"(set --num_classes)")
     return create_loader(cfg, val_dir, classes, settings, False, rank, world)
-
-
-def choose_ema(cfg, ckpt, info, pretrained, log):
-    """Whether to evaluate EMA weights: ``--ema``/``ckpt_use_ema`` demand them (the loader
-    refuses a file without); the YAML's ``ema: True`` takes them where the file has them
-    (``info``: checkpoint_info of ``ckpt``)."""
-    if cfg.strict_ema or not cfg.ema:
-        return cfg.strict_ema
-    if not ckpt:
-        if pretrained:
-            log("note: the config says ema: True; the official weights have no EMA copy: "
-                "evaluating the weights")
-        return False
-    if info.get('has_ema'):
-        log(f"note: evaluating the EMA weights of {ckpt} (the config says ema: True)")
-        return True
-    log(f"note: {ckpt} has no EMA weights: evaluating its weights (the config says ema: True)")
-    return False
 
 
 def with_val_amp(model, level, log):
@@ -127,17 +165,23 @@ def _main(argv):
     if not cfg.data_dir:
         raise UsageError("--data_dir is required (a folder holding "
                          f"{cfg.val_split}/<class>/<image>)")
+    from .data import find_classes
+    find_classes(os.path.join(cfg.data_dir, cfg.val_split))  # a wrong --data_dir, said first
     # the variant's eval transform unless overridden; data errors surface before any build
     ckpt = cfg.ckpt_path or (cfg.pretrained if isinstance(cfg.pretrained, str) else None)
+    pretrained = cfg.pretrained is True and not ckpt
+    if not ckpt and not pretrained and not cfg.random_weights:
+        raise UsageError("no weights to evaluate: pass --ckpt_path FILE or --pretrained (or "
+                         "--random_weights to score an untrained model)")
     # the checkpoint's head decides the class count (a fresh 1000-way head would score 0%)
     cfg.ckpt_path = ckpt
     info = checkpoint_settings(cfg)
     for note in take_from_checkpoint(cfg, info, given=cfg.command_line):
         log(f"note: {note}")
+    checkpoint_settings_win(cfg, info, log)
     settings = resolve_data_settings(cfg, cfg.model)
-    data = eval_data(cfg, settings, rank, world)
-    pretrained = cfg.pretrained is True and not cfg.ckpt_path
-    cfg.use_ema = choose_ema(cfg, ckpt, info, pretrained, log)
+    data = eval_data(cfg, settings, rank, world, info.get('class_names'))
+    cfg.use_ema = choose_ema(cfg, ckpt, info, log)
     model = build_model(cfg.model, ckpt, cfg.num_classes, cfg.in_channels, cfg.use_ema,
                         parse_model_kwargs(cfg.model_kwargs), log=log,
                         pretrained=pretrained)

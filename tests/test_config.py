@@ -14,7 +14,7 @@ from mindcoat.config import KEYS, parse_config
 from mindcoat.errors import ConfigError
 from train_helpers import REPO, env, load_script, make_color_folder
 
-CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*.yaml')))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*_ascend.yaml')))
 
 MINDCV_KEYS = '''mode distribute val_while_train val_interval log_interval seed dataset data_dir
 train_split val_split num_parallel_workers shuffle batch_size drop_remainder image_resize scale

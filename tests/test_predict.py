@@ -171,7 +171,7 @@ def test_contradicting_num_classes_is_refused(images, checkpoint, capsys):
 @pytest.mark.parametrize('extra, words', [
     (['--batch_size', '0'], '--batch_size must be at least 1, got 0'),
     (['--topk', '0'], '--topk must be at least 1, got 0'),
-    (['--topk', '11'], '--topk 11 is more than the model\'s 10 classes'),
+    (['--batch_size', '100000'], '--batch_size must be at most 4,096, got 100000'),
     (['--num_classes', '-3'], '--num_classes must be at least 1, got -3'),
     (['--labels', '<fifo>'], 'labels file <fifo>: a FIFO, not a regular file'),
     (['--ckpt_path', '<folder>'], 'checkpoint <folder>: a directory, not a regular file'),
@@ -189,6 +189,19 @@ def test_bad_arguments_are_one_line(images, checkpoint, capsys, extra, words):
     assert captured.out == ''  # no model was loaded (it prints "loaded N/M parameters")
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and words in err
+
+
+def test_topk_above_the_class_count_lists_every_class(images, checkpoint, capsys):
+    """A top-5 default (or a typed --topk 11) on a 10-class model lists the 10, best first."""
+    argv = ['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path',
+            checkpoint[1], '--json', images['good'][0]]
+    assert run_cli(argv + ['--topk', '11']) == 0
+    out, err = capsys.readouterr()
+    top = json.loads(out.strip().splitlines()[-1])['top']
+    assert sorted(t['index'] for t in top) == list(range(10))
+    probs = [t['prob'] for t in top]
+    assert probs == sorted(probs, reverse=True)
+    assert '--topk 11: the model has 10 classes, all are listed' in err
 
 
 @pytest.mark.parametrize('which, reason', [('fifo', 'a FIFO, not a regular file'),

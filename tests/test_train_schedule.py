@@ -58,7 +58,7 @@ def official_recipes():
         return json.load(f)
 
 
-RECIPES = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*.yaml')))
+RECIPES = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*_ascend.yaml')))
 
 
 @pytest.mark.parametrize('path', RECIPES)

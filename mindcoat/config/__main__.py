@@ -18,7 +18,8 @@ its range is an error naming the key and what it must be.
 The defaults are MindCV's, so a MindCV YAML that leaves a key out means what it means in MindCV.
 The column "MindCV" gives MindCV's default, or "—" for a key only mindcoat has; "differs" says
 where mindcoat's meaning is not MindCV's. "refused" keys are accepted at MindCV's default and
-stop training in one line otherwise.
+stop training in one line otherwise. `--resume` restores a run's own values; only the keys
+marked "may change when resuming" can be given other values then.
 
 This page is generated from `mindcoat/config/keys.py` by `python -m mindcoat.config --markdown`;
 `tests/test_config.py` fails when it is out of date.
@@ -41,7 +42,8 @@ def markdown():
             must = key.check.what if key.check is not None else ''
             mindcv = '—' if key.mindcv is NOT_IN_MINDCV else (
                 'same' if key.mindcv == key.default else _cell(key.mindcv))
-            meaning = key.help + (f'. Differs from MindCV: {key.differs}' if key.differs else '')
+            meaning = key.help + (f'. Differs from MindCV: {key.differs}' if key.differs else '') \
+                + ('. May change when resuming' if key.resume_free else '')
             lines.append(f'| `{key.name}` | {_cell(key.default)} | {must} | {mindcv} | '
                          f'{meaning} |')
         lines.append('')

@@ -171,6 +171,7 @@ class Key:
     mindcv: object = None   # MindCV's default, or NOT_IN_MINDCV
     differs: str = ''       # how this package's meaning differs from MindCV's ('' = the same)
     refuse: Check = None    # what training cannot honour (checked by check_training)
+    resume_free: bool = False  # may differ from the run's own value when resuming it
 
     @property
     def bare_true(self):
@@ -548,5 +549,14 @@ KEYS_TABLE = (
           ),
 )
 
+# What a resumed run may change: where and how it runs, how much it logs and keeps, and how long
+# it goes on. Everything else (model, data settings, optimizer, schedule) is the run's own.
+RESUME_FREE = ('mode', 'device_target', 'jit_level', 'distribute', 'val_while_train',
+               'val_interval', 'log_interval', 'summary', 'data_dir', 'num_parallel_workers',
+               'eval_shuffle', 'keep_checkpoint_max', 'ckpt_save_dir', 'overwrite',
+               'ckpt_save_interval', 'ckpt_save_policy', 'epoch_size', 'dataset_sink_mode',
+               'resume', 'val_amp_level')
+KEYS_TABLE = tuple(tuple(Key(**{**vars(key), 'resume_free': key.name in RESUME_FREE})
+                         for key in rows) for rows in KEYS_TABLE)
 KEYS = {key.name: key for rows in KEYS_TABLE for key in rows}
 GROUPS = tuple(rows[0].group for rows in KEYS_TABLE)

@@ -1,6 +1,8 @@
 """Where a job runs: the device, graph or PyNative mode, the jit level, the msrun ranks, and the
 precision the device trains in. One set of rules for train, validate and the benchmark."""
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -8,6 +10,26 @@ from ..errors import ConfigError
 
 CPU_FLOAT32 = ('CPU: training in float32 (amp and loss scaling are for Ascend/GPU; float16 is '
                'slower on the CPU and amp O1 fails there in MindSpore 2.10)')
+
+
+def python_sigint():
+    """Gives Ctrl-C back to Python (KeyboardInterrupt) between steps, so a job can say what it
+    saved and exit 130. MindSpore installs its own SIGINT handler while a graph runs, which
+    turns Ctrl-C into a SIGTERM to the process (see catch_interrupts)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def catch_interrupts():
+    """Ctrl-C during a step reaches Python as the SIGTERM MindSpore sends itself; a SIGTERM
+    then ends the job as Ctrl-C does (one line saying what was saved) instead of silently."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
+        python_sigint()
 
 
 def launched_by_msrun():
@@ -82,6 +104,7 @@ class Run:
 def start(device_target=None, mode=0, jit_level=None, distribute=False, training=False):
     """Sets the device up and joins the msrun job when ``distribute``: the Run of this process."""
     run = Run(device=set_device(device_target, mode, jit_level, training))
+    catch_interrupts()
     if distribute:
         import mindspore as ms
         from mindspore.communication import get_group_size, get_rank, init

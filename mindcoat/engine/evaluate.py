@@ -8,6 +8,8 @@ so the totals equal a single-device pass over the same images.
 """
 import numpy as np
 
+from .context import python_sigint
+
 FIELDS = ('loss_sum', 'top1', 'top5', 'num', 'skipped')
 
 
@@ -54,6 +56,7 @@ def count_batches(network, batches, batch_size, counts=None):
             images = np.concatenate(
                 [images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
         logits = network(ms.Tensor(images)).asnumpy()[:n]
+        python_sigint()
         labels = np.asarray(labels)
         labels = labels.argmax(axis=1) if labels.ndim == 2 else labels.astype(np.int64)
         counts.add(logits, labels)

@@ -11,6 +11,7 @@ import mindspore as ms
 from tqdm import tqdm
 
 from ..errors import NonFiniteLoss
+from .context import python_sigint
 
 
 class EpochShort(RuntimeError):
@@ -48,6 +49,7 @@ class _HostFeed:
                 raise EpochShort(f"epoch {self.epoch + 1} ran out of readable images after "
                                  f"{self.done} of {self.steps_per_epoch} steps") from None
             self.step(images, targets)
+            python_sigint()
             self.done += 1
 
 
@@ -60,6 +62,7 @@ class _SinkFeed:
     def run(self, count):
         for _ in range(count):
             self.sink()
+            python_sigint()
 
 
 def _check(counters, lrs, epoch, steps_per_epoch):

@@ -23,19 +23,31 @@ def checkpoint_files(folder, model_name):
     return found
 
 
+_RUN_CHECKPOINT = re.compile(r'^.+-(\d+|latest|best)\.ckpt$')
+
+
+def run_files(folder):
+    """The files of a run in ``folder``: its logs, its resolved config and the checkpoints of any
+    model (``<model>-<epoch|latest|best>.ckpt``)."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(os.listdir(folder))
+    return [os.path.join(folder, n) for n in names
+            if n in ('log.jsonl', 'run.yaml') or _RUN_CHECKPOINT.match(n)]
+
+
 def check_run_dir(folder, model_name, resuming, overwrite):
-    """RunDirError if ``folder`` holds another run (a log.jsonl or <model>-*.ckpt) and neither
-    ``resuming`` nor ``overwrite``; else the files of that run (what ``overwrite`` replaces).
-    Writes nothing: called before the model is built."""
-    log = os.path.join(folder, 'log.jsonl')
-    tags = ('latest', 'best')
-    old = [p for p in [log] + [os.path.join(folder, f'{model_name}-{t}.ckpt') for t in tags]
-           if os.path.exists(p)] + sorted(checkpoint_files(folder, model_name).values())
+    """RunDirError if ``folder`` holds a run and neither ``resuming`` it (its own checkpoint is
+    being continued) nor ``overwrite``; else the files of that run (what ``overwrite``
+    replaces). Writes nothing: called before the model is built."""
+    old = run_files(folder)
     if old and not resuming and not overwrite:
+        latest = next((p for p in old if p.endswith('-latest.ckpt')),
+                      os.path.join(folder, model_name + '-latest.ckpt'))
         raise RunDirError(
             f"{folder} already holds a run ({len(old)} file(s), e.g. {os.path.basename(old[0])}): "
-            f"continue it with --resume {os.path.join(folder, model_name + '-latest.ckpt')}, "
-            "replace it with --overwrite True, or choose another --ckpt_save_dir")
+            f"continue it with --resume {latest}, replace it with --overwrite True, or choose "
+            "another --ckpt_save_dir")
     return [] if resuming else old
 
 
@@ -51,6 +63,13 @@ def prepare_run_dir(folder, model_name, resuming, overwrite):
         shutil.rmtree(os.path.join(folder, 'summary'))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
+
+
+def write_run_config(folder, config):
+    """The run's resolved config, as run.yaml in its folder (the checkpoints carry it too)."""
+    import yaml
+    plain = json.loads(json.dumps(config, default=str))  # tuples as lists, no Python objects
+    write_text(os.path.join(folder, 'run.yaml'), yaml.safe_dump(plain, sort_keys=False))
 
 
 class EpochLog:
@@ -71,6 +90,13 @@ class EpochLog:
         kept = [r for r in self.records() if r['epoch'] <= epoch]
         write_text(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
         return kept
+
+    def copy_from(self, folder, epoch):
+        """Starts this log with the records of ``folder``'s log up to ``epoch`` (a run continued
+        in another folder keeps its history)."""
+        source = EpochLog(folder)
+        write_text(self.path, ''.join(json.dumps(r) + '\n' for r in source.records()
+                                      if r['epoch'] <= epoch))
 
     def append(self, record):
         with open(self.path, 'a') as f:

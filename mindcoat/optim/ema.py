@@ -15,6 +15,7 @@ the ramp where it was.
 from contextlib import contextmanager
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 
 _ema_update = ops.MultitypeFuncGraph('ema_update')
@@ -76,3 +77,16 @@ class EMA(nn.Cell):
             for p in model.get_parameters():
                 if p.name in saved:
                     p.set_data(saved[p.name])
+
+
+def ema_initial_share(decay, steps, warmup=False):
+    """How much of the initial weights the EMA still holds after ``steps`` updates: the product
+    of the per-update decays (MindCV's ramp, ``warmup``, makes the early ones small)."""
+    if steps <= 0:
+        return 1.0
+    if not warmup:
+        return float(decay) ** steps
+    n = np.arange(1, steps + 1, dtype=np.float64)
+    with np.errstate(divide='ignore'):
+        log_share = steps * np.log(decay) + np.log1p(-np.exp(-n / RAMP_UPDATES)).sum()
+    return float(np.exp(log_share))

@@ -225,3 +225,32 @@ def lr_schedule_for(settings, steps_per_epoch, world_size):
         cooldown_epochs=s.cooldown_epochs, decay_rate=s.decay_rate,
         milestones=s.multi_step_decay_milestones, num_cycles=s.num_cycles,
         cycle_decay=s.cycle_decay, lr_epoch_stair=s.lr_epoch_stair)
+
+
+# schedules that anneal towards min_lr over decay_epochs
+_ANNEALING = ('timm_cosine', 'cosine_decay', 'warmup_cosine_decay')
+
+
+def unfinished_decay(settings, peak, lrs):
+    """A one-line warning when a cosine schedule does not fit the run: a peak below min_lr (the
+    lr would rise), or still far from min_lr at the run's last step (decay_epochs longer than
+    the run: the lr barely decays); it names the flag that fixes it. None when it fits. MindCV's
+    meaning of the keys is kept either way."""
+    s = ScheduleSettings.of(settings)
+    if s.scheduler not in _ANNEALING or s.num_cycles != 1 or not len(lrs):
+        return None
+    if peak <= s.min_lr:
+        scaled = (f" ({s.lr:g} per {s.lr_base_batch} images, scaled by the global batch: set an "
+                  f"absolute --lr with --lr_base_batch None)" if s.lr_base_batch else '')
+        return (f"the peak lr {peak:.3g} is not above min_lr {s.min_lr:g}{scaled}: the "
+                f"{s.scheduler} schedule cannot decay")
+    # timm's cosine counts its epochs from the first (warmup included), MindCV's after warmup
+    fits = s.epoch_size - s.cooldown_epochs - (0 if s.scheduler == 'timm_cosine'
+                                               else s.warmup_epochs)
+    left = (float(lrs[-1]) - s.min_lr) / (peak - s.min_lr)
+    if s.decay_epochs is None or s.decay_epochs <= fits or left <= 0.1:
+        return None
+    return (f"the {s.scheduler} schedule anneals over decay_epochs {s.decay_epochs:g} but this "
+            f"run has {s.epoch_size} epochs: its last step runs at {left:.0%} of the way from "
+            f"min_lr to the peak lr; pass --decay_epochs {fits:g} (or None: the run's length) "
+            f"to anneal within the run")

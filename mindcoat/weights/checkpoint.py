@@ -5,10 +5,12 @@ trainer checkpoints, which add the EMA (``ema.<name>``), the optimizer state, th
 and, as appended values, ``format`` = TRAIN_FORMAT, the epoch, the global step, the best top-1 and
 the run's resolved config as JSON: a trainer checkpoint says what it is and how it was made.
 """
+import json
 import os
 
-from ..errors import CheckpointWriteError
+from ..errors import CheckpointError, CheckpointWriteError
 from ..fileio import atomic_output
+from .readers import read_any
 
 TRAIN_FORMAT = 'mindcoat-train-v1'
 # keys of a trainer checkpoint's stored config -> checkpoint_info's names for them: what an
@@ -16,7 +18,7 @@ TRAIN_FORMAT = 'mindcoat-train-v1'
 TRAIN_SETTINGS = {'model': 'model', 'model_kwargs': 'model_kwargs', 'image_resize': 'image_size',
                   'crop_pct': 'crop_pct', 'crop_mode': 'crop_mode',
                   'interpolation': 'interpolation', 'mean': 'mean', 'std': 'std',
-                  'class_names': 'class_names'}
+                  'class_names': 'class_names', 'eval_weights': 'eval_weights'}
 
 
 def save_ckpt(path, params, append=None):
@@ -35,3 +37,19 @@ def save_ckpt(path, params, append=None):
                                                   [type(e).__name__])[0]
         raise CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; the previous "
                                    f"{os.path.basename(path)} (if any) is kept") from None
+
+
+def read_train_config(path, max_gb=None):
+    """The resolved config a mindcoat trainer checkpoint stored (a dict), read through the safe
+    readers; None for any other weight file. CheckpointError if it is unreadable."""
+    tree = read_any(path, max_gb)
+    if not isinstance(tree, dict) or str(tree.get('format', '')) != TRAIN_FORMAT:
+        return None
+    try:
+        config = json.loads(str(tree.get('config')))
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a mindcoat training checkpoint whose stored config is "
+                              "not a JSON object; the file is damaged")
+    return config
