@@ -7,6 +7,7 @@ checkpoints), timm's ``.pth``/``.safetensors``, MindCV's ``.ckpt`` and mindcoat'
 dtypes, architecture) before the first parameter is assigned.
 """
 import json
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -24,6 +25,22 @@ _UNUSED = re.compile(r'^norm[1-3]\.')
 _CLASSIFIER = re.compile(r'^(norm\d|aggregate|head)\.')
 # fewer matched parameters than this share is not this model's file, even with strict=False
 _MIN_SHARE = 0.5
+# What training scripts store beside the weights, and nothing else, is skipped as training state.
+# mindcoat's trainer: anything under its own namespaces.
+_TRAIN_NAMESPACES = ('optimizer.', 'train_step.', 'loss_scaler.')
+# MindSpore's and MindCV's optimizers (each one MindCV's create_optimizer builds) and EMA: a
+# copy of a parameter under '<prefix>.'
+_STATE_COPIES = frozenset({
+    'ema', 'adam_m', 'adam_v', 'moment1', 'moment2', 'moment3', 'vhat', 'moments', 'accum',
+    'stat', 'lion_m', 'nadam_m', 'nadam_v', 'prev_gradient', 'mean_grad', 'mean_square',
+    'moment', 'lamb_m', 'lamb_v'})
+# their counters and hyper-parameters, the loss scale cell's, MindCV's EMA update count
+# ('updates'), and the values a mindcoat trainer checkpoint appends
+_STATE_SCALARS = frozenset({
+    'global_step', 'learning_rate', 'beta1_power', 'beta2_power', 'mu_schedule', 'momentum',
+    'scale_sense', 'current_iterator_step', 'last_overflow_iterator_step', 'updates',
+    'ema_updates', 'epoch', 'best_top1'})
+ALLOW_NONFINITE_ENV = 'MINDCOAT_ALLOW_NONFINITE'
 
 
 @dataclass
@@ -127,11 +144,13 @@ def _check_architecture(model, path, weights, params):
     if names:
         raise CheckpointError(
             f"{path} holds {' or '.join(names)} weights ({_describe(theirs)}), not "
-            f"{model_name} ({_describe(ours)}); build {names[0]} (convert with -m {names[0]})")
+            f"{model_name} ({_describe(ours)}); load it into model {names[0]} (the model "
+            f"name: --model / -m {names[0]}, create_model('{names[0]}'))")
     raise CheckpointError(
         f"{path} holds weights of a CoaT that is not {model_name}: the file has "
         f"{_describe(theirs)}, the model {_describe(ours)}; no registered variant matches, "
-        "build the model with those model_kwargs")
+        "give the model those architecture overrides (--model_kwargs, or create_model's "
+        "keyword arguments)")
 
 
 # ----------------------------------------------------------------------- what a file says
@@ -196,16 +215,16 @@ def _from_train_config(text, path, num_classes):
 
 # ------------------------------------------------------------------------------------ loading
 def _is_training_state(key, value, param_names):
-    """Optimizer moments, step counters, loss scale, EMA copies: scalars, or a parameter's name
-    (any of its spellings) under a prefix such as 'adam_m.', 'optimizer.moment1.', 'ema.'."""
-    if value.ndim == 0 or value.size == 1:
+    """Optimizer moments and counters, EMA copies, loss scale, step counters: a name under one of
+    mindcoat's training namespaces, a parameter's name (any of its spellings) under a known
+    optimizer / EMA prefix, or a known scalar."""
+    if key.startswith(_TRAIN_NAMESPACES):
         return True
-    parts = key.split('.')
-    for i in range(1, len(parts)):
-        tail = '.'.join(parts[i:])
-        if canonical_name(tail) in param_names or _UNUSED.match(tail):
-            return True
-    return False
+    if key in _STATE_SCALARS:
+        return value.size == 1
+    prefix, _, tail = key.partition('.')
+    return prefix in _STATE_COPIES and bool(canonical_name(tail) in param_names or
+                                            _UNUSED.match(tail))
 
 
 def _fit(key, value, param):
@@ -218,14 +237,51 @@ def _fit(key, value, param):
     return None
 
 
+def _head_verdict(model, path, weights, params):
+    """(note, refusal) about the file's classifier. Both '' when it fits the model (or either
+    has none); a note for the report when it is a whole head for another number of classes,
+    which keeps its fresh initialisation; a refusal (the error message) for any other head,
+    half of one included: a head is used whole or not at all."""
+    keys = [k for k in ('head.weight', 'head.bias') if k in params]
+    present = [k for k in keys if k in weights]
+    if 'head.weight' not in params or not present or (
+            present == keys and all(_fit(k, weights[k], params[k]) is not None for k in keys)):
+        return '', ''
+    ours = {k: tuple(params[k].shape) for k in keys}
+    theirs = {k: tuple(weights[k].shape) if k in weights else None for k in keys}
+    if _another_head(theirs, ours):
+        return f"checkpoint head.weight is {theirs['head.weight']}, model needs " \
+               f"{ours['head.weight']}", ''
+    found = ', '.join(f"{k} {theirs[k] or 'absent'}" for k in keys)
+    needed = ', '.join(f"{k} {ours[k]}" for k in keys)
+    return '', (f"{path}: its classifier ({found}) fits neither "
+                f"{getattr(model, 'name', 'this model')} ({needed}) nor another number of "
+                f"classes with {ours['head.weight'][1]} input features; the file is damaged or "
+                "belongs to another model")
+
+
+def _another_head(theirs, ours):
+    """Whether the file's head shapes are (K, in_features) and (K,) for a K of its own."""
+    weight, (classes, features) = theirs['head.weight'], ours['head.weight']
+    if weight is None or len(weight) != 2 or weight[1] != features or weight[0] == classes:
+        return False
+    return 'head.bias' not in ours or theirs['head.bias'] == (weight[0],)
+
+
 def _plan(model, path, weights, report, strict):
     """Every check, then the (parameter, value) pairs to assign. Raises before any assignment."""
     params = {p.name: p for p in model.get_parameters()}
     _check_architecture(model, path, weights, params)
     features_only = getattr(model, 'features_only', False)
+    report.head_reinitialised, head_refusal = ('', '') if features_only else \
+        _head_verdict(model, path, weights, params)
     assignments, mismatched, bad_dtype = [], [], []
     for key, value in weights.items():
         param = params.get(key)
+        # a refused head's misfits are said by the refusal; what fits still counts as found
+        if param is not None and key.startswith('head.') and (report.head_reinitialised or (
+                head_refusal and _fit(key, value, param) is None)):
+            continue
         if param is None:
             if _UNUSED.match(key) or (features_only and _CLASSIFIER.match(key)):
                 report.ignored.append(key)
@@ -238,10 +294,6 @@ def _plan(model, path, weights, report, strict):
             bad_dtype.append(f"{key} is {value.dtype}")
             continue
         fitted = _fit(key, value, param)
-        if fitted is None and key.startswith('head.') and not features_only:
-            report.head_reinitialised = (f"checkpoint head {key} is {tuple(value.shape)}, "
-                                         f"model needs {tuple(param.shape)}")
-            continue
         if fitted is None:
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
                               f"{tuple(param.shape)}")
@@ -262,6 +314,8 @@ def _plan(model, path, weights, report, strict):
         raise CheckpointError(f"{path}: only {len(loaded)} of {len(params)} parameters of {name} "
                               f"found (first keys in the file: {_preview(list(weights), 4)}); "
                               "not weights for this model")
+    if head_refusal:
+        raise CheckpointError(head_refusal)
     if strict and report.unexpected:
         raise CheckpointError(f"{path}: {len(report.unexpected)} keys {name} does not have "
                               f"({_preview(report.unexpected, 3)}); another model's file? "
@@ -279,16 +333,38 @@ def load_weights(model, path, use_ema=False, strict=True, log=print, max_gb=None
     Nothing is assigned unless the whole file fits: every tensor a parameter of the model (or a
     known unused key: the reference's unused final norms, training state), every shape and
     dtype right, and the file's architecture the model's (another variant's file is refused
-    with its name). The one exception is the classifier head when num_classes differs: it keeps
-    its fresh initialisation, with a line saying so. ``strict=False`` accepts unexpected and
+    with its name), and no NaN or Inf in what is assigned (unless $MINDCOAT_ALLOW_NONFINITE is
+    1). The one exception is a classifier head for another num_classes (head.weight (K, the
+    model's in-features), head.bias (K,)): it keeps its fresh initialisation, with a line saying
+    so; any other head that does not fit is refused. ``strict=False`` accepts unexpected and
     missing keys (at least half of the parameters must still be found). ``max_gb`` caps the
     bytes the file may inflate to (default ${MINDCOAT_MAX_CHECKPOINT_GB} or 2)."""
     import mindspore as ms
     weights, conflicts = read_weights(path, use_ema, max_gb=max_gb)
     report = LoadReport(f"{path}{' (EMA)' if use_ema else ''}", alias_conflicts=conflicts)
     assignments = _plan(model, path, weights, report, strict)
+    bad = first_nonfinite((param.name, value) for param, value in assignments)
+    if bad is not None:
+        raise CheckpointError(f"{path}: weight '{bad}' holds NaN or Inf values (a diverged "
+                              f"training?); nothing was loaded. {nonfinite_hint()}")
     for param, value in assignments:
         param.set_data(ms.Tensor(np.ascontiguousarray(value), dtype=param.dtype))
     for line in report.lines():
         log(line)
     return report
+
+
+# -------------------------------------------------------------------------- non-finite values
+def nonfinite_hint():
+    return f"Set {ALLOW_NONFINITE_ENV}=1 to load such weights anyway, for debugging"
+
+
+def first_nonfinite(named):
+    """The name of the first floating-point array in ``named`` ((name, array) pairs) that holds
+    NaN or Inf; None if there is none or $MINDCOAT_ALLOW_NONFINITE is 1."""
+    if os.environ.get(ALLOW_NONFINITE_ENV, '') == '1':
+        return None
+    for name, value in named:
+        if value.dtype.kind in 'fc' and not np.isfinite(value).all():
+            return name
+    return None

@@ -6,7 +6,9 @@
   argparse.Namespace, optimizer / scheduler / scaler state made of plain values) and refuses
   every other global, opcode or object state before anything is called.
 - safetensors (timm, MindSpore ``format='safetensors'``): header validated, then read directly.
-- MindSpore ``.ckpt`` (mindcoat, MindCV): ``mindspore.load_checkpoint`` with its CRC check.
+- MindSpore ``.ckpt`` (mindcoat, MindCV): the protobuf records parsed by ``ms_ckpt`` (not by
+  MindSpore, whose loader crashes the process on some crafted records), the CRC checked when the
+  file has one.
 
 A reader returns a tree of dicts, lists, tuples, plain values and tensors; a tensor is a numpy
 array or a ``LazyTensor`` whose shape and dtype are known and whose data is read only when asked
@@ -17,7 +19,6 @@ are capped (``MINDCOAT_MAX_CHECKPOINT_GB``, default 2).
 import argparse
 import io
 import json
-import logging
 import math
 import os
 import pickle
@@ -28,12 +29,15 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..errors import CheckpointError
+from .ms_ckpt import read_ckpt
 
 MAX_GB_ENV = 'MINDCOAT_MAX_CHECKPOINT_GB'
 DEFAULT_MAX_GB = 2.0  # the largest real CoaT file (coat_lite_medium, model + EMA + AdamW) is 0.7 GB
 _MAX_NDIM = 32
 _MAX_DEPTH = 64  # nesting of containers in a checkpoint (real ones: 5)
 _MAX_HEADER = 100 << 20  # safetensors header bytes
+# above any size, stride or offset a real file has; keeps numpy's byte arithmetic inside int64
+_MAX_INDEX = 1 << 56
 
 
 def size_cap(max_gb=None):
@@ -102,16 +106,26 @@ def _bfloat16_to_float32(raw):
 
 
 def _int_list(value, what):
-    """A shape / stride as a tuple of non-negative Python ints."""
+    """A shape / stride / offsets as a tuple of non-negative Python ints below _MAX_INDEX."""
     if not isinstance(value, (tuple, list)) or len(value) > _MAX_NDIM:
         raise CheckpointError(f"malformed tensor {what}: {value!r:.80}")
     out = []
     for v in value:
-        if type(v) is not int or v < 0:
+        if type(v) is not int or not 0 <= v < _MAX_INDEX:
             raise CheckpointError(f"malformed tensor {what}: {value!r:.80} (needs non-negative "
-                                  "integers)")
+                                  "integers of a plausible size)")
         out.append(v)
     return tuple(out)
+
+
+def _shape_list(value, what):
+    """A shape numpy can build. Tensors with elements are held to the size cap; an empty one
+    whose other dims multiply past any file (numpy refuses to build it) is refused here."""
+    shape = _int_list(value, what)
+    if 0 in shape and math.prod(d for d in shape if d) >= _MAX_INDEX:
+        raise CheckpointError(f"malformed tensor {what}: {value!r:.80} (an empty tensor whose "
+                              "other dimensions exceed any file)")
+    return shape
 
 
 # ------------------------------------------------------------------------- torch.save archives
@@ -262,7 +276,7 @@ class _SafeUnpickler(pickle._Unpickler):
             raise CheckpointError("malformed tensor record: its storage is not tensor data")
         if type(offset) is not int or offset < 0:
             raise CheckpointError(f"malformed tensor offset: {offset!r:.40}")
-        size, stride = _int_list(size, 'size'), _int_list(stride, 'stride')
+        size, stride = _shape_list(size, 'size'), _int_list(stride, 'stride')
         if len(size) != len(stride):
             raise CheckpointError(f"malformed tensor: size {size} and stride {stride} differ in "
                                   "length")
@@ -302,7 +316,7 @@ class _SafeUnpickler(pickle._Unpickler):
 
     @staticmethod
     def _size(dims=()):
-        return _int_list(dims, 'size')
+        return _shape_list(dims, 'size')
 
 
 def _refuse(what):
@@ -484,11 +498,14 @@ def _safetensors_entry(path, name, info, data_len):
         raise CheckpointError(f"{path}: safetensors entry '{name}' has unsupported or missing "
                               f"dtype {json.dumps(info.get('dtype'))[:40]}")
     try:
-        shape = _int_list(info.get('shape'), 'shape')
+        shape = _shape_list(info.get('shape'), 'shape')
         begin, end = _int_list(info.get('data_offsets'), 'data_offsets')
     except (CheckpointError, ValueError):
         raise CheckpointError(f"{path}: safetensors entry '{name}' has a malformed shape or "
-                              f"data_offsets ({json.dumps(info)[:80]})") from None
+                              f"data_offsets (shape {json.dumps(info.get('shape'))[:60]}, "
+                              f"data_offsets {json.dumps(info.get('data_offsets'))[:60]}; "
+                              "sizes and offsets must be non-negative integers of a plausible "
+                              "size)") from None
     if not begin <= end <= data_len or end - begin != math.prod(shape) * _itemsize(dtype):
         raise CheckpointError(f"{path}: safetensors entry '{name}' (shape {shape}, {dtype}) "
                               f"has data_offsets [{begin}, {end}] that do not fit its size or "
@@ -525,47 +542,23 @@ def read_safetensors(path, cap=None):
 
 
 # --------------------------------------------------------------------------- MindSpore .ckpt
-@contextmanager
-def _quiet_mindspore():
-    """MindSpore logs its own copy of a load error (and a warning for files without a CRC) on
-    stderr; the caller reports the error in one line instead."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
-def _has_crc(path):
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
-        f.seek(max(size - 17, 0))
-        return f.read(7) == b'crc_num'
-
-
 def read_mindspore_ckpt(path, numpy=True, cap=None):
-    """``mindspore.load_checkpoint(path, crc_check=True)`` with one-line errors. A file written
-    with a CRC (mindcoat's) is refused if any byte changed; files without one (MindCV's) load
-    unverified. ``numpy=False`` returns MindSpore's own dict (Parameters, appended values)."""
-    import mindspore as ms
+    """A MindSpore .ckpt as {name: numpy array, or str for appended strings}, every record
+    checked before it is built (see ms_ckpt). A file written with a CRC (mindcoat's) is refused
+    if any byte changed; files without one (MindCV's) are read unverified. ``numpy=False``
+    gives MindSpore Parameters in place of the arrays (bfloat16 comes back as float32)."""
     _require_regular_file(path)
     cap = size_cap() if cap is None else cap
     if os.path.getsize(path) > cap:
         raise _cap_error(path, 'the file is', os.path.getsize(path), cap)
-    try:
-        with _quiet_mindspore():
-            params = ms.load_checkpoint(str(path), crc_check=True)
-    except Exception as exc:  # MindSpore raises ValueError/RuntimeError/TypeError for bad files
-        causes = f"{exc} {exc.__cause__}".lower()
-        if 'crc' in causes or _has_crc(path):
-            raise CheckpointError(f"{path}: fails its CRC check, the file is damaged; copy or "
-                                  "convert it again") from None
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint "
-                              f"({(str(exc).strip().splitlines() or [''])[0][:160]})") from None
-    if not numpy:
-        return params
-    return {k: (v.asnumpy() if hasattr(v, 'asnumpy') else v) for k, v in params.items()}
+    values = read_ckpt(path, _Budget(path, cap).charge)
+    return values if numpy else _as_parameters(values)
+
+
+def _as_parameters(values):
+    import mindspore as ms
+    return {k: ms.Parameter(ms.Tensor(v), name=k) if isinstance(v, np.ndarray) else v
+            for k, v in values.items()}
 
 
 # ---------------------------------------------------------------------------------- dispatch
