@@ -29,6 +29,7 @@ from .errors import ConfigError, MindcoatError, UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
 def peak_rss_mb():
     """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -64,7 +64,7 @@ def _model_name(model_name, name):
 
 
 def _check_num_classes(num_classes):
-    # MindCV's order puts num_classes second (mindcoat's used to be pretrained)
+    # MindCV's order puts num_classes second: a bool there is a pretrained= passed by position
     if num_classes is None:
         return
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:

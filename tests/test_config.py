@@ -12,7 +12,7 @@ import pytest
 
 from mindcoat.config import KEYS, parse_config
 from mindcoat.errors import ConfigError
-from train_helpers import REPO, env, load_script, make_color_folder
+from train_helpers import REPO, env, make_color_folder
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'coat', '*_ascend.yaml')))
 

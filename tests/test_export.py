@@ -51,7 +51,7 @@ def test_cli_exports_trained_weights_and_checks(five_classes, tmp_path, capsys):
 
 
 def run_cli(argv):
-        return main(argv)
+    return main(argv)
 
 
 def test_onnx_is_refused_in_one_line(tmp_path, capsys):

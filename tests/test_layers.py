@@ -7,8 +7,6 @@ top of a file, because it runs all the same."""
 import ast
 import os
 
-import pytest
-
 from train_helpers import REPO
 
 PACKAGE = os.path.join(REPO, 'mindcoat')

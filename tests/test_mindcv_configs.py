@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mindcoat.config import check_training, parse_config
-from train_helpers import REPO, TINY, env, load_script, make_color_folder, read_log
+from train_helpers import REPO, TINY, env, make_color_folder, read_log
 
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures', 'mindcv_configs')
 SHIPPED = os.path.join(REPO, 'configs', 'coat', 'mindcv')
@@ -103,8 +103,9 @@ def test_coat_tiny_trains_one_epoch_and_validates(tmp_path):
             '--num_parallel_workers', '2']
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '-c', config,
                            '--data_dir', data, '--distribute', 'False', '--epoch_size', '1',
-                           '--warmup_epochs', '0', '--num_classes', '4'] + tiny, cwd=str(tmp_path), env=env(),
-                          capture_output=True, text=True, timeout=600)
+                           '--warmup_epochs', '0', '--num_classes', '4'] + tiny,
+                          cwd=str(tmp_path), env=env(), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = tmp_path / 'ckpt'  # the YAML's ckpt_save_dir: ./ckpt/
     (record,) = read_log(str(out))

@@ -13,7 +13,6 @@ from safetensors.numpy import save_file
 from mindcoat import create_model
 from mindcoat.models import DATA_CONFIGS
 from weight_files import mindcv_style, state_dict, write_torch_zip
-from train_helpers import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))

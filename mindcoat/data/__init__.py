@@ -10,5 +10,6 @@ from .transforms import EvalTransform, TrainTransform
 
 __all__ = ['RandAugment', 'RandAugmentSpec', 'parse_rand_augment', 'Loader',
            'check_split', 'create_loader', 'find_classes', 'BadImageLog', 'BatchMix',
-           'rank_indices', 'AugmentSettings', 'DataSettings', 'LoaderSettings', 'clamp_workers', 'resolve_data_settings',
+           'rank_indices', 'AugmentSettings', 'DataSettings', 'LoaderSettings', 'clamp_workers',
+           'resolve_data_settings',
            'EvalTransform', 'TrainTransform']

@@ -31,7 +31,7 @@ from .transforms import EvalTransform, TrainTransform
 
 SAMPLE_STREAM, MIX_STREAM = 0, 1
 # Worker processes (not threads): PIL and the numpy conversions hold the GIL for part of each
-# image, so threads share one core (measured: see the commit that chose this).
+# image, so threads share one core.
 USE_PROCESSES = True
 
 
@@ -123,7 +123,7 @@ def repeats_in_effect(settings, world):
 def top_up_rows(num_samples, batch_size):
     """Rows read past the epoch's order (fresh augmentations of its first images) to replace
     unreadable ones: 2% of the epoch or two batches. Not the whole order again: when the loop
-    drops the iterator, producers blocked on a long remainder held its teardown ~5 s (measured).
+    drops the iterator, producers blocked on a long remainder hold up its teardown for seconds.
     More unreadable images than this end the epoch early; bad_images then names them."""
     return max(2 * batch_size, num_samples // 50)
 

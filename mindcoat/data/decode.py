@@ -1,7 +1,7 @@
 """Image files in, PIL images out; an unreadable file is skipped and reported by its path.
 
 mindspore.dataset's C++ Decode aborts the pipeline on a bad file and its ErrorSamplesMode.SKIP
-neither names the file nor (as measured in 2.10) reliably keeps the next one, so decoding is done
+neither names the file nor (in 2.10) reliably keeps the next one, so decoding is done
 with PIL in the dataset source: a file that fails yields a row flagged not-ok carrying its
 position, and ``BadImageLog`` (the filter after the source) drops it and records the path.
 """

@@ -6,7 +6,7 @@ on that layout directly (no splitting off the class token, no NCHW transposes);
 odd kernel size: the convolutional relative position encoding (3x3 / 5x5 / 7x7 over consecutive
 head groups) is one call.
 
-On the CPU, MindSpore's grouped Conv2D has no depthwise fast path (20-60x slower than PyTorch), so
+On the CPU, MindSpore's grouped Conv2D has no depthwise fast path (far slower than PyTorch's), so
 float32 inputs there go through a compiled OpenMP kernel (``csrc/depthwise.cc``) wrapped in
 ``ops.Custom`` with its own backward. Everything else (Ascend, GPU, other dtypes, no compiler,
 ``MINDCOAT_NATIVE=1`` or ``MINDCOAT_NATIVE_DWCONV=1``) uses the ``*_native`` functions, which

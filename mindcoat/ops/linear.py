@@ -2,11 +2,11 @@
 add (``r + x W^T + b``) or by exact GELU; and a transformer MLP, fc2(GELU(fc1(x))), for training.
 
 MindSpore's Dense is a MatMul followed by a separate BiasAdd pass over the whole output; on the
-CPU those passes were ~10% of a CoaT forward, and the bias gradient (BiasAddGrad) ~10% of a
-training step. On the CPU, float32 therefore goes through ``csrc/linear.cc``: the oneDNN matmul
+CPU those passes, and the bias gradient (BiasAddGrad), are a noticeable share of a CoaT forward
+and training step. On the CPU, float32 therefore goes through ``csrc/linear.cc``: the oneDNN matmul
 MindSpore itself uses, with the bias, and the residual add or GELU, applied to each output tile
 while it is in cache. The backward runs the same library's matmul on strided views of the stored
-tensors (no transposed copies; 10-35% faster than MindSpore's MatMul on CoaT's shapes) for x and
+tensors (no transposed copies, faster than MindSpore's MatMul on CoaT's shapes) for x and
 W, and a deterministic column sum (``csrc/transformer.cc``) for the bias. Elsewhere, or with
 ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_LINEAR=1``, MatMul + BiasAdd as in ``nn.Dense`` (+ the
 add / ``Gelu``).

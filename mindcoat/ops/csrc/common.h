@@ -1,10 +1,10 @@
 // Shared by the kernels in this directory (each is built as its own library).
 //
 // Threads: a small pool per library instead of OpenMP. MindSpore loads libgomp at import with
-// its default busy-waiting, and OpenMP workers that spin between our kernels took the cores
-// from MindSpore's own operators running in between (a CoaT forward was ~30% slower than with
-// OMP_WAIT_POLICY=passive, which would have to be set before MindSpore is imported). These
-// workers sleep on a condition variable instead. OpenMP remains for `#pragma omp simd` only.
+// its default busy-waiting, so OpenMP workers spinning between our kernels would take the cores
+// from MindSpore's own operators running in between (unless OMP_WAIT_POLICY=passive were set
+// before MindSpore is imported). These workers sleep on a condition variable instead. OpenMP
+// remains for `#pragma omp simd` only.
 #pragma once
 
 #include <sched.h>
@@ -24,9 +24,9 @@
 
 // Lanes for GELU's loops (erf and exp as long polynomial chains), as `simdlen` of their
 // `omp simd`. On AVX-512 CPUs gcc vectorises for 256-bit registers unless told otherwise
-// (-mprefer-vector-width=256); these loops are bound by arithmetic and ran 1.1-1.5x faster at
-// 512 bits. Chosen per CPU, as the build is for this machine (-march=native). Not everywhere:
-// LayerNorm over 152 channels ran slower at 512 bits, the attention's exp loops no faster.
+// (-mprefer-vector-width=256); these loops are bound by arithmetic and run faster at 512 bits.
+// Chosen per CPU, as the build is for this machine (-march=native). Not for every loop: the
+// memory-bound ones (LayerNorm, the attention's exp) gain nothing or lose (docs/performance.md).
 #if defined(__AVX512F__)
 #define MINDCOAT_MATH_LANES 16
 #else

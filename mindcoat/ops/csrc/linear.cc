@@ -132,10 +132,9 @@ dnnl_handle EpilogueAttr(Epilogue epilogue, dnnl_handle dst_desc, bool *ok) {
 //   kGradWeight: dy^T (M=out, K=rows) . x (K=rows, N=in) -> dW (M, N)
 // Each operand is a strided view of the tensor as stored, except W in kGradInput where oneDNN
 // runs AVX-512 kernels: there W is read from a transposed copy (W^T, (in, out)), the weights
-// layout of the forward product, given enough rows. On buffers placed as MindSpore's CPU pool
-// places them (16 bytes past a 64-byte boundary) its AVX-512 matmul ran dy W 1.12x faster that
-// way over coat_small's shapes, copy included (tools/time_kernels.py); 64-byte aligned, and
-// under AVX2, alike.
+// layout of the forward product, given enough rows: on buffers placed as MindSpore's CPU pool
+// places them (16 bytes past a 64-byte boundary) its AVX-512 matmul is faster on that layout,
+// copy included (tools/time_kernels.py measures it).
 enum class Product { kForward, kGradInput, kGradWeight };
 
 class Runtime {
@@ -323,11 +322,10 @@ extern "C" int LinearGradXMul(int nparam, void **params, int *ndims, int64_t **s
 }
 
 // dW = dy^T x, summed over all rows: params dy (..., N), x (..., K), dW (N, K).
-// Both orders of the product read one stored tensor transposed; oneDNN ran the order that
-// transposes the narrower of dy and x up to 2x faster (50192 rows, 128 -> 1024: 221 ms as
-// dy^T x, 111 ms as x^T dy). So for N > K the product is x^T dy, written as dW^T and transposed
-// (N K elements, against N K rows multiply-adds). A transposed destination in oneDNN itself
-// took a kernel that did not finish a seconds-long benchmark in ten minutes.
+// Both orders of the product read one stored tensor transposed; oneDNN runs the order that
+// transposes the narrower of dy and x much faster. So for N > K the product is x^T dy, written
+// as dW^T and transposed (N K elements, against N K rows multiply-adds). A transposed
+// destination in oneDNN itself selects a kernel far too slow to use.
 extern "C" int LinearGradW(int nparam, void **params, int *ndims, int64_t **shapes,
                            const char **dtypes, void *stream, void *extra) {
   if (nparam != 3 || !IsF32(dtypes[0]) || ndims[2] != 2 || ndims[0] != ndims[1]) return 1;
