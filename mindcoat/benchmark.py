@@ -27,8 +27,6 @@ import numpy as np
 from .cli import parse_model_kwargs, run
 from .errors import ConfigError, MindcoatError, UsageError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def peak_rss_mb():
     """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
@@ -97,8 +95,9 @@ def make_infer_step(net, batch_size, image_size, seed=0):
 # ---- the trainer's step ----------------------------------------------------------------------
 
 def default_config_path(model):
-    """The variant's shipped recipe (in a source checkout: configs/ is not part of the wheel)."""
-    return os.path.join(REPO, 'configs', 'coat', f'{model}_ascend.yaml')
+    """The variant's shipped recipe (from the checkout, or the configs/ a wheel carries)."""
+    from .config import find_config
+    return find_config(f'configs/coat/{model}_ascend.yaml')
 
 
 def load_train_config(model=None, config=None):
@@ -113,8 +112,7 @@ def load_train_config(model=None, config=None):
             model = 'coat_lite_tiny'
         config = default_config_path(model)
         if not os.path.isfile(config):
-            raise UsageError(f"no shipped recipe for '{model}' at {config} (configs/ is in "
-                                 f"the source checkout, not the wheel): pass --config YAML")
+            raise UsageError(f"no shipped recipe for '{model}' at {config}: pass --config YAML")
     cfg = parse_config(['-c', config, '--distribute', 'False'])
     check_training(cfg)  # what train.py refuses before building anything
     if model is not None and model != cfg.model:

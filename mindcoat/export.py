@@ -83,7 +83,7 @@ def build_parser():
     p.add_argument('-c', '--config', help='training YAML to take the model settings from')
     p.add_argument('--model', '-m', help="variant, e.g. coat_lite_tiny (default: the "
                                          "checkpoint's, when it tells)")
-    p.add_argument('--ckpt_path', help='weights in any format mindcoat.convert reads')
+    p.add_argument('--ckpt_path', help='weights in any format mindcoat reads (docs/weights.md)')
     p.add_argument('--ema', action='store_true', help="export the checkpoint's EMA weights")
     p.add_argument('--num_classes', type=int, help="default: the checkpoint's, else 1000")
     p.add_argument('--in_channels', type=int, help="default: the checkpoint's, else 3")

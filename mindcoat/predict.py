@@ -140,7 +140,7 @@ def build_parser():
     p.add_argument('-c', '--config', help='training YAML to take the model and eval settings from')
     p.add_argument('--model', '-m', help="variant, e.g. coat_lite_tiny (default: the "
                                          "checkpoint's, when it tells)")
-    p.add_argument('--ckpt_path', help='weights in any format mindcoat.convert reads')
+    p.add_argument('--ckpt_path', help='weights in any format mindcoat reads (docs/weights.md)')
     p.add_argument('--ema', action='store_true', help="use the checkpoint's EMA weights")
     p.add_argument('--labels', help="class names, one per line (default: the checkpoint's, "
                                     "else ImageNet-1k's for 1000 classes, else indices)")

@@ -48,7 +48,7 @@ def _decisions():
         if libs is None:
             rows.append({'op': op, 'feature': feature, 'path': 'native', 'detail': reason})
         else:
-            detail = ', '.join(libs) if libs else 'a matmul over patches (see linear)'
+            detail = ', '.join(libs) if libs else dispatch.WITHOUT_LIBRARY[op]
             rows.append({'op': op, 'feature': feature, 'path': 'fast', 'detail': detail})
     return rows
 

@@ -49,6 +49,9 @@ OPS = {
     'patch': ('patch embedding', 'MINDCOAT_NATIVE_PATCH', ()),
     'norm': ('global gradient norm', 'MINDCOAT_NATIVE_NORM', ()),
 }
+# how the fast path of an op without a library of its own computes
+WITHOUT_LIBRARY = {'patch': 'a matmul over patches (the linear layers\' path)',
+                   'norm': 'one MatMul per gradient tensor for its sum of squares'}
 
 
 def _flag(name):

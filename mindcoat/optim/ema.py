@@ -1,5 +1,5 @@
 """Exponential moving average of the weights, kept as parameters named ``ema.<param>`` so that
-checkpoints carry it and ``mindcoat.convert.load_weights(..., use_ema=True)`` finds it.
+checkpoints carry it and ``mindcoat.weights.load_weights(..., use_ema=True)`` finds it.
 
 Each update is ema = d * ema + (1 - d) * w, in one of two ways:
 
