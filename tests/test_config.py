@@ -204,6 +204,36 @@ def test_an_alias_bomb_or_binary_yaml_is_refused(tmp_path):
         parse_config(['-c', str(big)])
 
 
+@pytest.mark.parametrize('make, words', [
+    (lambda d: '/dev/zero', 'is not a regular file'),
+    (lambda d: str(d), 'is a directory'),
+    (lambda d: (os.mkfifo(d / 'fifo.yaml'), str(d / 'fifo.yaml'))[1], 'is not a regular file'),
+    (lambda d: (d / 'c.yaml').write_text('lr: .inf\n') and str(d / 'c.yaml'),
+     "bad value for 'lr'"),
+    (lambda d: (d / 'c.yaml').write_text('hflip: .nan\n') and str(d / 'c.yaml'),
+     "bad value for 'hflip'"),
+    (lambda d: (d / 'c.yaml').write_text('7: 1\n') and str(d / 'c.yaml'), 'key 7 is not a name'),
+    (lambda d: (d / 'c.yaml').write_text('epoch_size: 1000000000000\n') and str(d / 'c.yaml'),
+     'epoch_size must be at least 1 and at most 100,000'),
+    (lambda d: (d / 'c.yaml').write_text('batch_size: 1000000000000\n') and str(d / 'c.yaml'),
+     'batch_size must be at least 1 and at most 1,048,576'),
+    (lambda d: (d / 'c.yaml').write_text('re_prob: 1.5\n') and str(d / 'c.yaml'),
+     're_prob must be in [0, 1]'),
+    (lambda d: (d / 'c.yaml').write_text('num_samples: -4\n') and str(d / 'c.yaml'),
+     'num_samples must be at least 1'),
+    (lambda d: (d / 'c.yaml').write_text('lr: 0\n') and str(d / 'c.yaml'), 'lr must be above 0'),
+    (lambda d: (d / 'c.yaml').write_text('lr: 1e-3\n  batch_size: [\n') and str(d / 'c.yaml'),
+     'is not valid YAML: line 2, column'),
+])
+def test_hostile_config_files_are_one_line(tmp_path, make, words):
+    """A config path that is no file, values no setting can mean, keys that are no names:
+    ConfigError with one line, before anything is read past what is needed (a FIFO or
+    /dev/zero would otherwise block or never end)."""
+    with pytest.raises(ConfigError, match=re.escape(words)) as e:
+        parse_config(['-c', make(tmp_path)])
+    assert '\n' not in str(e.value)
+
+
 def test_shipped_configs_pass_the_range_checks():
     for path in sorted(glob.glob(os.path.join(REPO, 'configs', '**', '*.yaml'), recursive=True)):
         parse_config(['-c', path])

@@ -191,6 +191,15 @@ def test_bad_arguments_are_one_line(images, checkpoint, capsys, extra, words):
     assert len(err.splitlines()) == 1 and words in err
 
 
+def test_a_binary_labels_file_is_one_line(images, checkpoint, capsys, tmp_path):
+    labels = tmp_path / 'labels.txt'
+    labels.write_bytes(bytes(range(256)) * 8)
+    assert run_cli(['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path',
+                    checkpoint[1], '--labels', str(labels), images['good'][0]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'is not UTF-8 text' in err[0], err
+
+
 def test_topk_above_the_class_count_lists_every_class(images, checkpoint, capsys):
     """A top-5 default (or a typed --topk 11) on a 10-class model lists the 10, best first."""
     argv = ['--model', 'coat_lite_tiny', '--model_kwargs', TINY_JSON, '--ckpt_path',
