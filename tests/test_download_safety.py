@@ -5,13 +5,13 @@ is real, from an HTTP server this test starts on 127.0.0.1."""
 import hashlib
 import http.server
 import os
-import threading
 import time
 
 import pytest
 
 from mindcoat.errors import DownloadError
 from mindcoat.weights import hub
+from http_server import local_server
 
 BODY = bytes(range(256)) * 16  # 4 KiB
 DIGEST = hashlib.sha256(BODY).hexdigest()
@@ -80,15 +80,8 @@ def _garbage(h):
 
 @pytest.fixture()
 def server():
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    srv.daemon_threads = True
-    srv.routes, srv.requests = {}, []
-    srv.url = f'http://127.0.0.1:{srv.server_address[1]}'
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with local_server(_Handler, routes={}, requests=[]) as srv:
+        yield srv
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ import hashlib
 import http.server
 import os
 import socket
-import threading
 import time
 
 import mindspore as ms
@@ -16,6 +15,7 @@ from mindcoat import create_model
 from mindcoat.errors import DownloadError
 from mindcoat.weights import hub
 from mindcoat.models import PRETRAINED_FILES
+from http_server import local_server
 
 TINY = dict(embed_dims=(16, 16, 16, 16), serial_depths=(1, 1, 1, 1))
 
@@ -61,16 +61,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server():
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-    srv.daemon_threads = True
-    srv.files, srv.requests = {}, []
-    srv.drop_after, srv.ignore_range, srv.stall = None, False, False
-    srv.url = f'http://127.0.0.1:{srv.server_address[1]}'
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with local_server(_Handler, files={}, requests=[], drop_after=None, ignore_range=False,
+                      stall=False) as srv:
+        yield srv
 
 
 @pytest.fixture()
