@@ -34,5 +34,6 @@ setup(
     python_requires='>=3.9',
     # MindSpore 2.10's compiled ops fail under numpy 2 the first time an eager op meets a scalar.
     install_requires=['mindspore==2.10.0', 'numpy<2', 'pyyaml', 'pillow', 'tqdm'],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'safetensors'], 'plot': ['matplotlib']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'safetensors', 'pycocotools'],
+                    'plot': ['matplotlib'], 'det': ['pycocotools']},
 )
