@@ -1,11 +1,18 @@
-"""``create_model``: MindCV's and timm's entry point. It builds the variant (``mindcoat.models``)
-and then loads its weights (``mindcoat.weights``): the one place where the two meet."""
+"""``create_model``: MindCV's and timm's entry point, and ``create_detector`` for the Mask R-CNN
+detectors. Each builds (``mindcoat.models``) and then loads weights (``mindcoat.weights``): the
+one place where the two meet."""
 import os
+from dataclasses import replace
 
 from .errors import UsageError
 from .models import build_coat
 from .models.builder import check_arch_args, check_model_name
+from .models.detection import DETECTORS, DetectorConfig, build_detector, check_detector_name, \
+    default_config, load_detector_config
+from .models.registry import ARCHS
 from .weights import checkpoint_info, fetch_weights, load_weights, pretrained_cfg
+from .weights.detection import detector_pretrained_cfg, load_backbone_weights, \
+    load_detector_weights
 
 # create_model's own arguments (named in the error for an unknown keyword)
 FACTORY_ARGS = ('model_name', 'num_classes', 'pretrained', 'in_channels', 'checkpoint_path',
@@ -88,3 +95,62 @@ def _weights_source(pretrained, checkpoint_path, ema):
         raise UsageError("ema=True loads the EMA weights of a file: pass checkpoint_path= (or "
                          "pretrained=)")
     return source
+
+
+# ------------------------------------------------------------------------------------ detectors
+def create_detector(name=None, checkpoint_path=None, num_classes=None, pretrained=False,
+                    backbone_checkpoint=None, *, config=None, log=print):
+    """Builds a CoaT Mask R-CNN + FPN detector (``mindcoat.models.detection``), then loads its
+    weights.
+
+    name: a registered detector (``list_detectors()``, e.g. 'mask_rcnn_coat_lite_mini_3x').
+    checkpoint_path: an MMDetection checkpoint (the official .pth files), loaded all or nothing.
+    num_classes: the box and mask heads' classes; default 80 (COCO), or the config's.
+    pretrained: True downloads the official checkpoint into the weights cache; a local path or
+        an http(s) URL loads that file instead. Not with ``checkpoint_path``.
+    backbone_checkpoint: initialises only the backbone, from any classifier file mindcoat loads
+        (official .pth, timm, MindCV, mindcoat) or a detector checkpoint's backbone; the heads
+        stay freshly initialised. Not with detector weights.
+    config: a DetectorConfig or the path of a detector YAML file (configs/det/*.yaml): the
+        settings to build and test with (default: the official ones of ``name``).
+    log: where the loaders' reports and download messages go.
+
+    ``model.config`` holds the settings (``config.pipeline`` for ``preprocess``)."""
+    config = _detector_config(name, config, num_classes)
+    source = _weights_source(pretrained, checkpoint_path, False)
+    if source and backbone_checkpoint:
+        raise UsageError("backbone_checkpoint initialises the backbone of a detector without "
+                         "weights: drop it, or drop checkpoint_path/pretrained")
+    if source is True:
+        cfg = detector_pretrained_cfg(config.model)
+        source = fetch_weights(cfg['url'], cfg['hash_prefix'], official=True, log=log)
+    elif source and source.startswith(('http://', 'https://')):
+        source = fetch_weights(source, log=log)
+    net = build_detector(config)
+    if source:
+        load_detector_weights(net, source, log=log)
+    elif backbone_checkpoint:
+        load_backbone_weights(net, os.fspath(backbone_checkpoint), log=log)
+    return net
+
+
+def _detector_config(name, config, num_classes):
+    if config is None:
+        if name is None:
+            raise TypeError("create_detector() needs a detector name, e.g. "
+                            "create_detector('mask_rcnn_coat_lite_mini_3x'), or config=")
+        check_detector_name(name)
+        config = default_config(name)
+    elif isinstance(config, (str, os.PathLike)):
+        config = load_detector_config(config, tuple(DETECTORS), tuple(ARCHS))
+    elif not isinstance(config, DetectorConfig):
+        raise TypeError(f"config must be a DetectorConfig or a YAML path, got "
+                        f"{type(config).__name__}")
+    if name is not None and name != config.model:
+        raise UsageError(f"create_detector('{name}') was given the config of "
+                         f"'{config.model}': pass one of them")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise TypeError(f"num_classes must be a positive int, got {num_classes!r}")
+        config = replace(config, num_classes=num_classes)
+    return config
