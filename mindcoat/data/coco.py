@@ -1,27 +1,12 @@
-"""COCO's formats: the 80 detection classes and their category ids (1-90, with gaps), masks as
-COCO's compressed run-length encoding, and detections as COCO result records. NumPy only, so
+"""COCO's formats: masks as COCO's compressed run-length encoding and detections as COCO result
+records (category ids 1-90, with gaps; the detector registry holds the classes). NumPy only, so
 results are written without pycocotools (which stays optional, for AP)."""
 import numpy as np
 
-# the 80 classes in the order of a detector's labels (mmdet's CocoDataset.CLASSES)
-COCO_CLASSES = (
-    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
-    'traffic light', 'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog',
-    'horse', 'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella',
-    'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
-    'baseball bat', 'baseball glove', 'skateboard', 'surfboard', 'tennis racket', 'bottle',
-    'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich',
-    'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch',
-    'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote',
-    'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book',
-    'clock', 'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush')
-# label i -> COCO category id (the annotation files' ids skip 12, 26, 29, 30, 45, 66, 68, 69,
-# 71, 83)
-COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27,
-    28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53,
-    54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80,
-    81, 82, 84, 85, 86, 87, 88, 89, 90)
+from ..models.detection.registry import COCO_CATEGORY_IDS, COCO_CLASSES
+
+__all__ = ['COCO_CATEGORY_IDS', 'COCO_CLASSES', 'run_lengths', 'encode_rle', 'decode_rle',
+           'result_records']
 
 
 def run_lengths(mask):
