@@ -5,7 +5,8 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMANDS = ('train', 'validate', 'predict', 'export', 'convert', 'benchmark', 'demo', 'plot')
+COMMANDS = ('train', 'validate', 'predict', 'detect', 'export', 'convert', 'benchmark', 'demo',
+            'plot')
 
 
 class BuildWithConfigs(build_py):

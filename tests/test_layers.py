@@ -20,6 +20,7 @@ LAYERS = [
     ('data, optim, engine', ['mindcoat.data', 'mindcoat.optim', 'mindcoat.engine']),
     ('config', ['mindcoat.config']),
     ('entry points', ['mindcoat.cli', 'mindcoat.train', 'mindcoat.validate', 'mindcoat.predict',
+                      'mindcoat.detect',
                       'mindcoat.export', 'mindcoat.convert', 'mindcoat.benchmark',
                       'mindcoat.demo', 'mindcoat.plot', 'mindcoat.ops.__main__',
                       'mindcoat.config.__main__', 'mindcoat']),
