@@ -98,8 +98,8 @@ def test_the_installed_commands_train_and_validate_the_demo_config(tmp_path):
     """No checkout here: the console scripts come from the wheel, and the demo config from the
     configs/ it carries (named as the README names it)."""
     import shutil
-    for name in ('train', 'validate', 'predict', 'export', 'convert', 'benchmark', 'demo',
-                 'plot'):
+    for name in ('train', 'validate', 'predict', 'detect', 'export', 'convert', 'benchmark',
+                 'demo', 'plot'):
         assert shutil.which(f'mindcoat-{name}'), name
     assert not os.path.exists('configs')  # found in the installed package, not here
     data = _image_folder(str(tmp_path / 'data'))
