@@ -184,7 +184,9 @@ def check_values(cfg):
                 raise ConfigError(problem)
     if cfg.warmup_epochs > cfg.epoch_size:
         raise ConfigError(f"warmup_epochs {cfg.warmup_epochs:g} is longer than the run "
-                          f"(epoch_size {cfg.epoch_size})")
+                          f"(epoch_size {cfg.epoch_size}): pass --warmup_epochs "
+                          f"{min(1, cfg.epoch_size - 1)} or another value below the run's "
+                          f"length")
 
 
 def check_training(cfg):
