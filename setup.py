@@ -35,6 +35,8 @@ setup(
     python_requires='>=3.9',
     # MindSpore 2.10's compiled ops fail under numpy 2 the first time an eager op meets a scalar.
     install_requires=['mindspore==2.10.0', 'numpy<2', 'pyyaml', 'pillow', 'tqdm'],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'safetensors', 'pycocotools'],
-                    'plot': ['matplotlib'], 'det': ['pycocotools']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'safetensors', 'pycocotools', 'onnx',
+                             'onnxruntime'],
+                    'plot': ['matplotlib'], 'det': ['pycocotools'],
+                    'onnx': ['onnx', 'onnxruntime']},
 )

@@ -8,7 +8,7 @@ throughout; the depthwise convolutions run channels-last on that layout directly
 from mindspore import nn, ops
 
 from ..ops import conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, factor_attention_crpe, \
-    linear_residual, patch_conv, tokens_to_image
+    linear_residual, patch_conv, tokens_to_image, with_class_token
 from .layers import DepthwiseKernel, DropPath, LayerNorm, Linear, Mlp, trunc_normal, uniform_fan_in
 
 # Relative position encoding: kernel size -> number of heads it covers (official default).
@@ -174,9 +174,10 @@ class CoaT(nn.Cell):
     """CoaT and CoaT-Lite. ``parallel_depth == 0`` gives CoaT-Lite (classifies from the last
     stage's class token); otherwise CoaT, whose head reads the class tokens of scales 2-4."""
 
-    def __init__(self, embed_dims, serial_depths, parallel_depth=0, num_heads=8, mlp_ratios=(4,) * 4,
-                 in_channels=3, num_classes=1000, patch_size=4, drop_rate=0.0, drop_path_rate=0.0,
-                 crpe_window=None, features_only=False, out_indices=(0, 1, 2, 3)):
+    def __init__(self, embed_dims, serial_depths, parallel_depth=0, num_heads=8,
+                 mlp_ratios=(4,) * 4, in_channels=3, num_classes=1000, patch_size=4,
+                 drop_rate=0.0, drop_path_rate=0.0, crpe_window=None, features_only=False,
+                 out_indices=(0, 1, 2, 3)):
         super().__init__()
         self.embed_dims = tuple(embed_dims)
         self.parallel_depth = parallel_depth
@@ -230,10 +231,8 @@ class CoaT(nn.Cell):
         """Patch embedding, class token and serial blocks of stage ``i`` (1-based); ``x`` is the
         image for stage 1, else the previous stage's tokens on ``grid``."""
         tokens = getattr(self, 'patch_embed' + str(i))(x, grid)
-        b, _, c = tokens.shape
         h, w = (x.shape[2] // 4, x.shape[3] // 4) if i == 1 else (grid[0] // 2, grid[1] // 2)
-        cls_tok = ops.broadcast_to(getattr(self, 'cls_token' + str(i)), (b, 1, c))
-        tokens = ops.cat((cls_tok, tokens), axis=1)
+        tokens = with_class_token(getattr(self, 'cls_token' + str(i)), tokens)
         for blk in getattr(self, 'serial_blocks' + str(i)):
             tokens = blk(tokens, h, w)
         return tokens, h, w
@@ -277,4 +276,3 @@ class CoaT(nn.Cell):
             return self.forward_features(x)
         outs, _ = self.forward_tokens(x)
         return self.forward_head(outs)
-

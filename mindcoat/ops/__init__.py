@@ -7,7 +7,7 @@ from .droppath import scale_samples, scaled_add, scaled_add_native
 from .gelu import Gelu
 from .layernorm import LayerNormOp
 from .linear import linear, linear_gelu, linear_native, linear_residual, mlp
-from .patch import patch_conv, tokens_to_image
+from .patch import patch_conv, tokens_to_image, with_class_token
 from .resize import cross_scale_sum, cross_scale_sum_native, resize_tokens_native
 
 __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
@@ -16,4 +16,4 @@ __all__ = ['conv_rel_pos_enc', 'conv_rel_pos_enc_native', 'cross_scale_sum',
            'factor_attention_crpe', 'factor_attention_native', 'Gelu', 'LayerNormOp', 'linear',
            'linear_gelu', 'linear_native', 'linear_residual', 'mlp', 'patch_conv',
            'resize_tokens_native', 'scale_samples', 'scaled_add', 'scaled_add_native',
-           'tokens_to_image']
+           'tokens_to_image', 'with_class_token']

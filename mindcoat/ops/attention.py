@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .depthwise import conv_rel_pos_enc, crpe_kernel, usable
-from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
+from .dispatch import EXPORT_FORM, AtParseTime, all_f32, check, kernel_cells, known
 
 
 class _SoftmaxFloat32(nn.Cell):
@@ -42,6 +42,21 @@ def factor_attention_native(qkv, crpe, num_heads):
     v = v.reshape(b, n, num_heads, ch).transpose(0, 2, 1, 3)
     factor_att = ops.matmul(q, ops.matmul(k_soft, v))
     return ch ** -0.5 * factor_att.transpose(0, 2, 1, 3).reshape(b, n, c) + crpe
+
+
+def factor_attention_export(qkv, crpe, num_heads):
+    """``factor_attention_native`` with the batch axis of every reshape left open (-1), so that
+    an exported file takes any batch."""
+    _, n, c3 = qkv.shape
+    c = c3 // 3
+    ch = c // num_heads
+    q, k, v = ops.split(qkv, c, axis=2)
+    k_t = k.reshape(-1, n, num_heads, ch).transpose(0, 2, 3, 1)
+    k_soft = _softmax_float32(k_t).astype(k.dtype)
+    q = q.reshape(-1, n, num_heads, ch).transpose(0, 2, 1, 3)
+    v = v.reshape(-1, n, num_heads, ch).transpose(0, 2, 1, 3)
+    factor_att = ops.matmul(q, ops.matmul(k_soft, v))
+    return ch ** -0.5 * factor_att.transpose(0, 2, 1, 3).reshape(-1, n, c) + crpe
 
 
 MAX_HEAD_WIDTH = 64  # the kernel's widest head (CoaT's: 512 channels / 8 heads)
@@ -98,12 +113,15 @@ class _Dispatch(nn.Cell):
     """factor_attention(qkv, crpe, num_heads) -> (B, N, C)."""
 
     kernel = AtParseTime(_kernel)  # None: native path
+    export_form = EXPORT_FORM
 
     def construct(self, qkv, crpe, num_heads):
         # the kernel takes heads of up to 64 channels (CoaT's widest)
         if self.kernel is not None and qkv.dtype == ms.float32 and crpe.dtype == ms.float32 \
                 and qkv.shape[2] // 3 // num_heads <= MAX_HEAD_WIDTH:
             return self.kernel(qkv, crpe, ops.zeros((num_heads,), ms.float32))  # shape only
+        if self.export_form:
+            return factor_attention_export(qkv, crpe, num_heads)
         return factor_attention_native(qkv, crpe, num_heads)
 
 

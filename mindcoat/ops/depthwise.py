@@ -15,7 +15,8 @@ give the same numbers.
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, all_f32, check, check_tokens, kernel_cells, known
+from .dispatch import EXPORT_FORM, AtParseTime, all_f32, check, check_tokens, kernel_cells, \
+    known
 
 
 def depthwise_nhwc_native(x, weights, biases):
@@ -40,6 +41,18 @@ def depthwise_tokens_native(x, h, w, weights, biases, residual=False):
     if residual:
         return ops.cat((cls_tok, conv + img), axis=1)
     return ops.cat((ops.zeros_like(cls_tok), conv), axis=1)
+
+
+def depthwise_tokens_export(x, h, w, weights, biases, residual=False):
+    """``depthwise_tokens_native`` with no batch size in any shape: reshapes leave the batch axis
+    open and the class token's zero row is the token times 0 (a zeros_like would be stored as a
+    constant of the traced batch's shape)."""
+    _, n, c = x.shape
+    cls_tok, img = ops.split(x, (1, n - 1), axis=1)
+    conv = depthwise_nhwc_native(img.reshape(-1, h, w, c), weights, biases).reshape(-1, n - 1, c)
+    if residual:
+        return ops.cat((cls_tok, conv + img), axis=1)
+    return ops.cat((cls_tok * 0.0, conv), axis=1)
 
 
 # ---- the compiled CPU kernel -------------------------------------------------------------------
@@ -218,6 +231,7 @@ class _TokensDispatch(nn.Cell):
 
     plain = AtParseTime(lambda self: (_kernels() or {}).get('tokens'))  # None: native path
     with_residual = AtParseTime(lambda self: (_kernels() or {}).get('tokens_res'))
+    export_form = EXPORT_FORM
 
     def construct(self, x, h, w, weights, biases, residual=False):
         if self.plain is not None and usable(x, weights, biases):
@@ -227,6 +241,8 @@ class _TokensDispatch(nn.Cell):
             return self.plain(x, hw, weights, biases)
         if weights[0].dtype != x.dtype:
             weights, biases = _cast_all(weights, x.dtype), _cast_all(biases, x.dtype)
+        if self.export_form:
+            return depthwise_tokens_export(x, h, w, weights, biases, residual)
         return depthwise_tokens_native(x, h, w, weights, biases, residual)
 
 

@@ -6,7 +6,8 @@ variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _RESIZE, _LINEA
 _NORM. Each choice is logged once (logger 'mindcoat.ops', INFO); ``python -m mindcoat.ops``
 prints them all with their reasons. The choice is made when a graph is parsed and cached per
 device target in ``_choices`` (``native_ops()`` clears it to build graphs from native operators
-only, as ``mindcoat.export`` does).
+only, as ``mindcoat.export`` does). ``export_ops()`` goes one step further for ONNX: graphs parsed
+inside take each op's export form (see there).
 """
 import contextlib
 import logging
@@ -20,6 +21,7 @@ logger = logging.getLogger('mindcoat.ops')
 
 _choices = {}  # (op, device target) -> its libraries (see fast_path), or None for native
 _cells = {}  # (op, maker, libraries) -> the kernel cells built on them (see kernel_cells)
+_export_form = []  # non-empty while export_ops() is active
 
 
 class AtParseTime:
@@ -148,3 +150,31 @@ def native_ops():
             os.environ['MINDCOAT_NATIVE'] = saved_env
         _choices.clear()
         _choices.update(saved)
+
+
+def exporting():
+    """True while graphs are parsed inside ``export_ops()``: the ops then take their export form."""
+    return bool(_export_form)
+
+
+def _exporting(_cell):
+    return exporting()
+
+
+# a dispatch cell's ``export_form`` attribute: read when its graph is parsed, like ``kernel``
+EXPORT_FORM = AtParseTime(_exporting)
+
+
+@contextlib.contextmanager
+def export_ops():
+    """``native_ops()``, and the export form of every op: graphs parsed inside are built from
+    operators MindSpore 2.10's ONNX exporter converts (no Erf, no ResizeBilinearV2) and hold no
+    shape with the batch size in it (no BroadcastTo, no Reshape to the traced batch), so that
+    the file takes any batch. Same parameters, same model definition; the results equal the
+    native path's within float32 rounding. Nesting is allowed."""
+    with native_ops():
+        _export_form.append(True)
+        try:
+            yield
+        finally:
+            _export_form.pop()

@@ -69,4 +69,3 @@ class LayerNormOp(nn.Cell):
                 and beta.dtype == ms.float32:
             return self.kernel(x, gamma, beta, ops.full((1,), self.eps, dtype=ms.float32))
         return self.native(x, gamma, beta)[0]
-

@@ -14,8 +14,9 @@ add / ``Gelu``).
 import mindspore as ms
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, all_f32, check, kernel_cells, known
+from .dispatch import EXPORT_FORM, AtParseTime, all_f32, check, kernel_cells, known
 from .gelu import Gelu
+
 
 def linear_native(x, weight, bias):
     """nn.Dense's computation: (..., K) x (N, K)^T + (N,) -> (..., N)."""
@@ -24,6 +25,14 @@ def linear_native(x, weight, bias):
     shape = x.shape
     y = ops.BiasAdd()(ops.MatMul(transpose_b=True)(x.reshape(-1, shape[-1]), weight), bias)
     return y.reshape(shape[:-1] + (weight.shape[0],))
+
+
+def linear_export(x, weight, bias):
+    """``linear_native`` with the leading axis of the result left open: a Reshape to the traced
+    batch size would fix the batch of an exported file."""
+    shape = x.shape
+    y = ops.BiasAdd()(ops.MatMul(transpose_b=True)(x.reshape(-1, shape[-1]), weight), bias)
+    return y.reshape((-1,) + shape[1:-1] + (weight.shape[0],))
 
 
 def _out_shape(x, w, b):
@@ -210,10 +219,13 @@ class _Dispatch(nn.Cell):
     """linear(x, weight, bias) -> x weight^T + bias."""
 
     kernel = AtParseTime(lambda self: (_kernels() or {}).get('plain'))  # None: native path
+    export_form = EXPORT_FORM
 
     def construct(self, x, weight, bias):
         if self.kernel is not None and _f32(x, weight, bias):
             return self.kernel(x, weight, bias)
+        if self.export_form:
+            return linear_export(x, weight, bias)
         return linear_native(x, weight, bias)
 
 

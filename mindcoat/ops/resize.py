@@ -5,12 +5,15 @@ The reference path splits off each class token, transposes to NCHW, interpolates
 and concatenates: on MindSpore's CPU backend six of those per parallel block cost ~8% of a CoaT
 Tiny forward and ~0.4 GB of peak memory. On the CPU, float32 instead goes through one compiled
 kernel on the token layout (``csrc/resize.cc``), with the exact adjoint as its backward.
-Elsewhere, or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_RESIZE=1``, the reference.
+Elsewhere, or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_RESIZE=1``, the reference. The
+export form (``dispatch.export_ops``) resizes by two matrix products, because MindSpore 2.10's
+ONNX exporter cannot convert ResizeBilinearV2.
 """
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
-from .dispatch import AtParseTime, all_f32, check, check_tokens, kernel_cells, known
+from .dispatch import EXPORT_FORM, AtParseTime, all_f32, check, check_tokens, kernel_cells, known
 
 
 def resize_tokens_native(x, h, w, out_h, out_w):
@@ -26,6 +29,43 @@ def cross_scale_sum_native(x, size, a, size_a, b, size_b):
     """Reference for ``cross_scale_sum``."""
     (h, w), (ha, wa), (hb, wb) = size, size_a, size_b
     return x + resize_tokens_native(a, ha, wa, h, w) + resize_tokens_native(b, hb, wb, h, w)
+
+
+def bilinear_matrix(n_in, n_out):
+    """(n_out, n_in) float32: row o holds the weights bilinear resizing (align_corners=False,
+    no antialiasing, as ``ops.interpolate`` and PyTorch) gives the inputs of output o."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for o in range(n_out):
+        src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(src), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        frac = src - i0
+        m[o, i0] += 1.0 - frac
+        m[o, i1] += frac
+    return m
+
+
+@ops.constexpr
+def _bilinear_weights(n_in, n_out):
+    """``bilinear_matrix`` as a constant of the graph (grid sizes are static)."""
+    return ms.Tensor(bilinear_matrix(n_in, n_out))
+
+
+def resize_tokens_export(x, h, w, out_h, out_w):
+    """``resize_tokens_native`` as two products with constant matrices, along the width on the
+    (B, H, W, C) view of the image tokens, then along the height: no transposes, no batch size
+    in any shape."""
+    c = x.shape[2]
+    cls_tok, img = ops.split(x, (1, h * w), axis=1)
+    img = ops.matmul(_bilinear_weights(w, out_w), img.reshape(-1, h, w, c))
+    img = ops.matmul(_bilinear_weights(h, out_h), img.reshape(-1, h, out_w * c))
+    return ops.cat((cls_tok, img.reshape(-1, out_h * out_w, c)), axis=1)
+
+
+def cross_scale_sum_export(x, size, a, size_a, b, size_b):
+    """``cross_scale_sum_native`` through ``resize_tokens_export``."""
+    (h, w), (ha, wa), (hb, wb) = size, size_a, size_b
+    return x + resize_tokens_export(a, ha, wa, h, w) + resize_tokens_export(b, hb, wb, h, w)
 
 
 def _f32(first, *others):
@@ -80,12 +120,15 @@ class _Dispatch(nn.Cell):
     all three in token layout (B, 1 + rows*cols, C)."""
 
     kernel = AtParseTime(_kernel)  # None: native path
+    export_form = EXPORT_FORM
 
     def construct(self, x, size, a, size_a, b, size_b):
         if self.kernel is not None and x.dtype == ms.float32 and a.dtype == ms.float32 \
                 and b.dtype == ms.float32:
             return self.kernel(x, ops.zeros(size, ms.float32), a, ops.zeros(size_a, ms.float32),
                                b, ops.zeros(size_b, ms.float32))  # grids as shapes only
+        if self.export_form:
+            return cross_scale_sum_export(x, size, a, size_a, b, size_b)
         return cross_scale_sum_native(x, size, a, size_a, b, size_b)
 
 

@@ -77,4 +77,3 @@ def resize_bilinear(img, size):
     top = (b0.reshape(shape_v) * (horiz[ys0] >> 4)) >> 16
     bottom = (b1.reshape(shape_v) * (horiz[ys1] >> 4)) >> 16
     return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
-
