@@ -12,15 +12,29 @@ configured. As train.py does, the CPU runs float32 (amp O0, hence no loss scaler
 steady-state step. Steady state = median of ``--steps`` timed steps after ``--warmup`` untimed
 ones. ``measure()`` is the reusable core (``tools/compare_speed.py`` runs this module in a
 subprocess).
+
+    python -m mindcoat.benchmark --detector mask_rcnn_coat_lite_mini_3x [--image_size 1333x800]
+        [--images a.jpg b.jpg] [--ckpt_path det.pth] [--config DETECTOR.yaml] [--steps 5]
+
+times a Mask R-CNN detector as ``mindcoat.detect`` runs it: one decoded image at a time from
+RGB pixels to boxes and pasted masks (test pipeline, the graph, the host-side post-processing),
+at the test scale ``--image_size`` (default the config's, the official 1333x800). A step is one
+pass over the images (default: one synthetic photo of COCO's usual 640x480); images/s = images
+/ median step. Without ``--ckpt_path`` the weights are random, with the box classifier's bias
+set so that every image has the most detections the test settings keep (``give_detections``):
+random weights alone detect nothing, and the mask head and the paste would not run.
+``measure_detector()`` is the core (``tools/det/compare_speed.py`` runs it in a subprocess).
 """
 import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -117,7 +131,7 @@ def load_train_config(model=None, config=None):
     check_training(cfg)  # what train.py refuses before building anything
     if model is not None and model != cfg.model:
         raise UsageError(f"--model {model} but {config} is the recipe of {cfg.model}: pass "
-                             f"only one of them, or a config whose model is {model}")
+                         f"only one of them, or a config whose model is {model}")
     return cfg.model, cfg, config
 
 
@@ -235,6 +249,154 @@ def measure(model=None, batch_size=16, image_size=224, mode='infer', amp_level=N
     return res
 
 
+# ---- detectors -------------------------------------------------------------------------------
+
+# (h, w) of the synthetic photo a detector is timed on by default: COCO's most common size
+DETECTOR_PHOTO = (480, 640)
+# MaskRCNN methods timed apart; roi_features runs inside the two head methods
+_DET_METHODS = ('dense', 'get_proposals', 'roi_features', 'box_head_outputs', 'get_detections',
+                'mask_logits', 'paste')
+
+
+def parse_test_scale(text):
+    """'1333x800' -> (1333, 800): a detector's test scale (long edge, short edge)."""
+    m = re.fullmatch(r'(\d+)x(\d+)', str(text).strip())
+    if not m or min(int(m.group(1)), int(m.group(2))) < 32:
+        raise UsageError(f"--image_size of a detector is its test scale LONGxSHORT, e.g. "
+                         f"1333x800 (each side at least 32), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def give_detections(net):
+    """Random weights score every class near 1/81, under the test's score threshold, so nothing
+    would reach the mask head or the paste. Biases the box classifier to class 0 and the
+    background alike (every other class -20): every proposal becomes a class-0 candidate and
+    each image gets the most detections the test settings keep (rcnn max_per_img)."""
+    import mindspore as ms
+
+    fc_cls = net.roi_head.bbox_head.fc_cls
+    bias = np.full(tuple(fc_cls.bias.shape), -20.0, np.float32)
+    bias[0] = bias[-1] = 0.0
+    fc_cls.bias.set_data(ms.Tensor(bias))
+
+
+class StageClock:
+    """Wall seconds spent in the detector's test stages, by wrapping the methods of this one
+    instance (its class is untouched)."""
+
+    def __init__(self, net):
+        self.totals = dict.fromkeys(_DET_METHODS, 0.0)
+        for name in _DET_METHODS:
+            setattr(net, name, self._timed(name, getattr(net, name)))
+
+    def _timed(self, name, method):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.totals[name] += time.perf_counter() - start
+        return call
+
+    def take(self):
+        """The totals since the last take."""
+        totals, self.totals = self.totals, dict.fromkeys(_DET_METHODS, 0.0)
+        return totals
+
+
+def stage_split(totals, elapsed):
+    """Seconds by stage, each either graph (MindSpore) or host (NumPy): 'rest' is the test
+    pipeline's preprocessing and the glue between stages."""
+    heads = totals['box_head_outputs'] + totals['mask_logits'] - totals['roi_features']
+    out = {'dense_graph': totals['dense'], 'proposals_host': totals['get_proposals'],
+           'roi_align_host': totals['roi_features'], 'heads_graph': heads,
+           'detections_host': totals['get_detections'], 'paste_host': totals['paste']}
+    out['rest_host'] = elapsed - sum(out.values())
+    return out
+
+
+def detector_photos(paths, seed=0):
+    """[(label, RGB uint8 image)]: the files, or one synthetic photo of DETECTOR_PHOTO's size."""
+    from .models.detection import load_image
+
+    if paths:
+        return [(os.path.basename(p), load_image(p)) for p in paths]
+    rng = np.random.default_rng(seed)
+    h, w = DETECTOR_PHOTO
+    return [('synthetic', rng.integers(0, 256, (h, w, 3), dtype=np.uint8))]
+
+
+def make_detect_step(net, images, clock):
+    """A zero-argument callable: ``net.detect`` on each image in turn, as mindcoat.detect runs
+    it. Each call appends (stage seconds, detections per image) to ``clock.steps``."""
+    clock.steps = []
+
+    def call():
+        start = time.perf_counter()
+        counts = [len(net.detect([image])[0]) for image in images]
+        clock.steps.append((stage_split(clock.take(), time.perf_counter() - start), counts))
+
+    return call
+
+
+def _stderr_log(*msg):
+    print(*msg, file=sys.stderr, flush=True)
+
+
+def measure_detector(name=None, image_scale=None, images=None, config=None, ckpt_path=None,
+                     steps=5, warmup=2, device=None, seed=0, pace=None):
+    """Builds a detector (``config``: a detector YAML or DetectorConfig, for other widths),
+    loads ``ckpt_path`` or gives the random weights detections, and times one pass over
+    ``images`` (paths; default a synthetic photo) per step. Returns a dict of the figures."""
+    import mindspore as ms
+
+    from .engine.context import set_device
+    from .factory import create_detector
+    from .models.detection import preprocess
+
+    target = set_device(device, 0)  # graph mode, as mindcoat.detect
+    ms.set_seed(seed)
+    net = create_detector(name, checkpoint_path=ckpt_path, config=config, log=_stderr_log)
+    if image_scale is not None:
+        net.pipeline = replace(net.pipeline, img_scale=tuple(image_scale))
+    if not ckpt_path:
+        give_detections(net)
+    net.set_train(False)
+    photos = detector_photos(images, seed)
+    clock = StageClock(net)
+    first, times = time_steps(make_detect_step(net, [p for _, p in photos], clock), steps,
+                              warmup, pace)
+    timed = clock.steps[-len(times):]
+    res = {'detector': net.name, 'mode': 'detect', 'device': target, 'graph_mode': True,
+           'image_scale': list(net.pipeline.img_scale),
+           'images': [{'name': label, 'size': [int(p.shape[1]), int(p.shape[0])],
+                       'input': list(preprocess(p, net.pipeline)[1].pad_shape[:2])}
+                      for label, p in photos],
+           'detections_per_image': timed[-1][1],
+           'weights': ckpt_path or 'random, box classifier biased (give_detections)',
+           'warmup': warmup, 'mindspore': ms.__version__,
+           'threads': int(os.environ.get('OMP_NUM_THREADS') or os.cpu_count())}
+    res.update(summarize(first, times, len(photos)))
+    res['ms_per_image'] = res['ms_per_step'] / len(photos)
+    res['stage_ms_per_image'] = {
+        k: statistics.median(s[k] for s, _ in timed) * 1000.0 / len(photos) for k in timed[0][0]}
+    return res
+
+
+def _print_detector(res):
+    shapes = ', '.join(f"{im['name']} {im['size'][0]}x{im['size'][1]} -> "
+                       f"{im['input'][1]}x{im['input'][0]}" for im in res['images'])
+    scale = 'x'.join(map(str, res['image_scale']))
+    print(f"{res['detector']} detect on {res['device']} (MindSpore {res['mindspore']}, graph "
+          f"mode), test scale {scale}, {len(res['images'])} image(s): {shapes}; weights: "
+          f"{res['weights']}; detections per image {res['detections_per_image']}")
+    print(f"  {res['images_per_s']:.3f} images/s, {res['ms_per_image']:.0f} ms/image (median of "
+          f"{res['steps']} passes), graph compile {res['compile_s']:.1f} s, peak host memory "
+          f"{res['peak_rss_mb']:.0f} MB")
+    print('  per image: ' + ', '.join(f"{k.rsplit('_', 1)[0]} {v:.0f} ms ({k.rsplit('_', 1)[1]})"
+                                      for k, v in res['stage_ms_per_image'].items()))
+
+
 def _print_text(res):
     print(f"{res['model']} {res['mode']} on {res['device']} (MindSpore {res['mindspore']}, "
           f"{'graph' if res['graph_mode'] else 'pynative'} mode, amp {res['amp_level']}, "
@@ -251,16 +413,26 @@ def _print_text(res):
           f"peak host memory {res['peak_rss_mb']:.0f} MB")
 
 
-def _main(argv):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', default=None,
                    help="variant (default: the --config's model, else coat_lite_tiny)")
-    p.add_argument('--batch_size', type=int, default=16)
-    p.add_argument('--image_size', type=int, default=224)
+    p.add_argument('--detector', default=None,
+                   help='time a Mask R-CNN detector instead, e.g. mask_rcnn_coat_lite_mini_3x')
+    p.add_argument('--batch_size', type=int, default=None, help='classifiers (default 16)')
+    p.add_argument('--image_size', default=None,
+                   help='classifiers: the square input (default 224); detectors: the test scale '
+                        "LONGxSHORT (default the config's, 1333x800)")
     p.add_argument('--mode', choices=('infer', 'train'), default='infer')
     p.add_argument('--config', default=None,
                    help='train mode: the training YAML whose step is timed (default: '
-                        'configs/coat/<model>_ascend.yaml)')
+                        'configs/coat/<model>_ascend.yaml); --detector: a detector YAML '
+                        '(other widths, other test settings)')
+    p.add_argument('--images', nargs='+', default=None,
+                   help='--detector: image files to time on (default: one synthetic 640x480 '
+                        'photo)')
+    p.add_argument('--ckpt_path', default=None,
+                   help='--detector: weights to load (default: random, see give_detections)')
     p.add_argument('--model_kwargs', default=None,
                    help='JSON architecture overrides, e.g. \'{"serial_depths": [1, 1, 1, 1]}\'')
     p.add_argument('--amp_level', choices=('O0', 'O2', 'O3'), default=None,
@@ -274,20 +446,62 @@ def _main(argv):
     p.add_argument('--paced', action='store_true',
                    help="before each timed step print 'PACE' and wait for a line on stdin (to "
                         "take turns with another benchmark step by step)")
-    args = p.parse_args(argv)
-    os.environ.setdefault('GLOG_v', '3')
-    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
-        raise UsageError('--batch_size and --steps must be at least 1, --warmup at least 0')
-    if args.image_size <= 0 or args.image_size % 32:
+    return p
+
+
+def _classifier_size(text):
+    size = 224 if text is None else text
+    try:
+        size = int(size)
+    except ValueError:
+        size = -1
+    if size <= 0 or size % 32:
         raise UsageError(f'--image_size must be a positive multiple of 32 (CoaT downsamples by '
-                         f'32), got {args.image_size}')
-    res = measure(args.model, batch_size=args.batch_size, image_size=args.image_size,
-                  mode=args.mode, amp_level=args.amp_level, steps=args.steps, warmup=args.warmup,
-                  device=args.device, graph=not args.pynative, config=args.config,
-                  model_kwargs=parse_model_kwargs(args.model_kwargs),
-                  pace=pace_by_stdin if args.paced else None)
+                         f'32), got {text}')
+    return size
+
+
+def _run_classifier(args):
+    batch_size = 16 if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise UsageError('--batch_size and --steps must be at least 1, --warmup at least 0')
+    if args.images or args.ckpt_path:
+        raise UsageError('--images and --ckpt_path go with --detector NAME')
+    return measure(args.model, batch_size=batch_size, image_size=_classifier_size(args.image_size),
+                   mode=args.mode, amp_level=args.amp_level, steps=args.steps, warmup=args.warmup,
+                   device=args.device, graph=not args.pynative, config=args.config,
+                   model_kwargs=parse_model_kwargs(args.model_kwargs),
+                   pace=pace_by_stdin if args.paced else None)
+
+
+def _run_detector(args):
+    from .config import find_config
+    from .models.detection import check_detector_name
+
+    check_detector_name(args.detector)
+    for flag, given in (('--model', args.model), ('--batch_size', args.batch_size),
+                        ('--model_kwargs', args.model_kwargs), ('--amp_level', args.amp_level),
+                        ('--pynative', args.pynative), ('--mode train', args.mode == 'train')):
+        if given:
+            raise UsageError(f"{flag} is for classifiers; a detector runs one image at a time in "
+                             "graph mode, as mindcoat.detect does")
+    scale = parse_test_scale(args.image_size) if args.image_size is not None else None
+    return measure_detector(args.detector, scale, args.images,
+                            find_config(args.config) if args.config else None, args.ckpt_path,
+                            steps=args.steps, warmup=args.warmup, device=args.device,
+                            pace=pace_by_stdin if args.paced else None)
+
+
+def _main(argv):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault('GLOG_v', '3')
+    if args.steps < 1 or args.warmup < 0:
+        raise UsageError('--batch_size and --steps must be at least 1, --warmup at least 0')
+    res = _run_detector(args) if args.detector else _run_classifier(args)
     if args.json:
         print(json.dumps(res), flush=True)
+    elif args.detector:
+        _print_detector(res)
     else:
         _print_text(res)
     return 0

@@ -1,7 +1,8 @@
 """Detect objects and their masks with a CoaT Mask R-CNN + FPN (the official MMDetection models).
 
     python -m mindcoat.detect --config configs/det/mask_rcnn_coat_lite_mini_3x.yaml \\
-        --ckpt_path mask_rcnn_coat_lite_mini_3x.pth photo1.jpg photo2.jpg some_folder/ --out_dir out/
+        --ckpt_path mask_rcnn_coat_lite_mini_3x.pth photo1.jpg photo2.jpg some_folder/ \\
+        --out_dir out/
     python -m mindcoat.detect ... --image_dir val2017/ --ann_file instances_val2017.json
 
 Writes ``out_dir/detections.json`` in COCO's results format (image_id, COCO's category_id,
@@ -99,19 +100,11 @@ def detector_for(args, log):
     from .models.detection import COCO_CLASSES
     from .weights.detection import detector_checkpoint_info
     config = find_config(args.config) if args.config else None
-    name = args.model
+    if config is None and args.model is None and not args.ckpt_path:
+        raise UsageError("say which detector: --config configs/det/<name>.yaml or --model NAME "
+                         "(or --ckpt_path, whose weights tell)")
     info = detector_checkpoint_info(args.ckpt_path) if args.ckpt_path else {}
-    if config is None and name is None:
-        if not args.ckpt_path:
-            raise UsageError("say which detector: --config configs/det/<name>.yaml or --model "
-                             "NAME (or --ckpt_path, whose weights tell)")
-        candidates = info['detectors']
-        if not candidates:
-            raise UsageError(f"{args.ckpt_path} holds no registered detector's backbone: pass "
-                             "--config or --model")
-        name = candidates[0]  # their test-time settings agree (the schedules differ)
-        log(f"note: model {name} from the checkpoint's backbone")
-    net = create_detector(name, checkpoint_path=args.ckpt_path, pretrained=args.pretrained,
+    net = create_detector(args.model, checkpoint_path=args.ckpt_path, pretrained=args.pretrained,
                           config=config, log=log)
     if args.canvas:
         from dataclasses import replace

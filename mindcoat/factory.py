@@ -8,11 +8,11 @@ from .errors import UsageError
 from .models import build_coat
 from .models.builder import check_arch_args, check_model_name
 from .models.detection import DETECTORS, DetectorConfig, build_detector, check_detector_name, \
-    default_config, load_detector_config
+    default_config, detector_config, load_detector_config
 from .models.registry import ARCHS
 from .weights import checkpoint_info, fetch_weights, load_weights, pretrained_cfg
-from .weights.detection import detector_pretrained_cfg, load_backbone_weights, \
-    load_detector_weights
+from .weights.detection import detector_checkpoint_info, detector_pretrained_cfg, \
+    load_backbone_weights, load_detector_weights
 
 # create_model's own arguments (named in the error for an unknown keyword)
 FACTORY_ARGS = ('model_name', 'num_classes', 'pretrained', 'in_channels', 'checkpoint_path',
@@ -112,10 +112,14 @@ def create_detector(name=None, checkpoint_path=None, num_classes=None, pretraine
         (official .pth, timm, MindCV, mindcoat) or a detector checkpoint's backbone; the heads
         stay freshly initialised. Not with detector weights.
     config: a DetectorConfig or the path of a detector YAML file (configs/det/*.yaml): the
-        settings to build and test with (default: the official ones of ``name``).
+        settings to build and test with (default: the official ones of ``name``). With neither
+        name nor config, ``checkpoint_path`` tells: the settings a mindcoat detector .ckpt
+        was converted with, else the registered detector its backbone matches.
     log: where the loaders' reports and download messages go.
 
     ``model.config`` holds the settings (``config.pipeline`` for ``preprocess``)."""
+    if name is None and config is None and checkpoint_path:
+        config = _config_from_checkpoint(os.fspath(checkpoint_path), log)
     config = _detector_config(name, config, num_classes)
     source = _weights_source(pretrained, checkpoint_path, False)
     if source and backbone_checkpoint:
@@ -132,6 +136,22 @@ def create_detector(name=None, checkpoint_path=None, num_classes=None, pretraine
     elif backbone_checkpoint:
         load_backbone_weights(net, os.fspath(backbone_checkpoint), log=log)
     return net
+
+
+def _config_from_checkpoint(path, log):
+    """The settings ``path`` was converted with (mindcoat's detector .ckpt), else the official
+    ones of the first registered detector on its backbone (their test-time settings agree; the
+    schedules differ), said in one line."""
+    info = detector_checkpoint_info(path)
+    if info['config'] is not None:
+        return detector_config(info['config'], f"{path} (its stored settings)", tuple(DETECTORS),
+                               tuple(ARCHS))
+    if not info['detectors']:
+        raise UsageError(f"{path} holds no registered detector's backbone: say which detector "
+                         "(--config DETECTOR.yaml or --model NAME)")
+    name = info['detectors'][0]
+    log(f"note: model {name} from the checkpoint's backbone")
+    return replace(default_config(name), num_classes=info['num_classes'] or 80)
 
 
 def _detector_config(name, config, num_classes):

@@ -166,3 +166,81 @@ def test_compare_speed_steps_two_systems_in_turn(tmp_path):
         res, err, peers = out[system]
         assert err is None and peers == ['mindcoat', 'timm'], (err, peers)
         assert res['steps'] == steps and len(res['step_times_ms']) == steps
+
+
+# ---- detectors ---------------------------------------------------------------------------------
+
+DET_FIELDS = {'detector', 'mode', 'device', 'image_scale', 'images', 'detections_per_image',
+              'weights', 'images_per_s', 'ms_per_image', 'ms_per_step', 'compile_s',
+              'first_step_s', 'peak_rss_mb', 'steps', 'warmup', 'step_times_ms',
+              'stage_ms_per_image', 'mindspore', 'threads'}
+DET_STAGES = {'dense_graph', 'proposals_host', 'roi_align_host', 'heads_graph',
+              'detections_host', 'paste_host', 'rest_host'}
+
+
+def _shrunken_detector_yaml(tmp_path, name='coat_lite_mini_3x'):
+    from test_detection_fixtures import shrunken_config
+
+    from mindcoat.models.detection import as_yaml_dict
+    path = tmp_path / 'detector.yaml'
+    path.write_text(yaml.safe_dump(as_yaml_dict(shrunken_config(name)), sort_keys=False))
+    return str(path)
+
+
+def test_detector_on_the_official_fixture(tmp_path):
+    """The shrunken fixture detector on its three photos: the pipeline the benchmark times finds
+    the official code's detections (their counts), every stage is timed, and the figures add up."""
+    from test_detection_fixtures import FIXTURES
+
+    with open(os.path.join(FIXTURES, 'coat_lite_mini_3x_meta.json')) as f:
+        official = json.load(f)['per_image']
+    names = ['coffee', 'chelsea', 'astronaut']
+    out = _bench_detector(tmp_path, '--config', _shrunken_detector_yaml(tmp_path),
+                          '--ckpt_path', os.path.join(FIXTURES, 'coat_lite_mini_3x_random.pth'),
+                          '--images', *[os.path.join(FIXTURES, 'images', f'{n}.png')
+                                        for n in names], '--json')
+    out = json.loads(out.stdout.strip().splitlines()[-1])
+    assert DET_FIELDS <= set(out), DET_FIELDS - set(out)
+    assert (out['detector'], out['image_scale'], out['steps']) == \
+        ('mask_rcnn_coat_lite_mini_3x', [224, 128], 2)
+    assert out['detections_per_image'] == [official[n]['num_dets'] for n in names]
+    assert [im['input'] for im in out['images']] == [official[n]['input_shape'][2:]
+                                                     for n in names]
+    assert abs(out['images_per_s'] * out['ms_per_image'] / 1000.0 - 1) < 1e-6
+    stages = out['stage_ms_per_image']
+    assert set(stages) == DET_STAGES and all(v > 0 for v in stages.values()), stages
+
+
+def test_detector_with_random_weights_detects(tmp_path):
+    """Random weights with the box classifier biased: 100 detections (max_per_img) on the
+    synthetic photo, reported in text."""
+    res = _bench_detector(tmp_path, '--config', _shrunken_detector_yaml(tmp_path))
+    lines = res.stdout.strip().splitlines()
+    assert 'synthetic 640x480 -> 192x128' in lines[0] and 'per image [100]' in lines[0], lines
+    assert 'images/s' in lines[1] and 'graph compile' in lines[1] and 'peak host memory' in \
+        lines[1], lines
+    assert lines[2].startswith('  per image: dense ') and '(host)' in lines[2], lines
+
+
+def _bench_detector(tmp_path, *args):
+    res = _run(tmp_path, '--detector', 'mask_rcnn_coat_lite_mini_3x', '--image_size', '224x128',
+               '--steps', '2', '--warmup', '1', *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+def test_detector_requests_are_one_line(tmp_path, capsys):
+    from mindcoat import benchmark
+
+    detector = ['--detector', 'mask_rcnn_coat_lite_mini_3x']
+    cases = [(['--detector', 'mask_rcnn_coat_huge'], "unknown detector 'mask_rcnn_coat_huge'"),
+             (detector + ['--batch_size', '4'], '--batch_size is for classifiers'),
+             (detector + ['--mode', 'train'], '--mode train is for classifiers'),
+             (detector + ['--image_size', '1333'], 'test scale LONGxSHORT'),
+             (['--images', 'a.png'], '--images and --ckpt_path go with --detector'),
+             (['--image_size', 'big'], 'multiple of 32')]
+    for args, message in cases:
+        assert benchmark.main(args) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], \
+            (args, lines)

@@ -7,11 +7,19 @@ backbone's shared cpe/crpe modules repeated under every path (collapsed as the c
 are, ``mapping.canonical_name``). Loading is all or nothing: every key and shape is checked
 before the first parameter is assigned, and each refusal is one line (a classifier file given as
 a detector, another variant, another number of classes, missing or unexpected keys).
+
+mindcoat's own detector checkpoint (``save_detector_ckpt``, what ``mindcoat.convert`` writes) is
+a MindSpore .ckpt of the same parameter names, read back by the same loader, with the format,
+the detector's name, its settings and its class names appended as strings.
 """
+import json
+
 import numpy as np
 
 from ..errors import CheckpointError
 from ..models.detection.registry import DETECTORS, checkpoint_file
+from ..models.detection.settings import as_yaml_dict
+from .checkpoint import save_ckpt
 from .hub import base_url, hash_prefix_of
 from .loading import _preview, architecture, first_nonfinite, likely_variant, nonfinite_hint, \
     read_weights
@@ -20,6 +28,7 @@ from .readers import as_numpy, read_any
 
 _PARTS = ('backbone.', 'neck.', 'rpn_head.', 'roi_head.')
 _BACKBONE = 'backbone.'
+DETECTOR_FORMAT = 'mindcoat-detector-v1'
 
 
 def detector_pretrained_cfg(name):
@@ -185,26 +194,70 @@ def load_backbone_weights(net, path, log=print, max_gb=None):
 
 
 def detector_checkpoint_info(path, max_gb=None):
-    """What an MMDetection checkpoint says about its detector, without building one: 'backbone'
-    (the classifier variant whose architecture its backbone has, when one matches),
-    'detectors' (the registered detectors on that backbone), 'num_classes' (rows of the box
-    classifier, background excluded) and 'class_names' (the meta's CLASSES, when it has them
-    for every class)."""
+    """What an MMDetection checkpoint (or mindcoat's detector .ckpt) says about its detector,
+    without building one: 'backbone' (the classifier variant whose architecture its backbone
+    has, when one matches), 'detectors' (the registered detectors on that backbone, the one the
+    file names first), 'num_classes' (rows of the box classifier, background excluded),
+    'class_names' (the meta's CLASSES or the stored names, when there is one per class), and
+    from a mindcoat .ckpt 'model' and 'config' (the settings it was converted with, as the YAML
+    mapping); None where the file does not say."""
     tree = read_any(path, max_gb)
     tensors = _state_dict(tree, path)
     shapes = {canonical_detector_name(k): tuple(v.shape) for k, v in tensors.items()}
     if not any(k.startswith(_PARTS) for k in shapes):
         _detector_weights(tensors, path)  # raises the one-line refusal
     arches = likely_variant(architecture(_backbone_shapes(shapes)))
-    info = {'backbone': arches[0] if len(arches) == 1 else None,
-            'detectors': [d for d, v in DETECTORS.items() if v['backbone'] in arches]}
+    stored = _stored_settings(tree, path)
+    detectors = [d for d, v in DETECTORS.items() if v['backbone'] in arches]
+    if stored['model'] in detectors:  # same backbone, other schedule: the file's own first
+        detectors.remove(stored['model'])
+        detectors.insert(0, stored['model'])
+    info = {'backbone': arches[0] if len(arches) == 1 else None, 'detectors': detectors,
+            'model': stored['model'], 'config': stored['config']}
     cls = shapes.get('roi_head.bbox_head.fc_cls.weight')
     info['num_classes'] = cls[0] - 1 if cls and len(cls) == 2 else None
-    meta = tree.get('meta') if isinstance(tree, dict) else None
-    names = meta.get('CLASSES') if isinstance(meta, dict) else None
+    names = _meta_class_names(tree) or stored['class_names']
     if isinstance(names, (list, tuple)) and len(names) == info['num_classes'] and \
             all(isinstance(n, str) for n in names):
         info['class_names'] = tuple(names)
     else:
         info['class_names'] = None
     return info
+
+
+def _meta_class_names(tree):
+    meta = tree.get('meta') if isinstance(tree, dict) else None
+    return meta.get('CLASSES') if isinstance(meta, dict) else None
+
+
+def _stored_settings(tree, path):
+    """'model', 'config' and 'class_names' a mindcoat detector .ckpt appended (None each for
+    any other file); stored JSON that does not parse is a damaged file."""
+    out = dict.fromkeys(('model', 'config', 'class_names'))
+    if not isinstance(tree, dict) or str(tree.get('format', '')) != DETECTOR_FORMAT:
+        return out
+    model = tree.get('model')
+    out['model'] = model if isinstance(model, str) else None
+    for key, kind in (('config', dict), ('class_names', list)):
+        if key not in tree:
+            continue
+        try:
+            value = json.loads(str(tree[key]))
+        except ValueError:
+            value = None
+        if not isinstance(value, kind):
+            raise CheckpointError(f"{path}: a mindcoat detector checkpoint whose stored {key} is "
+                                  "not valid JSON; the file is damaged")
+        out[key] = value
+    return out
+
+
+def save_detector_ckpt(path, net, class_names=None):
+    """Writes ``net``'s parameters (MMDetection's names, what load_detector_weights reads) to
+    ``path`` with a CRC, all or nothing, appending the format, ``net.name``, ``net.config`` (the
+    YAML mapping, as JSON) and ``class_names`` when given."""
+    append = {'format': DETECTOR_FORMAT, 'model': net.name,
+              'config': json.dumps(as_yaml_dict(net.config))}
+    if class_names is not None:
+        append['class_names'] = json.dumps(list(class_names))
+    save_ckpt(path, list(net.get_parameters()), append)
