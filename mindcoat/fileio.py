@@ -113,6 +113,26 @@ def not_a_file(path):
     return f'{kind}, not a regular file'
 
 
+def read_small_text(path, what, error, max_bytes=1 << 20):
+    """The text of ``path``, a regular UTF-8 file of at most ``max_bytes`` (its kind checked before
+    it is opened: a FIFO would block, /dev/zero never ends); anything else is ``error`` with one
+    line naming ``what`` (e.g. 'config file') and the path."""
+    why = not_a_file(path)
+    if why:
+        raise error(f"cannot read {what} {path}: {why}")
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        raise error(f"{what} {path} is larger than {max_bytes >> 10} KB: not a {what}")
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not UTF-8 text (a binary file?)") from None
+
+
 def regular_file(path, what, error=UsageError):
     """``path`` if it is an existing regular file, else ``error`` naming ``what`` it is."""
     reason = not_a_file(path)

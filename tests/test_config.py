@@ -205,9 +205,9 @@ def test_an_alias_bomb_or_binary_yaml_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('make, words', [
-    (lambda d: '/dev/zero', 'is not a regular file'),
-    (lambda d: str(d), 'is a directory'),
-    (lambda d: (os.mkfifo(d / 'fifo.yaml'), str(d / 'fifo.yaml'))[1], 'is not a regular file'),
+    (lambda d: '/dev/zero', 'a character device, not a regular file'),
+    (lambda d: str(d), 'a directory, not a regular file'),
+    (lambda d: (os.mkfifo(d / 'fifo.yaml'), str(d / 'fifo.yaml'))[1], 'a FIFO, not a regular file'),
     (lambda d: (d / 'c.yaml').write_text('lr: .inf\n') and str(d / 'c.yaml'),
      "bad value for 'lr'"),
     (lambda d: (d / 'c.yaml').write_text('hflip: .nan\n') and str(d / 'c.yaml'),

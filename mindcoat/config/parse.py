@@ -13,12 +13,12 @@ error naming the key. As in MindCV, ``lr`` is absolute unless ``lr_base_batch`` 
 import argparse
 import difflib
 import os
-import stat
 import sys
 
 import yaml
 
 from ..errors import ConfigError
+from ..fileio import read_small_text
 from .keys import GROUPS, KEYS, literal
 
 
@@ -107,30 +107,6 @@ def find_config(path):
     return candidate if candidate and os.path.isfile(candidate) else path
 
 
-def _read_text(path):
-    """The file's text; ConfigError for what is not a small regular UTF-8 file (checked before
-    it is opened: a FIFO would block, /dev/zero never ends)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        kind = 'a directory' if stat.S_ISDIR(mode) else 'not a regular file'
-        raise ConfigError(f"config file {path} is {kind}: give a YAML file")
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read(MAX_YAML_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_YAML_BYTES >> 20} MB: not a "
-                          "config file")
-    try:
-        return raw.decode('utf-8')
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text (a binary file?)") from None
-
-
 def _yaml_problem(error):
     """A YAML error as one phrase with its line and column."""
     mark = getattr(error, 'problem_mark', None)
@@ -146,7 +122,7 @@ def load_yaml(path):
     ConfigError (one line) for anything else: unknown keys, bad values, a file that is not
     YAML text of settings."""
     path = find_config(path)
-    text = _read_text(path)
+    text = read_small_text(path, 'config file', ConfigError, MAX_YAML_BYTES)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 
 from ...errors import ConfigError
-from ...fileio import not_a_file
+from ...fileio import read_small_text
 
 SIZE_DIVISOR = 32  # the CoaT backbone needs multiples of 32; so does the official Pad
 
@@ -302,29 +302,10 @@ def detector_config(values, source='', known_models=(), known_arches=()):
 _MAX_YAML_BYTES = 1 << 20  # a detector config is a few hundred bytes
 
 
-def _read_yaml_text(path):
-    """The file's text: a small regular UTF-8 file (checked before opening: a FIFO would
-    block)."""
-    why = not_a_file(path)
-    if why:
-        raise ConfigError(f"cannot read detector config {path}: {why}")
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read(_MAX_YAML_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read detector config {path}: {e.strerror or e}") from None
-    if len(raw) > _MAX_YAML_BYTES:
-        raise ConfigError(f"{path} is larger than 1 MB: not a detector config")
-    try:
-        return raw.decode('utf-8')
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text: not a detector config") from None
-
-
 def load_detector_config(path, known_models=(), known_arches=()):
     """Reads a detector YAML file (``configs/det/*.yaml``) into a checked DetectorConfig."""
     import yaml
-    text = _read_yaml_text(path)
+    text = read_small_text(path, 'detector config', ConfigError, _MAX_YAML_BYTES)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:
