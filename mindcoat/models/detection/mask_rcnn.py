@@ -60,17 +60,23 @@ class Detections:
         return bbox_results, segm_results
 
 
-def _bucket(n):
+def _bucket(n, exact=()):
+    """The row count ``n`` RoIs run at: ``n`` itself when it is one of ``exact`` (the caps of
+    the test settings: the counts most images reach), else the next of _ROW_BUCKETS, so that
+    a few compiled shapes serve every count."""
+    if n in exact:
+        return n
     for size in _ROW_BUCKETS:
         if n <= size:
             return size
     return -(-n // _ROW_BUCKETS[-1]) * _ROW_BUCKETS[-1]
 
 
-def _run_padded(cell, rows):
-    """``cell`` on ``rows`` (k, ...) float32, zero-padded to a bucket size; outputs cut to k."""
+def _run_padded(cell, rows, exact=()):
+    """``cell`` on ``rows`` (k, ...) float32, zero-padded to ``_bucket(k, exact)`` rows;
+    outputs cut to k."""
     k = len(rows)
-    padded = np.zeros((_bucket(k),) + rows.shape[1:], F32)
+    padded = np.zeros((_bucket(k, exact),) + rows.shape[1:], F32)
     padded[:k] = rows
     outs = cell(ms.Tensor(padded))
     if isinstance(outs, (tuple, list)):
@@ -159,7 +165,8 @@ class MaskRCNN(nn.Cell):
         if not len(rois):
             return roi_feats, np.zeros((0, self.num_classes + 1), F32), \
                 np.zeros((0, 4 * self.num_classes), F32)
-        cls_score, bbox_pred = _run_padded(self.roi_head.bbox_head, roi_feats)
+        cls_score, bbox_pred = _run_padded(self.roi_head.bbox_head, roi_feats,
+                                           (self.rpn_test.max_per_img,))
         padding = rois[:, 3] == 0
         cls_score[padding] = 0
         bbox_pred[padding] = 0
@@ -190,7 +197,7 @@ class MaskRCNN(nn.Cell):
         if not len(rois):
             size = 2 * self.heads.mask_roi_size
             return roi_feats, np.zeros((0, size, size), F32)
-        logits = _run_padded(self.roi_head.mask_head, roi_feats)
+        logits = _run_padded(self.roi_head.mask_head, roi_feats, (self.rcnn_test.max_per_img,))
         return roi_feats, logits[np.arange(len(rois)), labels]
 
     def paste(self, logits, rois, meta):
