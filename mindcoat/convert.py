@@ -44,14 +44,14 @@ def convert_detector(src, out, name=None, config=None, num_classes=None, max_gb=
     DetectorConfig or a detector YAML path; default: the official settings of ``name``) and
     writes mindcoat's detector .ckpt. ``num_classes`` None: the file's. Returns the detector."""
     from .factory import create_detector
-    from .weights.detection import detector_checkpoint_info, load_detector_weights, \
+    from .weights.detection import load_detector_weights, read_detector_checkpoint, \
         save_detector_ckpt
-    info = detector_checkpoint_info(src, max_gb)
+    ckpt = read_detector_checkpoint(src, max_gb)
     if num_classes is None:
-        num_classes = info['num_classes']
+        num_classes = ckpt.info['num_classes']
     net = create_detector(name, num_classes=num_classes, config=config, log=log)
-    load_detector_weights(net, src, log=log, max_gb=max_gb)
-    save_detector_ckpt(out, net, info['class_names'])
+    load_detector_weights(net, ckpt, log=log)
+    save_detector_ckpt(out, net, ckpt.info['class_names'])
     log(f"wrote {out}")
     return net
 

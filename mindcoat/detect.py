@@ -98,19 +98,17 @@ def detector_for(args, log):
     from .config import find_config
     from .factory import create_detector
     from .models.detection import COCO_CLASSES
-    from .weights.detection import detector_checkpoint_info
     config = find_config(args.config) if args.config else None
     if config is None and args.model is None and not args.ckpt_path:
         raise UsageError("say which detector: --config configs/det/<name>.yaml or --model NAME "
                          "(or --ckpt_path, whose weights tell)")
-    info = detector_checkpoint_info(args.ckpt_path) if args.ckpt_path else {}
     net = create_detector(args.model, checkpoint_path=args.ckpt_path, pretrained=args.pretrained,
                           config=config, log=log)
     if args.canvas:
         from dataclasses import replace
         net.pipeline = replace(net.pipeline, canvas=tuple(args.canvas))
-    names = info.get('class_names') or (COCO_CLASSES if net.num_classes == 80 else
-                                        [f'class {i}' for i in range(net.num_classes)])
+    names = net.class_names or (COCO_CLASSES if net.num_classes == 80 else
+                                [f'class {i}' for i in range(net.num_classes)])
     return net, names
 
 

@@ -11,8 +11,8 @@ from .models.detection import DETECTORS, DetectorConfig, build_detector, check_d
     default_config, detector_config, load_detector_config
 from .models.registry import ARCHS
 from .weights import checkpoint_info, fetch_weights, load_weights, pretrained_cfg
-from .weights.detection import detector_checkpoint_info, detector_pretrained_cfg, \
-    load_backbone_weights, load_detector_weights
+from .weights.detection import detector_pretrained_cfg, load_backbone_weights, \
+    load_detector_weights, read_detector_checkpoint
 
 # create_model's own arguments (named in the error for an unknown keyword)
 FACTORY_ARGS = ('model_name', 'num_classes', 'pretrained', 'in_channels', 'checkpoint_path',
@@ -117,9 +117,12 @@ def create_detector(name=None, checkpoint_path=None, num_classes=None, pretraine
         was converted with, else the registered detector its backbone matches.
     log: where the loaders' reports and download messages go.
 
-    ``model.config`` holds the settings (``config.pipeline`` for ``preprocess``)."""
+    ``model.config`` holds the settings (``config.pipeline`` for ``preprocess``), and
+    ``model.class_names`` the class names the loaded file gives (None if it gives none)."""
+    ckpt = None  # a local checkpoint is read once, for its settings and its weights
     if name is None and config is None and checkpoint_path:
-        config = _config_from_checkpoint(os.fspath(checkpoint_path), log)
+        ckpt = read_detector_checkpoint(os.fspath(checkpoint_path))
+        config = _config_from_checkpoint(ckpt, log)
     config = _detector_config(name, config, num_classes)
     source = _weights_source(pretrained, checkpoint_path, False)
     if source and backbone_checkpoint:
@@ -132,23 +135,25 @@ def create_detector(name=None, checkpoint_path=None, num_classes=None, pretraine
         source = fetch_weights(source, log=log)
     net = build_detector(config)
     if source:
-        load_detector_weights(net, source, log=log)
+        ckpt = ckpt or read_detector_checkpoint(source)
+        load_detector_weights(net, ckpt, log=log)
+        net.class_names = ckpt.info['class_names']
     elif backbone_checkpoint:
         load_backbone_weights(net, os.fspath(backbone_checkpoint), log=log)
     return net
 
 
-def _config_from_checkpoint(path, log):
-    """The settings ``path`` was converted with (mindcoat's detector .ckpt), else the official
-    ones of the first registered detector on its backbone (their test-time settings agree; the
+def _config_from_checkpoint(ckpt, log):
+    """The settings a mindcoat detector .ckpt was converted with, else the official ones of the
+    first registered detector on the checkpoint's backbone (their test-time settings agree; the
     schedules differ), said in one line."""
-    info = detector_checkpoint_info(path)
+    info = ckpt.info
     if info['config'] is not None:
-        return detector_config(info['config'], f"{path} (its stored settings)", tuple(DETECTORS),
-                               tuple(ARCHS))
+        return detector_config(info['config'], f"{ckpt.path} (its stored settings)",
+                               tuple(DETECTORS), tuple(ARCHS))
     if not info['detectors']:
-        raise UsageError(f"{path} holds no registered detector's backbone: say which detector "
-                         "(--config DETECTOR.yaml or --model NAME)")
+        raise UsageError(f"{ckpt.path} holds no registered detector's backbone: say which "
+                         "detector (--config DETECTOR.yaml or --model NAME)")
     name = info['detectors'][0]
     log(f"note: model {name} from the checkpoint's backbone")
     return replace(default_config(name), num_classes=info['num_classes'] or 80)

@@ -13,6 +13,7 @@ a MindSpore .ckpt of the same parameter names, read back by the same loader, wit
 the detector's name, its settings and its class names appended as strings.
 """
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,7 +56,8 @@ def canonical_detector_name(key):
 def read_detector_weights(path, max_gb=None):
     """{canonical key: numpy array} of an MMDetection checkpoint, and the alias keys whose
     values differ from their canonical copy. A classifier's weights are refused in one line."""
-    return _detector_weights(_state_dict(read_any(path, max_gb), path), path)
+    ckpt = read_detector_checkpoint(path, max_gb)
+    return ckpt.weights, ckpt.conflicts
 
 
 def _detector_weights(tensors, path):
@@ -141,18 +143,39 @@ def _assign(pairs, path):
         param.set_data(ms.Tensor(np.ascontiguousarray(value, np.float32), dtype=param.dtype))
 
 
-def load_detector_weights(net, path, log=print, max_gb=None):
-    """Loads an MMDetection checkpoint into ``net`` (a MaskRCNN), all or nothing. Returns the
-    number of parameters loaded."""
-    weights, conflicts = read_detector_weights(path, max_gb)
+@dataclass(frozen=True)
+class DetectorCheckpoint:
+    """One read of a detector checkpoint: its weights under canonical names, the alias keys
+    whose values differ from their canonical copy, and what the file says about its detector
+    (``detector_checkpoint_info``)."""
+    path: str
+    weights: dict
+    conflicts: list
+    info: dict
+
+
+def read_detector_checkpoint(path, max_gb=None):
+    """Reads an MMDetection checkpoint (or mindcoat's detector .ckpt) once, for both what it
+    says and what it loads. A classifier's weights are refused in one line."""
+    tree = read_any(path, max_gb)
+    weights, conflicts = _detector_weights(_state_dict(tree, path), path)
+    return DetectorCheckpoint(str(path), weights, conflicts, _checkpoint_info(tree, weights, path))
+
+
+def load_detector_weights(net, source, log=print, max_gb=None):
+    """Loads a detector checkpoint (a path, or a DetectorCheckpoint already read) into ``net``
+    (a MaskRCNN), all or nothing. Returns the number of parameters loaded."""
+    ckpt = source if isinstance(source, DetectorCheckpoint) else \
+        read_detector_checkpoint(source, max_gb)
+    path, weights = ckpt.path, ckpt.weights
     params = {p.name: p for p in net.get_parameters()}
     _check_variant(net, path, weights, params)
     pairs = _assignments(params, weights, path, getattr(net, 'name', 'this detector'))
     _assign(pairs, path)
     log(f"loaded {len(pairs)}/{len(params)} parameters from {path}")
-    if conflicts:
+    if ckpt.conflicts:
         log("warning: shared-module copies differ from the canonical copy (canonical used): "
-            + _preview(conflicts))
+            + _preview(ckpt.conflicts))
     return len(pairs)
 
 
@@ -201,11 +224,13 @@ def detector_checkpoint_info(path, max_gb=None):
     'class_names' (the meta's CLASSES or the stored names, when there is one per class), and
     from a mindcoat .ckpt 'model' and 'config' (the settings it was converted with, as the YAML
     mapping); None where the file does not say."""
-    tree = read_any(path, max_gb)
-    tensors = _state_dict(tree, path)
-    shapes = {canonical_detector_name(k): tuple(v.shape) for k, v in tensors.items()}
-    if not any(k.startswith(_PARTS) for k in shapes):
-        _detector_weights(tensors, path)  # raises the one-line refusal
+    return read_detector_checkpoint(path, max_gb).info
+
+
+def _checkpoint_info(tree, weights, path):
+    """detector_checkpoint_info of the file read as ``tree``, whose canonical ``weights``
+    ``_detector_weights`` took from it."""
+    shapes = {k: tuple(v.shape) for k, v in weights.items()}
     arches = likely_variant(architecture(_backbone_shapes(shapes)))
     stored = _stored_settings(tree, path)
     detectors = [d for d, v in DETECTORS.items() if v['backbone'] in arches]

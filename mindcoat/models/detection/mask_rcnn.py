@@ -104,6 +104,7 @@ class MaskRCNN(nn.Cell):
         self.rpn_test = rpn_test or RPNTestSettings()
         self.rcnn_test = rcnn_test or RCNNTestSettings()
         self.pipeline = pipeline or PipelineSettings()
+        self.class_names = None  # a checkpoint's own names, when loading gives them
         self.backbone = backbone
         self.neck = FPN(in_channels, heads.fpn_channels, heads.num_outs)
         self.rpn_head = RPNHead(heads.fpn_channels, heads.rpn_feat_channels, heads.num_anchors)
