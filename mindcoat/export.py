@@ -25,10 +25,10 @@ import numpy as np
 from . import __version__
 from .cli import build_model, check_at_least_one, check_image_size, checkpoint_settings, \
     parse_model_kwargs, resolve_model, run, take_from_checkpoint
-from .errors import ConfigError, DataError, MindcoatError, UsageError
+from .errors import DataError, MindcoatError, UsageError
 from .fileio import atomic_output, regular_file
 from .ops.dispatch import export_ops, native_ops
-from .predict import EVAL_SETTINGS, load_image, preprocess
+from .predict import EVAL_SETTINGS, eval_settings_for, load_image, preprocess
 
 FORMATS = ('MINDIR', 'AIR', 'ONNX')
 INPUT_NAME = 'image'
@@ -230,18 +230,6 @@ def onnx_verifier(model, inputs, batch_size, dynamic_batch, what):
     return verify
 
 
-def eval_settings(args):
-    """The eval transform's settings (DataSettings) at the export's image size."""
-    from .data import resolve_data_settings
-    wanted = SimpleNamespace(image_resize=args.image_size, crop_pct=args.crop_pct,
-                             crop_mode=args.crop_mode, interpolation=args.interpolation,
-                             mean=args.mean, std=args.std)
-    try:
-        return resolve_data_settings(wanted, args.model)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def read_check_images(paths, settings, in_channels):
     """The --check_images through the eval transform -> (N, C, H, W) float32."""
     from .data import EvalTransform
@@ -367,7 +355,8 @@ def _main(argv):
     if args.format != 'ONNX':
         export_mindspore(load_model(args), out, args)
         return 0
-    settings = eval_settings(args)
+    settings = eval_settings_for(args.model, args.image_size, args.crop_pct, args.interpolation,
+                                 args.mean, args.std, args.crop_mode)
     images = None
     if args.check_images:  # read before the model is built: a bad image fails fast
         images = read_check_images(args.check_images, settings, args.in_channels)

@@ -79,17 +79,25 @@ def preprocess(images, transform):
     return np.stack([transform(img) for img in images]).astype(np.float32)
 
 
-def eval_transforms_for(model_name, image_size=None, crop_pct=None, interpolation=None,
-                        mean=None, std=None, crop_mode=None):
-    """The variant's eval transform with optional overrides, resolved exactly as train.py and
-    validate.py resolve theirs (mindcoat.data.resolve_data_settings)."""
-    from .data import EvalTransform, resolve_data_settings
+def eval_settings_for(model_name, image_size=None, crop_pct=None, interpolation=None,
+                      mean=None, std=None, crop_mode=None):
+    """The variant's eval settings (DataSettings) with optional overrides, resolved exactly as
+    train.py and validate.py resolve theirs (mindcoat.data.resolve_data_settings)."""
+    from .data import resolve_data_settings
     wanted = SimpleNamespace(image_resize=image_size, crop_pct=crop_pct, crop_mode=crop_mode,
                              interpolation=interpolation, mean=mean, std=std)
     try:
-        return EvalTransform(resolve_data_settings(wanted, model_name))
+        return resolve_data_settings(wanted, model_name)
     except ConfigError as exc:  # e.g. an unknown interpolation, a size not a multiple of 32
         raise UsageError(str(exc)) from None
+
+
+def eval_transforms_for(model_name, image_size=None, crop_pct=None, interpolation=None,
+                        mean=None, std=None, crop_mode=None):
+    """The eval transform of ``eval_settings_for``."""
+    from .data import EvalTransform
+    return EvalTransform(eval_settings_for(model_name, image_size, crop_pct, interpolation, mean,
+                                           std, crop_mode))
 
 
 def topk(logits, k):
