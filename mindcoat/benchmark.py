@@ -463,8 +463,6 @@ def _classifier_size(text):
 
 def _run_classifier(args):
     batch_size = 16 if args.batch_size is None else args.batch_size
-    if batch_size < 1:
-        raise UsageError('--batch_size and --steps must be at least 1, --warmup at least 0')
     if args.images or args.ckpt_path:
         raise UsageError('--images and --ckpt_path go with --detector NAME')
     return measure(args.model, batch_size=batch_size, image_size=_classifier_size(args.image_size),
@@ -495,7 +493,7 @@ def _run_detector(args):
 def _main(argv):
     args = build_parser().parse_args(argv)
     os.environ.setdefault('GLOG_v', '3')
-    if args.steps < 1 or args.warmup < 0:
+    if args.steps < 1 or args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError('--batch_size and --steps must be at least 1, --warmup at least 0')
     res = _run_detector(args) if args.detector else _run_classifier(args)
     if args.json:
