@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -30,6 +31,26 @@ def catch_interrupts():
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
         python_sigint()
+
+
+@contextmanager
+def interrupts_held():
+    """Holds Ctrl-C (SIGINT, and the SIGTERM MindSpore turns it into) until the block is done,
+    then raises KeyboardInterrupt: the end-of-epoch writes finish together, so the line saying
+    which checkpoint is kept is true, and no library reports a torn write of its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def launched_by_msrun():

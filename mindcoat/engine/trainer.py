@@ -12,7 +12,7 @@ import os
 from ..errors import CheckpointError, DataError, Interrupted, NonFiniteLoss, ResumeError, \
     UsageError
 from ..fileio import regular_file
-from .context import CPU_FLOAT32, check_launcher, start, training_amp_level
+from .context import CPU_FLOAT32, check_launcher, interrupts_held, start, training_amp_level
 
 
 def check_data(cfg, run):
@@ -260,12 +260,14 @@ def train(cfg, notes=()):
 
                 def save(path):
                     save_checkpoint(path, state, epoch + 1, global_step, best, config)
-                epoch_log.append(record)  # first: a checkpoint never holds an epoch the log lacks
-                summary.write(record)
-                if is_best:
-                    save(keeper.path('best'))
-                keeper.save_epoch(epoch + 1, top1, save)
-                saved = epoch + 1
+                with interrupts_held():
+                    # the log first: a checkpoint never holds an epoch the log lacks
+                    epoch_log.append(record)
+                    summary.write(record)
+                    if is_best:
+                        save(keeper.path('best'))
+                    keeper.save_epoch(epoch + 1, top1, save)
+                    saved = epoch + 1
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted in epoch {epoch + 1}: {_kept(keeper, saved)}") from None
     finally:
