@@ -9,8 +9,9 @@ import sys
 import mindspore as ms
 import numpy as np
 
-from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, cross_scale_sum, depthwise_tokens, \
-    factor_attention, factor_attention_crpe, linear, linear_gelu, linear_residual, mlp
+from mindcoat.ops import Gelu, LayerNormOp, conv2d_relu, conv_rel_pos_enc, cross_scale_sum, \
+    depthwise_tokens, factor_attention, factor_attention_crpe, linear, linear_gelu, \
+    linear_residual, mlp
 
 H, W, C = 14, 12, 152
 GRIDS = ((H, W), (H // 2, W // 2), (H * 2, W * 2))
@@ -40,6 +41,7 @@ def _cases(rng):
                             (rows, t(C, C), t(C), t(16, 130, C))),
         'linear_mlp': (mlp, (rows, t(4 * C, C), t(4 * C), t(C, 4 * C), t(C))),
         'linear_few_rows': (linear, (tokens, t(4 * C, C), t(4 * C))),
+        'conv2d_relu': (conv2d_relu, (t(2, 9, 7, 48), t(32, 48, 3, 3), t(32))),
         'gelu': (gelu, (tokens,)),
         'layer_norm': (norm, (tokens, t(C), t(C))),
     }

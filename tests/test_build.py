@@ -196,7 +196,7 @@ def test_ops_report_says_each_path_and_why(tmp_path):
     rows = {ln.split()[0]: ln for ln in lines if ln.split() and ln.split()[0] in dispatch.OPS}
     assert sorted(rows) == sorted(dispatch.OPS)
     assert 'MINDCOAT_NATIVE_GELU is set' in rows['gelu'] and ' native ' in rows['gelu']
-    for op in ('dwconv', 'crpe', 'attention', 'resize', 'linear', 'layernorm'):
+    for op in ('dwconv', 'crpe', 'attention', 'resize', 'linear', 'layernorm', 'conv'):
         assert ' native ' in rows[op] and 'internal compiler error' in rows[op], rows[op]
     assert 'CPU fast path' in rows['patch']
     head = dict(ln.split(':', 1) for ln in lines if ln.split()[0] not in dispatch.OPS)
@@ -247,6 +247,9 @@ OK(dnnl_memory_create) OK(dnnl_memory_destroy) OK(dnnl_primitive_execute) OK(dnn
 OK(dnnl_primitive_attr_create) OK(dnnl_primitive_attr_destroy)
 OK(dnnl_primitive_attr_set_post_ops) OK(dnnl_post_ops_create) OK(dnnl_post_ops_destroy)
 OK(dnnl_post_ops_append_eltwise) OK(dnnl_post_ops_append_binary) OK(dnnl_get_effective_cpu_isa)
+OK(dnnl_memory_desc_create_with_tag) OK(dnnl_memory_desc_clone) OK(dnnl_memory_desc_equal)
+OK(dnnl_memory_desc_get_size) OK(dnnl_primitive_desc_query_md)
+OK(dnnl_reorder_primitive_desc_create) OK(dnnl_convolution_forward_primitive_desc_create)
 #ifdef CRASHING
 int dnnl_threadpool_interop_stream_create() { abort(); }
 #endif

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from mindcoat.ops import Gelu, LayerNormOp, conv_rel_pos_enc, conv_rel_pos_enc_native, \
-    cross_scale_sum, cross_scale_sum_native, depthwise_nhwc, depthwise_nhwc_native, \
-    depthwise_path, depthwise_tokens, depthwise_tokens_native, factor_attention, \
-    factor_attention_crpe, factor_attention_native, linear, linear_gelu, linear_native, mlp, \
-    linear_residual, patch_conv, scaled_add, scaled_add_native
+from mindcoat.ops import Gelu, LayerNormOp, conv2d, conv2d_native, conv2d_relu, \
+    conv_rel_pos_enc, conv_rel_pos_enc_native, cross_scale_sum, cross_scale_sum_native, \
+    depthwise_nhwc, depthwise_nhwc_native, depthwise_path, depthwise_tokens, \
+    depthwise_tokens_native, factor_attention, factor_attention_crpe, factor_attention_native, \
+    linear, linear_gelu, linear_native, mlp, linear_residual, patch_conv, scaled_add, \
+    scaled_add_native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -432,6 +433,65 @@ def test_linear_matches_native(shape, n, mode):
         assert _rel(a, b) < 1e-5
 
 
+class _ConvNet(nn.Cell):
+    def __init__(self, fn, c, n, k, seed):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.weight = ms.Parameter(ms.Tensor(rng.normal(0, 0.2, (n, c, k, k)).astype(np.float32)))
+        self.bias = ms.Parameter(ms.Tensor(rng.normal(0, 1, (n,)).astype(np.float32)))
+        self.fn = fn
+
+    def construct(self, x):
+        y = self.fn(x, self.weight, self.bias)
+        return (y * y).sum(), y
+
+
+def _conv_reference(x, weight, bias):
+    """The convolution in float64 NumPy, channels-last, zero padding k // 2."""
+    k = weight.shape[2]
+    pad = k // 2
+    h, w = x.shape[1:3]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    y = np.zeros(x.shape[:3] + (weight.shape[0],)) + bias
+    for i in range(k):
+        for j in range(k):
+            y += xp[:, i:i + h, j:j + w] @ weight[:, :, i, j].T.astype(np.float64)
+    return y
+
+
+def _native_relu(x, weight, bias):
+    return conv2d_native(x, weight, bias, relu=True)
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+@pytest.mark.parametrize('relu', [False, True], ids=['plain', 'relu'])
+@pytest.mark.parametrize('shape,n,k', [((3, 7, 5, 24), 16, 3), ((2, 4, 9, 8), 5, 1),
+                                       ((1, 14, 14, 64), 64, 3)], ids=['3x3', '1x1', 'roi'])
+def test_conv2d_matches_native(shape, n, k, relu, mode):
+    """The detection heads' convolution (oneDNN on channels-last data, ReLU fused): output
+    against float64 NumPy and the shifted products, gradients wrt x, weight and bias against the
+    shifted products' own."""
+    ms.set_context(mode=mode)
+    x_np = np.random.default_rng(11).normal(size=shape).astype(np.float32)
+    x = ms.Tensor(x_np)
+    res = []
+    for fn in ((conv2d_relu, _native_relu) if relu else (conv2d, conv2d_native)):
+        net = _ConvNet(fn, shape[-1], n, k, seed=4)
+        grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
+                                    has_aux=True)
+        (_, y), (dx, (dw, db)) = grad_fn(x)
+        res.append([t.asnumpy() for t in (y, dx, dw, db)])
+    assert (conv2d_relu if relu else conv2d).kernel is not None
+    want = _conv_reference(x_np, net.weight.asnumpy(), net.bias.asnumpy())
+    if relu:
+        want = np.maximum(want, 0)
+        assert (want == 0).mean() > 0.2  # the ReLU cuts
+    assert res[0][0].shape == want.shape and _rel(res[0][0], want) < 1e-5
+    for a, b in zip(*res):
+        assert a.shape == b.shape
+        assert _rel(a, b) < 1e-5
+
+
 class _CrpeNet(DwNet):
     """q * depthwise(v) from qkv; loss as in DwNet."""
 
@@ -576,8 +636,9 @@ def test_kernel_threads_follow_the_user_not_mindspore(omp, expected):
 
 def test_kernels_give_the_same_numbers_on_any_thread_count(tmp_path):
     """Every compiled kernel, forward and backward, on one thread and on three (the thread pool
-    splits the work differently): identical results. oneDNN's GEMM may order its sums by thread
-    count, so the linear layer is held to float32 rounding instead."""
+    splits the work differently): identical results. oneDNN's GEMM and convolution may order
+    their sums by thread count, so the linear layers and the convolution are held to float32
+    rounding instead."""
     runs = []
     for threads in ('1', '3'):
         path = tmp_path / f'{threads}.npz'
@@ -587,7 +648,7 @@ def test_kernels_give_the_same_numbers_on_any_thread_count(tmp_path):
     one, three = runs
     assert sorted(one.files) == sorted(three.files) and len(one.files) > 20
     for name in one.files:
-        if name.startswith('linear'):
+        if name.startswith(('linear', 'conv2d')):
             assert _rel(three[name], one[name]) < 1e-6, name
         else:
             assert np.array_equal(three[name], one[name]), name
@@ -610,7 +671,7 @@ def test_linear_gradients_agree_on_both_weight_layouts(tmp_path):
     assert {'linear_grad0', 'linear_mlp_grad0', 'linear_mlp_grad3',
             'linear_few_rows_grad0'} <= set(default.files)
     for name in default.files:
-        if name.startswith('linear'):
+        if name.startswith(('linear', 'conv2d')):
             assert _rel(avx2[name], default[name]) < 1e-5, name
         else:
             assert np.array_equal(avx2[name], default[name]), name

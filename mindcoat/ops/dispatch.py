@@ -3,7 +3,7 @@
 A fast path is taken only on the CPU backend when its libraries build and pass their probe
 (``build``), and can be switched off with ``MINDCOAT_NATIVE=1`` (all of them) or its own
 variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _RESIZE, _LINEAR, _PATCH,
-_NORM. Each choice is logged once (logger 'mindcoat.ops', INFO); ``python -m mindcoat.ops``
+_NORM, _CONV. Each choice is logged once (logger 'mindcoat.ops', INFO); ``python -m mindcoat.ops``
 prints them all with their reasons. The choice is made when a graph is parsed and cached per
 device target in ``_choices`` (``native_ops()`` clears it to build graphs from native operators
 only, as ``mindcoat.export`` does). ``export_ops()`` goes one step further for ONNX: graphs parsed
@@ -50,6 +50,7 @@ OPS = {
     'gelu': ('GELU', 'MINDCOAT_NATIVE_GELU', ('transformer.cc',)),
     'patch': ('patch embedding', 'MINDCOAT_NATIVE_PATCH', ()),
     'norm': ('global gradient norm', 'MINDCOAT_NATIVE_NORM', ()),
+    'conv': ('detection head convolutions', 'MINDCOAT_NATIVE_CONV', ('linear.cc',)),
 }
 # how the fast path of an op without a library of its own computes
 WITHOUT_LIBRARY = {'patch': 'a matmul over patches (the linear layers\' path)',

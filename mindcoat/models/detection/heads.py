@@ -11,43 +11,31 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common import initializer as init
 
+from ...ops import conv2d, conv2d_relu
+
 
 def _he_fan_out():
     return init.HeNormal(mode='fan_out', nonlinearity='relu')
 
 
 class Conv2d(nn.Cell):
-    """A k x k convolution (stride 1, zero padding k // 2, with bias) on channels-last data,
-    with PyTorch's parameter layout (weight (out, in, k, k), bias (out,)). Computed as k * k
-    shifted matrix products, which MindSpore 2.10's CPU runs far faster than its Conv2d on the
-    heads' shapes (256 channels, large maps or many RoIs)."""
+    """A k x k convolution (stride 1, zero padding k // 2, with bias), then ReLU when ``relu``,
+    on channels-last data, with PyTorch's parameter layout (weight (out, in, k, k), bias (out,)):
+    ``mindcoat.ops.conv2d``."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, weight_init=None):
+    def __init__(self, in_channels, out_channels, kernel_size, weight_init=None, relu=False):
         super().__init__()
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.weight = Parameter(init.initializer(weight_init or _he_fan_out(), shape,
                                                  ms.float32))
         self.bias = Parameter(init.initializer('zeros', (out_channels,), ms.float32))
-        self.kernel_size = kernel_size
-        self.out_channels = out_channels
+        self.relu = relu
 
     def construct(self, x):
         """(B, H, W, in) -> (B, H, W, out)."""
-        b, h, w, c = x.shape
-        k = self.kernel_size
-        # (k * k) matrices (in, out), tap (i, j) at i * k + j; ops.slice / unstack rather than
-        # indexing, which costs milliseconds per call in PyNative mode
-        taps = ops.unstack(self.weight.transpose(2, 3, 1, 0).reshape(k * k, c, -1), 0)
-        if k == 1:
-            y = ops.matmul(x.reshape(-1, c), taps[0])
-        else:
-            pad = k // 2
-            xp = ops.pad(x, (0, 0, pad, pad, pad, pad))
-            y = ops.matmul(ops.slice(xp, (0, 0, 0, 0), (b, h, w, c)).reshape(-1, c), taps[0])
-            for t in range(1, k * k):
-                window = ops.slice(xp, (0, t // k, t % k, 0), (b, h, w, c))
-                y = y + ops.matmul(window.reshape(-1, c), taps[t])
-        return (y + self.bias).reshape(b, h, w, self.out_channels)
+        if self.relu:
+            return conv2d_relu(x, self.weight, self.bias)
+        return conv2d(x, self.weight, self.bias)
 
 
 class Deconv2x2(nn.Cell):
@@ -85,14 +73,10 @@ class ConvModule(nn.Cell):
 
     def __init__(self, in_channels, out_channels, kernel_size, relu=False, weight_init=None):
         super().__init__()
-        self.conv = Conv2d(in_channels, out_channels, kernel_size, weight_init)
-        self.relu = nn.ReLU() if relu else None
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, weight_init, relu)
 
     def construct(self, x):
-        x = self.conv(x)
-        if self.relu is not None:
-            x = self.relu(x)
-        return x
+        return self.conv(x)
 
 
 def _upsample2x(x):
@@ -144,17 +128,16 @@ class RPNHead(nn.Cell):
     def __init__(self, in_channels=256, feat_channels=256, num_anchors=3):
         super().__init__()
         normal = init.Normal(sigma=0.01)
-        self.rpn_conv = Conv2d(in_channels, feat_channels, 3, normal)
+        self.rpn_conv = Conv2d(in_channels, feat_channels, 3, normal, relu=True)
         self.rpn_cls = Conv2d(feat_channels, num_anchors, 1, normal)
         self.rpn_reg = Conv2d(feat_channels, num_anchors * 4, 1, normal)
-        self.relu = nn.ReLU()
 
     def construct(self, feats):
         """NCHW levels -> (logits (B, A, h, w), deltas (B, 4A, h, w)) per level."""
         cls_scores = ()
         bbox_preds = ()
         for x in feats:
-            x = self.relu(self.rpn_conv(_nhwc(x)))
+            x = self.rpn_conv(_nhwc(x))
             cls_scores = cls_scores + (_nchw(self.rpn_cls(x)),)
             bbox_preds = bbox_preds + (_nchw(self.rpn_reg(x)),)
         return cls_scores, bbox_preds
