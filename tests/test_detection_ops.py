@@ -6,11 +6,31 @@ import hashlib
 import numpy as np
 import pytest
 
+from mindcoat.ops import dispatch
 from mindcoat.ops.detection import AnchorGenerator, base_anchors, batched_nms, delta2bbox, \
     extract_roi_features, map_roi_levels, multiclass_nms, nms, paste_masks, rescale_size, \
     resize_bilinear, roi_align, torch_sort_desc
+from mindcoat.ops.detection.boxes import nms_sorted_numpy
+from mindcoat.ops.detection.roi_align import roi_align_numpy
 
 F32 = np.float32
+
+
+@pytest.fixture(params=['kernel', 'numpy'])
+def host_path(request, monkeypatch):
+    """Runs a test on csrc/detection.cc's RoIAlign and NMS, then on the NumPy reference
+    (MINDCOAT_NATIVE_ROIALIGN / _NMS set)."""
+    for op in ('roi_align', 'nms'):
+        dispatch._choices.pop((op, 'CPU'), None)
+    if request.param == 'numpy':
+        monkeypatch.setenv('MINDCOAT_NATIVE_ROIALIGN', '1')
+        monkeypatch.setenv('MINDCOAT_NATIVE_NMS', '1')
+    uses_kernel = dispatch.host_library('roi_align') is not None
+    assert uses_kernel == (request.param == 'kernel')
+    assert (dispatch.host_library('nms') is not None) == uses_kernel
+    yield request.param
+    for op in ('roi_align', 'nms'):
+        dispatch._choices.pop((op, 'CPU'), None)
 
 
 # ------------------------------------------------------------------------------------ sorting
@@ -86,7 +106,7 @@ def test_delta2bbox_class_specific_stds_and_clip():
 
 
 # ---------------------------------------------------------------------------------------- NMS
-def test_nms_threshold_is_strict_and_ties_keep_torch_order():
+def test_nms_threshold_is_strict_and_ties_keep_torch_order(host_path):
     # IoU of these two is exactly 0.5: kept at threshold 0.5 (ovr > thr suppresses)
     boxes = np.array([[0, 0, 4, 1], [0, 0, 2, 1]], F32)
     scores = np.array([0.9, 0.8], F32)
@@ -98,7 +118,7 @@ def test_nms_threshold_is_strict_and_ties_keep_torch_order():
     assert nms(boxes[::-1].copy(), same, 0.3).tolist() == [0]
 
 
-def test_nms_threshold_as_c_float():
+def test_nms_threshold_as_c_float(host_path):
     # IoU 0.7000000000000001 in float64 is float32 0.7 -> not above the float32 threshold
     inter, union = F32(7), F32(10)
     boxes = np.array([[0, 0, 10, 1], [0, 0, 7, 1]], F32)
@@ -106,7 +126,7 @@ def test_nms_threshold_as_c_float():
     assert nms(boxes, np.array([1, 0.5], F32), 0.7).tolist() == [0, 1]
 
 
-def test_batched_nms_keeps_groups_apart_and_orders_by_score():
+def test_batched_nms_keeps_groups_apart_and_orders_by_score(host_path):
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], F32)
     scores = np.array([0.9, 0.8, 0.95, 0.1], F32)
     dets, keep = batched_nms(boxes, scores, np.array([0, 0, 1, 0]), 0.5)
@@ -130,25 +150,26 @@ def test_multiclass_nms_threshold_and_max_num():
 
 
 # ----------------------------------------------------------------------------------- RoIAlign
-def test_roi_align_on_a_ramp_is_the_mean_sample_position():
+def test_roi_align_on_a_ramp_is_the_mean_sample_position(host_path):
     # f(y, x) = x: bilinear sampling returns the sampled x, so each bin is the mean of its
     # samples' x: x1 - 0.5 + (pw + 0.5) * bin_w (aligned), whatever the grid
     h, w = 20, 40
-    ramp = np.broadcast_to(np.arange(w, dtype=F32), (h, w))[None]
+    ramp = np.broadcast_to(np.arange(w, dtype=F32), (h, w))[..., None]
     rois = np.array([[6.0, 4.0, 16.0, 15.0], [3.25, 2.5, 30.75, 9.0]], F32)
     out = roi_align(ramp, rois, 7, 1.0)
+    assert out.shape == (2, 7, 7, 1)
     for k, (x1, _, x2, _) in enumerate(rois):
         bin_w = (x2 - x1) / 7
         expected = x1 - 0.5 + (np.arange(7) + 0.5) * bin_w
-        np.testing.assert_allclose(out[k, 0], np.broadcast_to(expected, (7, 7)), atol=1e-5)
+        np.testing.assert_allclose(out[k, ..., 0], np.broadcast_to(expected, (7, 7)), atol=1e-5)
 
 
-def test_roi_align_adaptive_grid_and_borders():
-    feat = np.arange(2 * 6 * 8, dtype=F32).reshape(2, 6, 8)
+def test_roi_align_adaptive_grid_and_borders(host_path):
+    feat = np.arange(6 * 8 * 2, dtype=F32).reshape(6, 8, 2)
     # a 2x2 RoI at scale 1 has a 1x1 grid per bin of a 2x2 output: samples at the bin centres
     out = roi_align(feat, np.array([[2, 1, 4, 3]], F32), 2, 1.0)
     ys, xs = np.array([1.0, 2.0]), np.array([2.0, 3.0])  # centres minus the half pixel
-    expected = feat[:, ys.astype(int)][:, :, xs.astype(int)]
+    expected = feat[ys.astype(int)][:, xs.astype(int)]
     np.testing.assert_allclose(out[0], expected)
     # entirely outside the map (samples beyond -1): zeros
     assert not roi_align(feat, np.array([[-50, -50, -40, -40]], F32), 2, 1.0).any()
@@ -156,13 +177,50 @@ def test_roi_align_adaptive_grid_and_borders():
     assert not roi_align(feat, np.array([[3, 3, 3, 3]], F32), 2, 1.0).any()
 
 
-def test_roi_levels_and_extraction():
+def test_roi_levels_and_extraction(host_path):
     rois = np.array([[0, 0, 111, 111], [0, 0, 112, 112], [0, 0, 224, 224], [0, 0, 900, 900],
                      [0, 0, 10, 10]], F32)
     assert map_roi_levels(rois, 4).tolist() == [0, 1, 2, 3, 0]
-    feats = [np.full((1, 64 // s, 64 // s), s, F32) for s in (4, 8, 16, 32)]
+    feats = [np.full((64 // s, 64 // s, 1), s, F32) for s in (4, 8, 16, 32)]
     out = extract_roi_features(feats, rois[[0, 2, 4]] / 10, 2, (4, 8, 16, 32))
-    assert out.shape == (3, 1, 2, 2) and np.all(out == 4)
+    assert out.shape == (3, 2, 2, 1) and np.all(out == 4)
+
+
+@pytest.mark.parametrize('aligned,sampling_ratio', [(True, 0), (False, 0), (True, 2)])
+def test_roi_align_kernel_equals_the_numpy_reference(aligned, sampling_ratio):
+    """csrc/detection.cc's RoIAlign against the NumPy reference, bit for bit: RoIs of every size
+    (grids 1 to 6 per bin), across the border, outside the map, empty and inverted."""
+    rng = np.random.default_rng(21)
+    feat = rng.normal(size=(23, 31, 19)).astype(F32)
+    xy = rng.uniform(-20, 140, size=(300, 2)).astype(F32)
+    wh = rng.uniform(0, 90, size=(300, 2)).astype(F32)
+    rois = np.concatenate([xy, xy + wh], 1)
+    rois[:5] = [[0, 0, 0, 0], [40, 40, 30, 30], [-90, -90, -60, -60], [0, 0, 124, 92],
+                [123.5, 91.5, 124, 92]]
+    assert dispatch.host_library('roi_align') is not None
+    for size in (7, (5, 3)):
+        got = roi_align(feat, rois, size, 0.25, sampling_ratio, aligned)
+        want = roi_align_numpy(feat, rois, size, 0.25, sampling_ratio, aligned)
+        assert got.shape == want.shape and np.array_equal(got, want)
+    assert np.abs(want).sum(axis=(1, 2, 3)).min() == 0 and np.abs(want).max() > 0
+
+
+def test_nms_kernel_equals_the_numpy_reference():
+    """csrc/detection.cc's NMS loop against the NumPy reference on 3000 boxes in clusters (many
+    IoUs near every threshold): the same boxes kept, in the same order."""
+    rng = np.random.default_rng(22)
+    centres = rng.uniform(0, 800, size=(60, 2))
+    xy = (centres[rng.integers(0, 60, 3000)] + rng.normal(0, 6, size=(3000, 2))).astype(F32)
+    wh = rng.uniform(5, 80, size=(3000, 2)).astype(F32)
+    boxes = np.concatenate([xy, xy + wh], 1)
+    scores = rng.uniform(size=3000).astype(F32)
+    scores[::7] = scores[0]  # ties
+    assert dispatch.host_library('nms') is not None
+    order = torch_sort_desc(scores)
+    for thr in (0.3, 0.5, 0.7):
+        kept = nms(boxes, scores, thr)
+        assert kept.tolist() == order[nms_sorted_numpy(boxes[order], thr)].tolist()
+        assert 60 < len(kept) < 3000
 
 
 # ------------------------------------------------------------------------------------- paste

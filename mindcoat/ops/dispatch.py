@@ -1,15 +1,17 @@
 """Choosing between MindSpore's native operators and the CPU fast paths of this package.
 
-A fast path is taken only on the CPU backend when its libraries build and pass their probe
-(``build``), and can be switched off with ``MINDCOAT_NATIVE=1`` (all of them) or its own
-variable: MINDCOAT_NATIVE_DWCONV, _GELU, _ATTENTION, _LAYERNORM, _RESIZE, _LINEAR, _PATCH,
-_NORM, _CONV. Each choice is logged once (logger 'mindcoat.ops', INFO); ``python -m mindcoat.ops``
-prints them all with their reasons. The choice is made when a graph is parsed and cached per
+A fast path is taken only on the CPU backend (the host-side detection steps, HOST_OPS: wherever
+they run) when its libraries build and pass their probe (``build``), and can be switched off with
+``MINDCOAT_NATIVE=1`` (all of them) or its own variable: MINDCOAT_NATIVE_DWCONV, _GELU,
+_ATTENTION, _LAYERNORM, _RESIZE, _LINEAR, _PATCH, _NORM, _CONV, _ROIALIGN, _NMS. Each choice is
+logged once (logger 'mindcoat.ops', INFO); ``python -m mindcoat.ops`` prints them all with their
+reasons. The choice is made when a graph is parsed (or a host step first runs) and cached per
 device target in ``_choices`` (``native_ops()`` clears it to build graphs from native operators
 only, as ``mindcoat.export`` does). ``export_ops()`` goes one step further for ONNX: graphs parsed
 inside take each op's export form (see there).
 """
 import contextlib
+import ctypes
 import logging
 import os
 
@@ -22,6 +24,8 @@ logger = logging.getLogger('mindcoat.ops')
 _choices = {}  # (op, device target) -> its libraries (see fast_path), or None for native
 _cells = {}  # (op, maker, libraries) -> the kernel cells built on them (see kernel_cells)
 _export_form = []  # non-empty while export_ops() is active
+_host = {}  # library path -> its ctypes handle, or None when it did not load
+_host_failures = set()  # host ops whose kernel has failed (said once)
 
 
 class AtParseTime:
@@ -51,7 +55,12 @@ OPS = {
     'patch': ('patch embedding', 'MINDCOAT_NATIVE_PATCH', ()),
     'norm': ('global gradient norm', 'MINDCOAT_NATIVE_NORM', ()),
     'conv': ('detection head convolutions', 'MINDCOAT_NATIVE_CONV', ('linear.cc',)),
+    'roi_align': ('RoIAlign (host)', 'MINDCOAT_NATIVE_ROIALIGN', ('detection.cc',)),
+    'nms': ('NMS (host)', 'MINDCOAT_NATIVE_NMS', ('detection.cc',)),
 }
+# Steps that run on the host whatever the device (NumPy, where MindSpore has no static-shape
+# form): their library is called through ctypes, and their reference path is NumPy.
+HOST_OPS = frozenset({'roi_align', 'nms'})
 # how the fast path of an op without a library of its own computes
 WITHOUT_LIBRARY = {'patch': 'a matmul over patches (the linear layers\' path)',
                    'norm': 'one MatMul per gradient tensor for its sum of squares'}
@@ -69,7 +78,7 @@ def decide(op):
     target = ms.get_context('device_target')
     if _flag('MINDCOAT_NATIVE') or _flag(env_flag):
         return None, f'{"MINDCOAT_NATIVE" if _flag("MINDCOAT_NATIVE") else env_flag} is set'
-    if target != 'CPU':
+    if target != 'CPU' and op not in HOST_OPS:
         return None, f'device is {target}'
     libs = ()
     for source in sources:  # stops at the first that cannot be used
@@ -90,6 +99,30 @@ def fast_path(op):
                     else f"MindSpore's native operators ({reason})")
         _choices[key] = libs
     return _choices[key]
+
+
+def host_library(op):
+    """The library of a host-side ``op`` (HOST_OPS), loaded with ctypes, when its fast path
+    applies, else None. A library that does not load is said once and not used."""
+    libs = fast_path(op)
+    if not libs:
+        return None
+    path = libs[0]
+    if path not in _host:
+        try:
+            _host[path] = ctypes.CDLL(path)
+        except OSError as err:
+            logger.warning('mindcoat: %s uses the NumPy reference: %s did not load (%s)',
+                           OPS[op][0], os.path.basename(path), err)
+            _host[path] = None
+    return _host[path]
+
+
+def host_failed(op, what):
+    """A host kernel returned an error: said once per op; the caller uses the NumPy reference."""
+    if op not in _host_failures:
+        _host_failures.add(op)
+        logger.warning('mindcoat: %s failed (%s); using the NumPy reference', OPS[op][0], what)
 
 
 def kernel_cells(op, make):

@@ -103,7 +103,8 @@ class FPN(nn.Cell):
                                                  weight_init=xavier) for _ in in_channels])
 
     def construct(self, inputs):
-        """The backbone's NCHW maps -> num_outs NCHW levels (P2 ... P6)."""
+        """The backbone's NCHW maps -> num_outs channels-last levels (P2 ... P6), (B, h, w, C):
+        the layout the RPN head's convolutions and the host-side RoIAlign read."""
         laterals = ()
         for i in range(self.num_ins):
             laterals = laterals + (self.lateral_convs[i](_nhwc(inputs[i])),)
@@ -115,10 +116,7 @@ class FPN(nn.Cell):
             outs = outs + (self.fpn_convs[i](merged[i]),)
         for _ in range(self.num_outs - self.num_ins):
             outs = outs + (outs[-1][:, ::2, ::2, :],)
-        result = ()
-        for x in outs:
-            result = result + (_nchw(x),)
-        return result
+        return outs
 
 
 class RPNHead(nn.Cell):
@@ -133,19 +131,20 @@ class RPNHead(nn.Cell):
         self.rpn_reg = Conv2d(feat_channels, num_anchors * 4, 1, normal)
 
     def construct(self, feats):
-        """NCHW levels -> (logits (B, A, h, w), deltas (B, 4A, h, w)) per level."""
+        """Channels-last levels -> (logits (B, A, h, w), deltas (B, 4A, h, w)) per level."""
         cls_scores = ()
         bbox_preds = ()
         for x in feats:
-            x = self.rpn_conv(_nhwc(x))
+            x = self.rpn_conv(x)
             cls_scores = cls_scores + (_nchw(self.rpn_cls(x)),)
             bbox_preds = bbox_preds + (_nchw(self.rpn_reg(x)),)
         return cls_scores, bbox_preds
 
 
 class Shared2FCBBoxHead(nn.Cell):
-    """RoI features (k, C, 7, 7) flattened, two shared fc + ReLU, then class logits (k,
-    num_classes + 1, background last) and class-specific deltas (k, 4 * num_classes)."""
+    """RoI features (k, 7, 7, C) (channels-last, as RoIAlign gives them) flattened in
+    MMDetection's (C, 7, 7) order, two shared fc + ReLU, then class logits (k, num_classes + 1,
+    background last) and class-specific deltas (k, 4 * num_classes)."""
 
     def __init__(self, in_channels=256, roi_size=7, fc_channels=1024, num_classes=80,
                  num_shared_fcs=2):
@@ -162,15 +161,15 @@ class Shared2FCBBoxHead(nn.Cell):
         self.relu = nn.ReLU()
 
     def construct(self, x):
-        x = x.reshape(x.shape[0], -1)  # NCHW order, as the fc weights expect
+        x = _nchw(x).reshape(x.shape[0], -1)  # NCHW order, as the fc weights expect
         for fc in self.shared_fcs:
             x = self.relu(fc(x))
         return self.fc_cls(x), self.fc_reg(x)
 
 
 class FCNMaskHead(nn.Cell):
-    """RoI features (k, C, 14, 14): 3x3 convs + ReLU, a 2x2 stride-2 deconv + ReLU, and a 1x1
-    conv to per-class mask logits (k, num_classes, 28, 28)."""
+    """RoI features (k, 14, 14, C) channels-last: 3x3 convs + ReLU, a 2x2 stride-2 deconv + ReLU,
+    and a 1x1 conv to per-class mask logits (k, num_classes, 28, 28)."""
 
     def __init__(self, in_channels=256, conv_channels=256, num_convs=4, num_classes=80):
         super().__init__()
@@ -182,7 +181,6 @@ class FCNMaskHead(nn.Cell):
         self.relu = nn.ReLU()
 
     def construct(self, x):
-        x = _nhwc(x)
         for conv in self.convs:
             x = conv(x)
         return _nchw(self.conv_logits(self.relu(self.upsample(x))))

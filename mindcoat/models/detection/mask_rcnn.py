@@ -117,8 +117,9 @@ class MaskRCNN(nn.Cell):
                                                 heads.anchor_scales)
 
     def construct(self, x):
-        """Images (B, 3, H, W), H and W multiples of 32 -> (FPN levels P2-P6, RPN objectness
-        logits per level (B, A, h, w), RPN deltas per level (B, 4A, h, w))."""
+        """Images (B, 3, H, W), H and W multiples of 32 -> (FPN levels P2-P6 channels-last (B,
+        h, w, C), RPN objectness logits per level (B, A, h, w), RPN deltas per level (B, 4A, h,
+        w))."""
         feats = self.neck(self.backbone(x))
         cls_scores, bbox_preds = self.rpn_head(feats)
         return feats, cls_scores, bbox_preds
@@ -153,7 +154,8 @@ class MaskRCNN(nn.Cell):
 
     # ----------------------------------------------------------------------------- boxes
     def roi_features(self, feats, rois, size):
-        """RoIAlign of ``rois`` (k, 4) from the four finest FPN levels of one image."""
+        """RoIAlign of ``rois`` (k, 4) from the four finest FPN levels of one image (each (h, w,
+        C)): (k, size, size, C)."""
         h = self.heads
         return extract_roi_features(feats[:len(h.roi_strides)], rois, size, h.roi_strides,
                                     h.sampling_ratio, h.finest_scale)
@@ -215,8 +217,8 @@ class MaskRCNN(nn.Cell):
 
     # --------------------------------------------------------------------------- drivers
     def dense(self, tensor):
-        """The graph part on a (B, 3, H, W) float32 array: numpy (FPN levels, RPN logits, RPN
-        deltas), each a list over levels of (B, ...) arrays."""
+        """The graph part on a (B, 3, H, W) float32 array: numpy (FPN levels (B, h, w, C), RPN
+        logits, RPN deltas), each a list over levels of (B, ...) arrays."""
         feats, cls_scores, bbox_preds = self(ms.Tensor(np.ascontiguousarray(tensor, F32)))
         return ([f.asnumpy() for f in feats], [c.asnumpy() for c in cls_scores],
                 [b.asnumpy() for b in bbox_preds])
@@ -247,7 +249,8 @@ class MaskRCNN(nn.Cell):
     def predict_stages(self, batch, with_masks=True):
         """Every intermediate of the first image of ``batch``, for comparisons and debugging:
         backbone maps, FPN levels, RPN outputs, proposals, RoI features, box head outputs,
-        detections, mask RoIs, features and logits, and the final Detections."""
+        detections, mask RoIs, features and logits, and the final Detections. Feature maps and
+        RoI features in MMDetection's layout, (C, h, w)."""
         maps = self.backbone(ms.Tensor(np.ascontiguousarray(batch.tensor, F32)))
         feats = self.neck(maps)
         cls_scores, bbox_preds = self.rpn_head(feats)
@@ -255,7 +258,11 @@ class MaskRCNN(nn.Cell):
             [t.asnumpy() for t in group] for group in (maps, feats, cls_scores, bbox_preds))
         stages = self._image_stages([f[0] for f in feats], [c[0] for c in cls_scores],
                                     [b[0] for b in bbox_preds], batch.metas[0], with_masks)
-        stages.update(backbone=backbone, fpn=feats, rpn_cls=cls_scores, rpn_bbox=bbox_preds)
+        stages.update(backbone=backbone, fpn=[f.transpose(0, 3, 1, 2) for f in feats],
+                      rpn_cls=cls_scores, rpn_bbox=bbox_preds)
+        for key in ('bbox_roi_feats', 'mask_roi_feats'):
+            if key in stages:
+                stages[key] = stages[key].transpose(0, 3, 1, 2)
         return stages
 
     def _image_stages(self, feats, cls_scores, bbox_preds, meta, with_masks):

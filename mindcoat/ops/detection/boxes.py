@@ -2,12 +2,16 @@
 
 Every formula keeps the reference's operation order so that float32 rounding matches. Boxes are
 x1, y1, x2, y2 in pixels (mmdet 2.x: no +1 in widths). NMS and everything after it run on the
-host: their output sizes depend on the data, which MindSpore has no static-shape form for.
+host: their output sizes depend on the data, which MindSpore has no static-shape form for. NMS's
+greedy loop runs in ``csrc/detection.cc`` where it builds (``dispatch.host_library``; the same
+comparisons, so the same boxes kept), else (or with MINDCOAT_NATIVE_NMS=1) in NumPy.
 """
+import ctypes
 import math
 
 import numpy as np
 
+from ..dispatch import host_failed, host_library
 from .sorting import torch_sort_desc
 
 F32 = np.float32
@@ -105,15 +109,36 @@ def nms(boxes, scores, iou_threshold):
     order = torch_sort_desc(scores)
     if len(order) == 0:
         return order
+    visiting = np.ascontiguousarray(boxes[order], F32)
+    lib = _nms_kernel()
+    if lib is not None:
+        keep = np.empty(len(order), np.int64)
+        kept = lib.Nms(visiting.ctypes.data, len(order), float(F32(iou_threshold)),
+                       keep.ctypes.data)
+        if 0 <= kept <= len(order):
+            return order[keep[:kept]]
+        host_failed('nms', f'{kept} boxes kept of {len(order)}')
+    return order[nms_sorted_numpy(visiting, iou_threshold)]
+
+
+def _nms_kernel():
+    lib = host_library('nms')
+    if lib is not None and lib.Nms.argtypes is None:
+        lib.Nms.restype = ctypes.c_int64
+        lib.Nms.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p]
+    return lib
+
+
+def nms_sorted_numpy(boxes, iou_threshold):
+    """The greedy loop of ``nms`` in NumPy on ``boxes`` (n, 4) already in visiting order: the
+    positions kept."""
     thr = F32(iou_threshold)
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, i]) for i in range(4))
-    areas = (x2 - x1) * (y2 - y1)
-    # columns in visiting order, so each step compares one box with all later ones
-    sx1, sy1, sx2, sy2, sarea = x1[order], y1[order], x2[order], y2[order], areas[order]
-    alive = np.ones(len(order), bool)
+    sx1, sy1, sx2, sy2 = (np.ascontiguousarray(boxes[:, i], F32) for i in range(4))
+    sarea = (sx2 - sx1) * (sy2 - sy1)
+    alive = np.ones(len(boxes), bool)
     keep = []
     with np.errstate(invalid='ignore', divide='ignore'):
-        for i in range(len(order)):
+        for i in range(len(boxes)):
             if not alive[i]:
                 continue
             keep.append(i)
@@ -125,7 +150,7 @@ def nms(boxes, scores, iou_threshold):
             inter = w * h
             ovr = inter / ((sarea[i] + sarea[rest]) - inter)
             alive[rest[ovr > thr]] = False
-    return order[np.asarray(keep, np.int64)]
+    return np.asarray(keep, np.int64)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold, split_thr=10000):

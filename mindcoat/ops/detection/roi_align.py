@@ -1,11 +1,17 @@
 """RoIAlign as mmcv's and torchvision's CPU kernels compute it, and SingleRoIExtractor's level
-mapping, in float32 NumPy.
+mapping, on channels-last float32 feature maps.
 
 MindSpore 2.10's ROIAlign is a different operator (floor instead of ceil for the adaptive sampling
-grid, no half-pixel offset, RoI sizes clamped to 1), so this is its own. Host-side NumPy: the
-sampling grid of each RoI (ceil(roi size / output size)) depends on the data.
+grid, no half-pixel offset, RoI sizes clamped to 1), so this is its own. Host-side: the sampling
+grid of each RoI (ceil(roi size / output size)) depends on the data. ``csrc/detection.cc``
+computes it where it builds (``dispatch.host_library``), with the same operations in the same
+order as the NumPy reference below, which runs otherwise (or with MINDCOAT_NATIVE_ROIALIGN=1).
 """
+import ctypes
+
 import numpy as np
+
+from ..dispatch import host_failed, host_library
 
 F32 = np.float32
 _CHUNK = 256  # RoIs gathered at once (bounds the temporary arrays)
@@ -57,18 +63,16 @@ def _align_group(hwc, width, height, start_h, start_w, bin_h, bin_w, grid_h, gri
     return acc / F32(max(grid_h * grid_w, 1))
 
 
-def roi_align(feat, rois, output_size, spatial_scale, sampling_ratio=0, aligned=True):
-    """RoIAlign (average) of ``rois`` (k, 4: x1, y1, x2, y2 in input pixels) on ``feat``
-    (C, H, W) of one image: (k, C, out_h, out_w) float32. ``sampling_ratio`` 0 samples each bin
-    on a ceil(roi size / output size) grid; ``aligned`` shifts by half a pixel."""
+def roi_align_numpy(feat, rois, output_size, spatial_scale, sampling_ratio=0, aligned=True):
+    """``roi_align``'s NumPy reference."""
     feat = np.asarray(feat, F32)
     rois = np.asarray(rois, F32).reshape(-1, 4)
-    out_h, out_w = (output_size, output_size) if np.isscalar(output_size) else output_size
-    channels, height, width = feat.shape
+    out_h, out_w = _pair(output_size)
+    height, width, channels = feat.shape
     out = np.zeros((len(rois), out_h, out_w, channels), F32)
     if not len(rois):
-        return out.transpose(0, 3, 1, 2)
-    hwc = np.ascontiguousarray(feat.reshape(channels, -1).T)
+        return out
+    hwc = feat.reshape(-1, channels)
     offset = F32(0.5) if aligned else F32(0)
     scale = F32(spatial_scale)
     start_w, start_h = rois[:, 0] * scale - offset, rois[:, 1] * scale - offset
@@ -92,7 +96,43 @@ def roi_align(feat, rois, output_size, spatial_scale, sampling_ratio=0, aligned=
             sel = members[chunk:chunk + _CHUNK]
             out[sel] = _align_group(hwc, width, height, start_h[sel], start_w[sel], bin_h[sel],
                                     bin_w[sel], gh, gw, out_h, out_w)
-    return out.transpose(0, 3, 1, 2)
+    return out
+
+
+def _pair(size):
+    return (size, size) if np.isscalar(size) else tuple(size)
+
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+
+
+def _kernel():
+    lib = host_library('roi_align')
+    if lib is not None and lib.RoiAlign.argtypes is None:
+        lib.RoiAlign.restype = ctypes.c_int
+        lib.RoiAlign.argtypes = [_P, _I64, _I64, _I64, _P, _I64, _I64, _I64, ctypes.c_float,
+                                 _I64, ctypes.c_int, _P]
+    return lib
+
+
+def roi_align(feat, rois, output_size, spatial_scale, sampling_ratio=0, aligned=True):
+    """RoIAlign (average) of ``rois`` (k, 4: x1, y1, x2, y2 in input pixels) on ``feat``
+    (H, W, C) of one image: (k, out_h, out_w, C) float32. ``sampling_ratio`` 0 samples each bin
+    on a ceil(roi size / output size) grid; ``aligned`` shifts by half a pixel."""
+    feat = np.ascontiguousarray(feat, F32)
+    rois = np.ascontiguousarray(np.asarray(rois, F32).reshape(-1, 4))
+    out_h, out_w = _pair(output_size)
+    lib = _kernel()
+    if lib is not None and feat.size:
+        out = np.empty((len(rois), out_h, out_w, feat.shape[2]), F32)
+        status = lib.RoiAlign(feat.ctypes.data, *feat.shape, rois.ctypes.data, len(rois), out_h,
+                              out_w, float(F32(spatial_scale)), int(sampling_ratio),
+                              int(bool(aligned)), out.ctypes.data)
+        if status == 0:
+            return out
+        host_failed('roi_align', f'status {status} for a {feat.shape} map')
+    return roi_align_numpy(feat, rois, (out_h, out_w), spatial_scale, sampling_ratio, aligned)
 
 
 def map_roi_levels(rois, num_levels, finest_scale=56):
@@ -107,10 +147,10 @@ def map_roi_levels(rois, num_levels, finest_scale=56):
 
 def extract_roi_features(feats, rois, output_size, strides, sampling_ratio=0, finest_scale=56):
     """SingleRoIExtractor: each RoI (x1, y1, x2, y2 at input scale) is pooled from the level its
-    size maps to. ``feats``: per level (C, H, W) of one image. Returns (k, C, out, out)."""
+    size maps to. ``feats``: per level (H, W, C) of one image. Returns (k, out, out, C)."""
     rois = np.asarray(rois, F32).reshape(-1, 4)
-    size = (output_size, output_size) if np.isscalar(output_size) else tuple(output_size)
-    out = np.zeros((len(rois), feats[0].shape[0]) + size, F32)
+    size = _pair(output_size)
+    out = np.zeros((len(rois),) + size + (feats[0].shape[-1],), F32)
     levels = map_roi_levels(rois, len(strides), finest_scale)
     for level, stride in enumerate(strides):
         members = np.flatnonzero(levels == level)
