@@ -251,6 +251,7 @@ OK(dnnl_post_ops_append_eltwise) OK(dnnl_post_ops_append_binary) OK(dnnl_get_eff
 OK(dnnl_memory_desc_create_with_tag) OK(dnnl_memory_desc_clone) OK(dnnl_memory_desc_equal)
 OK(dnnl_memory_desc_get_size) OK(dnnl_primitive_desc_query_md)
 OK(dnnl_reorder_primitive_desc_create) OK(dnnl_convolution_forward_primitive_desc_create)
+OK(dnnl_deconvolution_forward_primitive_desc_create)
 #ifdef CRASHING
 int dnnl_threadpool_interop_stream_create() { abort(); }
 #endif

@@ -12,10 +12,10 @@ from mindspore import nn, ops
 
 from mindcoat.ops import Gelu, LayerNormOp, conv2d, conv2d_native, conv2d_relu, \
     conv_rel_pos_enc, conv_rel_pos_enc_native, cross_scale_sum, cross_scale_sum_native, \
-    depthwise_nhwc, depthwise_nhwc_native, depthwise_path, depthwise_tokens, \
-    depthwise_tokens_native, factor_attention, factor_attention_crpe, factor_attention_native, \
-    linear, linear_gelu, linear_native, mlp, linear_residual, patch_conv, scaled_add, \
-    scaled_add_native
+    deconv_relu, deconv_relu_native, depthwise_nhwc, depthwise_nhwc_native, depthwise_path, \
+    depthwise_tokens, depthwise_tokens_native, factor_attention, factor_attention_crpe, \
+    factor_attention_native, linear, linear_gelu, linear_native, mlp, linear_residual, \
+    patch_conv, scaled_add, scaled_add_native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -434,11 +434,14 @@ def test_linear_matches_native(shape, n, mode):
 
 
 class _ConvNet(nn.Cell):
-    def __init__(self, fn, c, n, k, seed):
+    """fn(x, weight (a, b, k, k), bias (a,), or (b,) for a transposed convolution)."""
+
+    def __init__(self, fn, b, a, k, seed, transposed=False):
         super().__init__()
         rng = np.random.default_rng(seed)
-        self.weight = ms.Parameter(ms.Tensor(rng.normal(0, 0.2, (n, c, k, k)).astype(np.float32)))
-        self.bias = ms.Parameter(ms.Tensor(rng.normal(0, 1, (n,)).astype(np.float32)))
+        self.weight = ms.Parameter(ms.Tensor(rng.normal(0, 0.2, (a, b, k, k)).astype(np.float32)))
+        self.bias = ms.Parameter(ms.Tensor(rng.normal(0, 1, (b if transposed else a,))
+                                           .astype(np.float32)))
         self.fn = fn
 
     def construct(self, x):
@@ -486,6 +489,31 @@ def test_conv2d_matches_native(shape, n, k, relu, mode):
     if relu:
         want = np.maximum(want, 0)
         assert (want == 0).mean() > 0.2  # the ReLU cuts
+    assert res[0][0].shape == want.shape and _rel(res[0][0], want) < 1e-5
+    for a, b in zip(*res):
+        assert a.shape == b.shape
+        assert _rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize('mode', [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=['graph', 'pynative'])
+def test_deconv_relu_matches_native(mode):
+    """The mask head's ReLU(ConvTranspose2d(kernel 2, stride 2)) on oneDNN: output against
+    float64 NumPy and the matrix product + pixel shuffle, gradients against that path's own."""
+    ms.set_context(mode=mode)
+    rng = np.random.default_rng(12)
+    x_np = rng.normal(size=(3, 5, 7, 24)).astype(np.float32)
+    res = []
+    for fn in (deconv_relu, deconv_relu_native):
+        net = _ConvNet(fn, 16, 24, 2, seed=6, transposed=True)  # weight (in 24, out 16, 2, 2)
+        grad_fn = ms.value_and_grad(net, grad_position=0, weights=net.trainable_params(),
+                                    has_aux=True)
+        (_, y), (dx, (dw, db)) = grad_fn(ms.Tensor(x_np))
+        res.append([t.asnumpy() for t in (y, dx, dw, db)])
+    assert deconv_relu.kernel is not None
+    w, b = net.weight.asnumpy().astype(np.float64), net.bias.asnumpy()
+    want = np.einsum('nhwc,coij->nhiwjo', x_np.astype(np.float64), w).reshape(3, 10, 14, 16) + b
+    want = np.maximum(want, 0)
+    assert (want == 0).mean() > 0.2
     assert res[0][0].shape == want.shape and _rel(res[0][0], want) < 1e-5
     for a, b in zip(*res):
         assert a.shape == b.shape

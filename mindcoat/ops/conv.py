@@ -1,12 +1,15 @@
 """A k x k convolution (stride 1, zero padding k // 2, bias, optionally ReLU) on channels-last
 data with PyTorch's weight layout (out, in, k, k): the FPN, RPN and mask-head convolutions of
-the detectors.
+the detectors; and the mask head's transposed convolution (kernel = stride = k, bias, ReLU) with
+PyTorch's ConvTranspose2d layout (in, out, k, k).
 
 The native path is k * k shifted matrix products: MindSpore 2.10's CPU Conv2d takes about 100
 times as long on these shapes (256 channels, large maps or many RoIs). On the CPU, float32 goes
 through ``csrc/linear.cc`` instead: oneDNN's convolution primitive on the channels-last tensors
 as stored, with the ReLU applied to each output tile (about 3.5 times the shifted products'
-speed). Elsewhere, or with ``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_CONV=1``, the native path.
+speed); the transposed convolution likewise (one output instead of the native path's matrix
+product, pixel shuffle, bias and ReLU, each a full-size tensor). Elsewhere, or with
+``MINDCOAT_NATIVE=1`` / ``MINDCOAT_NATIVE_CONV=1``, the native path.
 """
 import mindspore as ms
 from mindspore import nn, ops
@@ -63,6 +66,29 @@ def _conv_grads(x, weight, dy):
     return dx, dweight, rows.sum(0)
 
 
+def deconv_relu_native(x, weight, bias):
+    """ReLU of the transposed convolution, kernel = stride = k: (B, H, W, in) with weight (in,
+    out, k, k), bias (out,) -> (B, kH, kW, out). Each input pixel becomes a k x k block: one
+    matrix product and a pixel shuffle."""
+    b, h, w, c = x.shape
+    out, k = weight.shape[1], weight.shape[2]
+    y = ops.matmul(x.reshape(-1, c), weight.reshape(c, out * k * k))
+    y = y.reshape(b, h, w, out, k, k).transpose(0, 1, 4, 2, 5, 3)
+    return ops.relu(y.reshape(b, h * k, w * k, out) + bias)
+
+
+def _deconv_grads(x, weight, dy):
+    """d x, d weight, d bias of the transposed convolution (before the ReLU) for ``dy``."""
+    b, h, w, c = x.shape
+    out, k = weight.shape[1], weight.shape[2]
+    # each output block back to the input pixel it came from: (B * H * W, out * k * k)
+    blocks = dy.reshape(b, h, k, w, k, out).transpose(0, 1, 3, 5, 2, 4).reshape(-1, out * k * k)
+    flat = weight.reshape(c, out * k * k)
+    dx = ops.matmul(blocks, flat.T).reshape(b, h, w, c)
+    dweight = ops.matmul(x.reshape(-1, c).T, blocks).reshape(c, out, k, k)
+    return dx, dweight, dy.reshape(-1, out).sum(0)
+
+
 def _out_shape(x, w, b):
     """Conv2dFwd / Conv2dReluFwd (x (B, H, W, in), w (out, in, k, k), b (out,)) -> (B, H, W,
     out)."""
@@ -73,6 +99,19 @@ def _out_shape(x, w, b):
         check(x[3] == w[1] and b[0] == w[0] and w[2] == w[3] and w[2] % 2 == 1,
               f'conv2d: x {tuple(x)}, weight {tuple(w)}, bias {tuple(b)} do not fit')
     return list(x[:3]) + [w[0]]
+
+
+def _deconv_out_shape(x, w, b):
+    """DeconvReluFwd (x (B, H, W, in), w (in, out, k, k), b (out,)) -> (B, kH, kW, out)."""
+    check(len(x) == 4 and len(w) == 4 and len(b) == 1,
+          f'deconv takes x (B, H, W, in), weight (in, out, k, k), bias (out,); got {tuple(x)}, '
+          f'{tuple(w)}, {tuple(b)}')
+    if known(x[3], *w, *b):
+        check(x[3] == w[0] and b[0] == w[1] and w[2] == w[3],
+              f'deconv: x {tuple(x)}, weight {tuple(w)}, bias {tuple(b)} do not fit')
+    scale = w[2] if known(w[2]) else -1
+    return [x[0], x[1] * scale if known(x[1], scale) else -1,
+            x[2] * scale if known(x[2], scale) else -1, w[1]]
 
 
 def _dtype(x, w, b):
@@ -99,12 +138,30 @@ class _ConvKernel(nn.Cell):
         return _conv_grads(x, weight, dout)
 
 
+class _DeconvReluKernel(nn.Cell):
+    """The compiled ReLU(transposed convolution); gradients from native operators."""
+
+    def __init__(self, lib):
+        super().__init__()
+        self.forward = ops.Custom(f'{lib}:DeconvReluFwd', _deconv_out_shape, _dtype,
+                                  func_type='aot')
+
+    def construct(self, x, weight, bias):
+        return self.forward(x, weight, bias)
+
+    def bprop(self, x, weight, bias, out, dout):
+        return _deconv_grads(x, weight, dout * (out > 0).astype(dout.dtype))
+
+
 def _make_kernels(lib):
-    return {False: _ConvKernel(lib, False), True: _ConvKernel(lib, True)}
+    return {False: _ConvKernel(lib, False), True: _ConvKernel(lib, True),
+            'deconv_relu': _DeconvReluKernel(lib)}
 
 
-def _kernel(relu):
-    return (kernel_cells('conv', _make_kernels) or {}).get(relu)
+def _kernel(key):
+    """The kernel cell for ``key`` (False, True: conv2d without, with ReLU; 'deconv_relu'), or
+    None for the native path."""
+    return (kernel_cells('conv', _make_kernels) or {}).get(key)
 
 
 class _Dispatch(nn.Cell):
@@ -123,5 +180,18 @@ class _Dispatch(nn.Cell):
         return conv2d_native(x, weight, bias, self.relu)
 
 
+class _DeconvDispatch(nn.Cell):
+    """deconv_relu(x, weight, bias): ReLU of the transposed convolution, kernel = stride."""
+
+    kernel = AtParseTime(lambda self: _kernel('deconv_relu'))
+
+    def construct(self, x, weight, bias):
+        if self.kernel is not None and x.dtype == ms.float32 and weight.dtype == ms.float32 \
+                and bias.dtype == ms.float32:
+            return self.kernel(x, weight, bias)
+        return deconv_relu_native(x, weight, bias)
+
+
 conv2d = _Dispatch(False)
 conv2d_relu = _Dispatch(True)
+deconv_relu = _DeconvDispatch()

@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common import initializer as init
 
-from ...ops import conv2d, conv2d_relu
+from ...ops import conv2d, conv2d_relu, deconv_relu
 
 
 def _he_fan_out():
@@ -39,24 +39,18 @@ class Conv2d(nn.Cell):
 
 
 class Deconv2x2(nn.Cell):
-    """ConvTranspose2d(kernel 2, stride 2) on channels-last data, PyTorch's parameter layout
-    (weight (in, out, 2, 2), bias (out,)): each input pixel becomes a 2x2 block, one matrix
-    product (MindSpore's CPU Conv2dTranspose is slow here too)."""
+    """ReLU(ConvTranspose2d(kernel 2, stride 2)) on channels-last data, PyTorch's parameter
+    layout (weight (in, out, 2, 2), bias (out,)): ``mindcoat.ops.deconv_relu``."""
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.weight = Parameter(init.initializer(_he_fan_out(), (in_channels, out_channels, 2, 2),
                                                  ms.float32))
         self.bias = Parameter(init.initializer('zeros', (out_channels,), ms.float32))
-        self.out_channels = out_channels
 
     def construct(self, x):
         """(B, H, W, in) -> (B, 2H, 2W, out)."""
-        b, h, w, c = x.shape
-        o = self.out_channels
-        y = ops.matmul(x.reshape(-1, c), self.weight.reshape(c, o * 4))
-        y = y.reshape(b, h, w, o, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-        return y.reshape(b, h * 2, w * 2, o) + self.bias
+        return deconv_relu(x, self.weight, self.bias)
 
 
 def _nhwc(x):
@@ -176,14 +170,13 @@ class FCNMaskHead(nn.Cell):
         self.convs = nn.CellList([ConvModule(in_channels if i == 0 else conv_channels,
                                              conv_channels, 3, relu=True)
                                   for i in range(num_convs)])
-        self.upsample = Deconv2x2(conv_channels, conv_channels)
+        self.upsample = Deconv2x2(conv_channels, conv_channels)  # ReLU included
         self.conv_logits = Conv2d(conv_channels, num_classes, 1)
-        self.relu = nn.ReLU()
 
     def construct(self, x):
         for conv in self.convs:
             x = conv(x)
-        return _nchw(self.conv_logits(self.relu(self.upsample(x))))
+        return _nchw(self.conv_logits(self.upsample(x)))
 
 
 class RoIHead(nn.Cell):

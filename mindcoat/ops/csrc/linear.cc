@@ -14,10 +14,12 @@
 //   LinearGradW   (dy (..., N), x (..., K))             -> dy^T x           (N, K)
 //   Conv2dFwd     (x (B, H, W, Cin), w (Cout, Cin, k, k), b (Cout,)) -> (B, H, W, Cout)
 //   Conv2dReluFwd (the same)                                          -> ReLU of it
-// (stride 1, zero padding k / 2: the FPN, RPN and mask head convolutions, channels-last). oneDNN's
-// convolution primitive on the channels-last tensors as stored; the weights are reordered on each
-// call into the blocked layout the primitive chose (0.6 MB for 256 channels, 3x3). MindSpore's
-// CPU Conv2d took about 100 times as long on these shapes, k * k shifted MatMuls 2.5 times.
+//   DeconvReluFwd (x (B, H, W, Cin), w (Cin, Cout, k, k), b (Cout,)) -> ReLU of (B, kH, kW, Cout)
+// (convolutions: stride 1, zero padding k / 2; the transposed one: stride k, no padding, as the
+// mask head's 2x2 upsampling; channels-last, PyTorch's weight layouts). oneDNN's (de)convolution
+// primitive on the channels-last tensors as stored; the weights are reordered on each call into
+// the blocked layout the primitive chose (0.6 MB for 256 channels, 3x3). MindSpore's CPU Conv2d
+// took about 100 times as long on these shapes, k * k shifted MatMuls 2.5 times.
 // The residual add and GELU are oneDNN post-ops applied while the output tile is in cache: the
 // separate passes over the whole output go away. The weight gradient reads dy^T (or x^T) as a
 // strided view; MindSpore's MatMul (the same oneDNN) was 10-35% slower on CoaT's shapes.
@@ -93,6 +95,13 @@ int dnnl_convolution_forward_primitive_desc_create(dnnl_handle *pd, dnnl_handle 
                                                    const dnnl_dims dilates,
                                                    const dnnl_dims padding_l,
                                                    const dnnl_dims padding_r, dnnl_handle attr);
+int dnnl_deconvolution_forward_primitive_desc_create(dnnl_handle *pd, dnnl_handle engine,
+                                                     int prop_kind, int alg, dnnl_handle src,
+                                                     dnnl_handle weights, dnnl_handle bias,
+                                                     dnnl_handle dst, const dnnl_dims strides,
+                                                     const dnnl_dims dilates,
+                                                     const dnnl_dims padding_l,
+                                                     const dnnl_dims padding_r, dnnl_handle attr);
 int dnnl_reorder_primitive_desc_create(dnnl_handle *pd, dnnl_handle src, dnnl_handle src_engine,
                                        dnnl_handle dst, dnnl_handle dst_engine, dnnl_handle attr);
 }
@@ -104,7 +113,8 @@ constexpr int kSrc = 1, kDst = 17, kWeights = 33, kBias = 41;  // DNNL_ARG_*
 constexpr int kPostOp0Src1 = 32768 * 1 | 2;  // DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1
 constexpr int kAvx512Core = 0x27;  // dnnl_cpu_isa_avx512_core, a subset of every AVX-512 ISA
 constexpr int kGeluErf = 0x31, kRelu = 0x20;  // dnnl_eltwise_gelu_erf, dnnl_eltwise_relu
-constexpr int kInference = 96, kConvDirect = 1;  // dnnl_forward_inference, dnnl_convolution_direct
+constexpr int kInference = 96;                   // dnnl_forward_inference
+constexpr int kConvDirect = 1, kDeconvDirect = 0xa;  // dnnl_(de)convolution_direct
 constexpr int kFormatAny = 1, kQueryWeights = 131;  // dnnl_format_tag_any, dnnl_query_weights_md
 constexpr int kBinaryAdd = 0x1fff0, kBinaryMul = 0x1fff1;  // dnnl_binary_add, dnnl_binary_mul
 
@@ -217,23 +227,31 @@ class Runtime {
   }
 
   // The convolution (stride 1, padding k / 2) of x (B, H, W, Cin) channels-last with k x k
-  // weights (Cout, Cin, k, k) [+ ReLU], created on first use.
+  // weights (Cout, Cin, k, k), or with `transposed` the transposed convolution (stride k, no
+  // padding) with weights (Cin, Cout, k, k); [+ ReLU]. Created on first use.
   const Conv *GetConv(int64_t B, int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t k,
-                      Epilogue epilogue) {
+                      Epilogue epilogue, bool transposed) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!ready_ && !Init()) return nullptr;
-    auto key = std::make_tuple(B, H, W, Cin, Cout, k, static_cast<int>(epilogue));
+    auto key = std::make_tuple(B, H, W, Cin, Cout, k, static_cast<int>(epilogue), transposed);
     auto it = convs_.find(key);
     if (it != convs_.end()) return &it->second;
     Conv cv;
+    const int64_t OH = transposed ? H * k : H, OW = transposed ? W * k : W;
     const dnnl_dims src_dims = {B, Cin, H, W}, src_strides = {H * W * Cin, 1, W * Cin, Cin};
-    const dnnl_dims dst_dims = {B, Cout, H, W}, dst_strides = {H * W * Cout, 1, W * Cout, Cout};
-    const dnnl_dims w_dims = {Cout, Cin, k, k}, w_strides = {Cin * k * k, k * k, k, 1};
-    const dnnl_dims ones = {1, 1}, zeros = {0, 0}, pad = {k / 2, k / 2};
+    const dnnl_dims dst_dims = {B, Cout, OH, OW};
+    const dnnl_dims dst_strides = {OH * OW * Cout, 1, OW * Cout, Cout};
+    // oneDNN's logical weight order is (out, in, k, k) for both
+    const dnnl_dims w_dims = {Cout, Cin, k, k};
+    const dnnl_dims w_conv = {Cin * k * k, k * k, k, 1}, w_deconv = {k * k, Cout * k * k, k, 1};
+    const dnnl_dims strides = {transposed ? k : 1, transposed ? k : 1}, zeros = {0, 0};
+    const dnnl_dims pad = {transposed ? 0 : k / 2, transposed ? 0 : k / 2};
+    const auto create = transposed ? dnnl_deconvolution_forward_primitive_desc_create
+                                   : dnnl_convolution_forward_primitive_desc_create;
     dnnl_handle any = nullptr, pd = nullptr, reorder_pd = nullptr;
     cv.src = Desc4(src_dims, src_strides);
     cv.dst = Desc4(dst_dims, dst_strides);
-    cv.plain = Desc4(w_dims, w_strides);
+    cv.plain = Desc4(w_dims, transposed ? w_deconv : w_conv);
     cv.bias = Desc(1, Cout, Cout, 1);
     bool ok = cv.src && cv.dst && cv.plain && cv.bias;
     if (ok) {  // the bias as 1-D
@@ -244,9 +262,8 @@ class Runtime {
     ok = ok && dnnl_memory_desc_create_with_tag(&any, 4, w_dims, kF32, kFormatAny) == 0;
     dnnl_handle attr = ok ? EpilogueAttr(epilogue, cv.dst, &ok) : nullptr;
     ok = ok &&
-         dnnl_convolution_forward_primitive_desc_create(&pd, engine_, kInference, kConvDirect,
-                                                        cv.src, any, cv.bias, cv.dst, ones, zeros,
-                                                        pad, pad, attr) == 0 &&
+         create(&pd, engine_, kInference, transposed ? kDeconvDirect : kConvDirect, cv.src, any,
+                cv.bias, cv.dst, strides, zeros, pad, pad, attr) == 0 &&
          dnnl_primitive_create(&cv.primitive, pd) == 0;
     if (attr) dnnl_primitive_attr_destroy(attr);
     dnnl_handle chosen = ok ? dnnl_primitive_desc_query_md(pd, kQueryWeights, 0) : nullptr;
@@ -337,7 +354,8 @@ class Runtime {
   DnnlPool pool_;
   dnnl_handle engine_ = nullptr, stream_ = nullptr;
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, MatMul> cache_;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>, Conv> convs_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>, Conv>
+      convs_;
 };
 
 Runtime runtime;  // lives as long as the library (never unloaded by MindSpore)
@@ -456,19 +474,21 @@ extern "C" int LinearGradW(int nparam, void **params, int *ndims, int64_t **shap
 
 namespace {
 
-// params: x (B, H, W, Cin), w (Cout, Cin, k, k), b (Cout,), y (B, H, W, Cout).
+// params: x (B, H, W, Cin), w (Cout, Cin, k, k) [transposed: (Cin, Cout, k, k)], b (Cout,),
+// y (B, H, W, Cout) [transposed: (B, kH, kW, Cout)].
 int Conv2d(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-           Epilogue epilogue) {
+           Epilogue epilogue, bool transposed = false) {
   if (nparam != 4 || !IsF32(dtypes[0]) || !IsF32(dtypes[1]) || ndims[0] != 4 || ndims[1] != 4 ||
       ndims[2] != 1 || ndims[3] != 4)
     return 1;
   const int64_t *x = shapes[0], *w = shapes[1], *y = shapes[3];
-  const int64_t k = w[2];
-  if (w[1] != x[3] || w[3] != k || k % 2 != 1 || shapes[2][0] != w[0] || y[0] != x[0] ||
-      y[1] != x[1] || y[2] != x[2] || y[3] != w[0])
+  const int64_t k = w[2], cin = transposed ? w[0] : w[1], cout = transposed ? w[1] : w[0];
+  const int64_t scale = transposed ? k : 1;
+  if (cin != x[3] || w[3] != k || (!transposed && k % 2 != 1) || shapes[2][0] != cout ||
+      y[0] != x[0] || y[1] != x[1] * scale || y[2] != x[2] * scale || y[3] != cout)
     return 1;
   if (Numel(4, y) == 0) return 0;
-  const Conv *cv = runtime.GetConv(x[0], x[1], x[2], x[3], w[0], k, epilogue);
+  const Conv *cv = runtime.GetConv(x[0], x[1], x[2], x[3], cout, k, epilogue, transposed);
   if (!cv) return 1;
   return runtime.RunConv(*cv, static_cast<const float *>(params[0]),
                          static_cast<const float *>(params[1]),
@@ -487,6 +507,11 @@ extern "C" int Conv2dReluFwd(int nparam, void **params, int *ndims, int64_t **sh
   return Conv2d(nparam, params, ndims, shapes, dtypes, Epilogue::kRelu);
 }
 
+extern "C" int DeconvReluFwd(int nparam, void **params, int *ndims, int64_t **shapes,
+                             const char **dtypes, void *stream, void *extra) {
+  return Conv2d(nparam, params, ndims, shapes, dtypes, Epilogue::kRelu, true);
+}
+
 extern "C" int LinearFwd(int nparam, void **params, int *ndims, int64_t **shapes,
                          const char **dtypes, void *stream, void *extra) {
   return Linear(nparam, params, ndims, shapes, dtypes, Epilogue::kNone);
@@ -503,8 +528,8 @@ extern "C" int LinearGeluFwd(int nparam, void **params, int *ndims, int64_t **sh
 }
 
 // ---- self-check (see common.h) ---------------------------------------------------------------
-// LinearFwd and LinearResFwd on (3, 7, 13) x (9, 13)^T, the gradients and the convolutions,
-// against plain loops:
+// LinearFwd and LinearResFwd on (3, 7, 13) x (9, 13)^T, the gradients and the (transposed)
+// convolutions, against plain loops:
 // this runs oneDNN's initialisation (its version, the engine, the stream on the package's thread
 // pool), a matmul with and without a post-op, and the transposed views, so a oneDNN without the
 // threadpool runtime fails here.
@@ -597,5 +622,24 @@ extern "C" int MindcoatSelfCheck(char *message, int length) {
   for (float &v : c_want) v = std::max(v, 0.0f);
   status = Conv2dReluFwd(4, conv_params, conv_ndims, conv_shapes, mindcoat::F32Types(), nullptr,
                          nullptr);
-  return mindcoat::Verdict("Conv2dReluFwd", status, cy, c_want, 1e-4f, message, length);
+  if (mindcoat::Verdict("Conv2dReluFwd", status, cy, c_want, 1e-4f, message, length)) return 1;
+  // DeconvReluFwd, 2x2 stride 2: (2, 5, 6, 7) -> (2, 10, 12, 9), weights (7, 9, 2, 2)
+  std::vector<float> tw = mindcoat::TestData(C * O * 4, 3.5f);
+  std::vector<float> dy(B * H * 2 * W * 2 * O), d_want(B * H * 2 * W * 2 * O);
+  for (int64_t n = 0; n < B; ++n)
+    for (int64_t h = 0; h < 2 * H; ++h)
+      for (int64_t w = 0; w < 2 * W; ++w)
+        for (int64_t o = 0; o < O; ++o) {
+          double acc = cb[o];
+          for (int64_t c = 0; c < C; ++c)
+            acc += static_cast<double>(cx[((n * H + h / 2) * W + w / 2) * C + c]) *
+                   tw[((c * O + o) * 2 + h % 2) * 2 + w % 2];
+          d_want[((n * 2 * H + h) * 2 * W + w) * O + o] = std::max(static_cast<float>(acc), 0.0f);
+        }
+  int64_t s_dw[4] = {C, O, 2, 2}, s_dy[4] = {B, 2 * H, 2 * W, O};
+  int64_t *deconv_shapes[4] = {s_cx, s_dw, s_cb, s_dy};
+  void *deconv_params[4] = {cx.data(), tw.data(), cb.data(), dy.data()};
+  status = DeconvReluFwd(4, deconv_params, conv_ndims, deconv_shapes, mindcoat::F32Types(),
+                         nullptr, nullptr);
+  return mindcoat::Verdict("DeconvReluFwd", status, dy, d_want, 1e-4f, message, length);
 }
