@@ -199,6 +199,8 @@ def test_ops_report_says_each_path_and_why(tmp_path):
     assert 'MINDCOAT_NATIVE_GELU is set' in rows['gelu'] and ' native ' in rows['gelu']
     for op in ('dwconv', 'crpe', 'attention', 'resize', 'linear', 'layernorm', 'conv'):
         assert ' native ' in rows[op] and 'internal compiler error' in rows[op], rows[op]
+    for op in ('roi_align', 'nms'):  # host-side steps: their reference is NumPy
+        assert ' NumPy ' in rows[op] and 'internal compiler error' in rows[op], rows[op]
     assert 'CPU fast path' in rows['patch']
     head = dict(ln.split(':', 1) for ln in lines if ln.split()[0] not in dispatch.OPS)
     assert head['cache'].strip() == str(tmp_path / 'cache')

@@ -1,8 +1,9 @@
 """``python -m mindcoat.ops``: which path each operator takes on this machine, and why.
 
 Builds and probes the CPU kernels if they are not cached yet (a few seconds to a minute), then
-prints one line per op (the CPU fast path, or MindSpore's native operators and the reason) and
-what the kernels are built with: cache directory, compiler, target instruction set, threads.
+prints one line per op (the CPU fast path, or else MindSpore's native operators, or NumPy for the
+detectors' host-side steps, and the reason) and what the kernels are built with: cache
+directory, compiler, target instruction set, threads.
 ``--json`` prints the same as one JSON object.
 """
 import argparse
@@ -71,8 +72,10 @@ def main(argv=None):
     for name in ('mindcoat', 'mindspore', 'device', 'cache', 'compiler', 'target', 'threads',
                  'onednn'):
         print(f'{name + ":":11}{report[name]}')
+    from .dispatch import HOST_OPS
     for row in report['ops']:
-        path = 'CPU fast path' if row['path'] == 'fast' else 'native'
+        path = 'CPU fast path' if row['path'] == 'fast' else \
+            'NumPy' if row['op'] in HOST_OPS else 'native'
         print(f"{row['op']:10} {path:14} {row['detail']}")
     return 0
 

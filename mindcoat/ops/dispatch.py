@@ -95,8 +95,9 @@ def fast_path(op):
     key = (op, ms.get_context('device_target'))
     if key not in _choices:
         libs, reason = decide(op)
+        native = 'the NumPy reference' if op in HOST_OPS else "MindSpore's native operators"
         logger.info('mindcoat: %s uses %s', OPS[op][0], 'the CPU fast path' if libs is not None
-                    else f"MindSpore's native operators ({reason})")
+                    else f'{native} ({reason})')
         _choices[key] = libs
     return _choices[key]
 
