@@ -34,8 +34,8 @@ def _taps(src, dst, clamp_weights):
         f[low], s[low] = 0, 0
         high = s >= src - 1
         f[high], s[high] = 0, src - 1
-    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int64)
-    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int64)
+    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int32)
+    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int32)
     return np.clip(s, 0, src - 1), np.clip(s + 1, 0, src - 1), w0, w1
 
 
@@ -67,11 +67,13 @@ def resize_bilinear(img, size):
         return _halve(img)
     xs0, xs1, a0, a1 = _taps(w, new_w, True)
     ys0, ys1, b0, b1 = _taps(h, new_h, False)
-    src = img.astype(np.int64)
+    # int32 holds every intermediate: rows reach about 255 * 2048, the vertical products 2048 *
+    # (rows >> 4), under 2**27
+    src = img.astype(np.int32)
     shape = (1, -1) + (1,) * (img.ndim - 2)
     # horizontal pass: int rows src[x0] * a0 + src[x1] * a1 (rows that are needed only)
     rows = np.union1d(ys0, ys1)
-    horiz = np.zeros((h, new_w) + img.shape[2:], np.int64)
+    horiz = np.zeros((h, new_w) + img.shape[2:], np.int32)
     horiz[rows] = src[rows][:, xs0] * a0.reshape(shape) + src[rows][:, xs1] * a1.reshape(shape)
     shape_v = (-1, 1) + (1,) * (img.ndim - 2)
     top = (b0.reshape(shape_v) * (horiz[ys0] >> 4)) >> 16
