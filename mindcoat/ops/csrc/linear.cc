@@ -252,14 +252,11 @@ class Runtime {
     cv.src = Desc4(src_dims, src_strides);
     cv.dst = Desc4(dst_dims, dst_strides);
     cv.plain = Desc4(w_dims, transposed ? w_deconv : w_conv);
-    cv.bias = Desc(1, Cout, Cout, 1);
-    bool ok = cv.src && cv.dst && cv.plain && cv.bias;
-    if (ok) {  // the bias as 1-D
-      dnnl_memory_desc_destroy(cv.bias);
-      const dnnl_dims b_dims = {Cout}, b_strides = {1};
-      ok = dnnl_memory_desc_create_with_strides(&cv.bias, 1, b_dims, kF32, b_strides) == 0;
-    }
-    ok = ok && dnnl_memory_desc_create_with_tag(&any, 4, w_dims, kF32, kFormatAny) == 0;
+    const dnnl_dims b_dims = {Cout}, b_strides = {1};
+    if (dnnl_memory_desc_create_with_strides(&cv.bias, 1, b_dims, kF32, b_strides) != 0)
+      cv.bias = nullptr;
+    bool ok = cv.src && cv.dst && cv.plain && cv.bias &&
+              dnnl_memory_desc_create_with_tag(&any, 4, w_dims, kF32, kFormatAny) == 0;
     dnnl_handle attr = ok ? EpilogueAttr(epilogue, cv.dst, &ok) : nullptr;
     ok = ok &&
          create(&pd, engine_, kInference, transposed ? kDeconvDirect : kConvDirect, cv.src, any,
