@@ -62,15 +62,9 @@ def by_key(boxes, scores, cats):
     return np.lexsort((-np.asarray(scores), np.asarray(cats)))
 
 
-def test_json_and_pngs_hold_the_official_detections(config, tmp_path):
-    proc = detect(['--config', config, '--ckpt_path', CKPT, IMAGES, '--out_dir', 'out'],
-                  tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads((tmp_path / 'out' / 'detections.json').read_text())
-    files = sorted(os.listdir(IMAGES))
-    assert sorted(os.listdir(tmp_path / 'out')) == \
-        sorted([f'{i + 1:06d}_{os.path.splitext(f)[0]}.png' for i, f in enumerate(files)] +
-               ['detections.json'])
+def assert_official(records, files):
+    """``records`` (detections.json) hold the official detections of ``files``, numbered 1...
+    in that order."""
     ref = official_results()
     for image_id, name in enumerate(files, 1):
         mine = [r for r in records if r['image_id'] == image_id]
@@ -89,6 +83,37 @@ def test_json_and_pngs_hold_the_official_detections(config, tmp_path):
             got = decode_rle(mine[i]['segmentation'])
             inter, union = (got & masks[j]).sum(), (got | masks[j]).sum()
             assert union == 0 or inter / union > 0.95
+
+
+def test_json_and_pngs_hold_the_official_detections(config, tmp_path):
+    proc = detect(['--config', config, '--ckpt_path', CKPT, IMAGES, '--out_dir', 'out'],
+                  tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((tmp_path / 'out' / 'detections.json').read_text())
+    files = sorted(os.listdir(IMAGES))
+    assert sorted(os.listdir(tmp_path / 'out')) == \
+        sorted([f'{i + 1:06d}_{os.path.splitext(f)[0]}.png' for i, f in enumerate(files)] +
+               ['detections.json'])
+    assert_official(records, files)
+
+
+def test_mixed_shapes_run_grouped_and_keep_the_given_order(config, tmp_path):
+    """Files whose padded shapes alternate (chelsea and coffee share one, astronaut has its own):
+    they run grouped by shape, the graphs' memory released between the groups, and the records
+    come out in the given order with the official detections."""
+    from mindcoat.detect import listed_images, shape_groups
+    from mindcoat.models.detection import load_detector_config
+    files = ['chelsea.png', 'astronaut.png', 'coffee.png']
+    entries = listed_images([os.path.join(IMAGES, f) for f in files])
+    order, shapes = shape_groups(entries, load_detector_config(config).pipeline)
+    assert order == [0, 2, 1] and shapes[0] == shapes[2] != shapes[1]
+    proc = detect(['--config', config, '--ckpt_path', CKPT, '--out_dir', 'out', '--no_png']
+                  + [os.path.join(IMAGES, f) for f in files], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads((tmp_path / 'out' / 'detections.json').read_text())
+    ids = [r['image_id'] for r in records]
+    assert ids == sorted(ids) and set(ids) == {1, 2, 3}
+    assert_official(records, files)
 
 
 def test_ann_file_images_are_scored_with_coco_ap(config, tmp_path):

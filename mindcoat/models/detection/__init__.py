@@ -13,7 +13,8 @@ or step by step: ``preprocess(image, net.pipeline)`` -> ``collate`` -> ``net.pre
 from .builder import backbone_arch, build_detector, check_detector_name, default_config
 from .heads import FCNMaskHead, FPN, RPNHead, Shared2FCBBoxHead
 from .mask_rcnn import Detections, MaskRCNN
-from .pipeline import DetInput, ImageMeta, collate, load_image, preprocess
+from .pipeline import DetInput, ImageMeta, collate, image_size, load_image, padded_shape, \
+    preprocess, resized_size
 from .registry import COCO_CATEGORY_IDS, COCO_CLASSES, DETECTORS, checkpoint_file, \
     checkpoint_url, list_detectors, official_config_name
 from .settings import BackboneSettings, DetectorConfig, HeadSettings, PipelineSettings, \
@@ -21,7 +22,8 @@ from .settings import BackboneSettings, DetectorConfig, HeadSettings, PipelineSe
 
 __all__ = ['backbone_arch', 'build_detector', 'check_detector_name', 'default_config',
            'FCNMaskHead', 'FPN', 'RPNHead', 'Shared2FCBBoxHead', 'Detections', 'MaskRCNN',
-           'DetInput', 'ImageMeta', 'collate', 'load_image', 'preprocess', 'COCO_CATEGORY_IDS',
+           'DetInput', 'ImageMeta', 'collate', 'image_size', 'load_image', 'padded_shape',
+           'preprocess', 'resized_size', 'COCO_CATEGORY_IDS',
            'COCO_CLASSES', 'DETECTORS', 'checkpoint_file', 'checkpoint_url', 'list_detectors',
            'official_config_name', 'BackboneSettings', 'DetectorConfig', 'HeadSettings',
            'PipelineSettings', 'RCNNTestSettings', 'RPNTestSettings', 'as_yaml_dict',

@@ -63,6 +63,28 @@ def resized_size(w, h, settings):
     return (max(new_w, 1), max(new_h, 1)), factor
 
 
+def padded_shape(new_w, new_h, settings):
+    """(pad_h, pad_w) of a resized image: the fixed canvas, else the next multiples of
+    size_divisor. One graph is compiled per padded shape."""
+    if settings.canvas is not None:
+        return tuple(settings.canvas)
+    div = settings.size_divisor
+    return int(math.ceil(new_h / div)) * div, int(math.ceil(new_w / div)) * div
+
+
+def image_size(path):
+    """(w, h) of an image file as ``load_image`` gives it (EXIF orientation applied), from its
+    header alone; None if the header cannot be read."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # the orientations that turn 90
+
+
 def normalize(image, mean, std, to_rgb=True):
     """mmcv.imnormalize on an RGB uint8 image, channels in RGB order if ``to_rgb`` else BGR
     (mean/std given in that order)."""
@@ -90,11 +112,7 @@ def preprocess(image, settings=None):
     # mmdet keeps the per-axis ratio of the sizes, not the resize factor itself
     scale_factor = np.array([new_w / w, new_h / h, new_w / w, new_h / h], F32)
     img = normalize(resized, settings.mean, settings.std, settings.to_rgb)
-    if settings.canvas is not None:
-        pad_h, pad_w = settings.canvas
-    else:
-        div = settings.size_divisor
-        pad_h, pad_w = int(math.ceil(new_h / div)) * div, int(math.ceil(new_w / div)) * div
+    pad_h, pad_w = padded_shape(new_w, new_h, settings)
     padded = np.zeros((3, pad_h, pad_w), F32)
     padded[:, :new_h, :new_w] = img.transpose(2, 0, 1)
     meta = ImageMeta(ori_shape=(h, w, 3), img_shape=(new_h, new_w, 3),
