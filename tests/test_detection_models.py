@@ -11,7 +11,8 @@ import pytest
 
 from mindcoat.errors import ConfigError, UsageError
 from mindcoat.models.detection import DETECTORS, PipelineSettings, build_detector, collate, \
-    default_config, load_detector_config, load_image, official_config_name, preprocess
+    default_config, image_size, load_detector_config, load_image, official_config_name, \
+    padded_shape, preprocess, resized_size
 from mindcoat.models.registry import ARCHS
 from mindcoat.weights.detection import canonical_detector_name
 
@@ -189,6 +190,27 @@ def test_a_config_file_with_overrides(tmp_path):
     assert config.num_classes == 3 and config.rcnn.score_thr == 0.3
     assert config.rcnn.max_per_img == 100 and config.pipeline.canvas == (768, 1280)
     assert config.backbone.arch is None  # the detector's own backbone, unchanged
+
+
+# --------------------------------------------------------------------------- image shapes
+@pytest.mark.parametrize('orientation', [1, 3, 6, 8])
+def test_image_size_from_the_header_is_the_decoded_size(tmp_path, orientation):
+    """detect groups images by the padded shape their headers give: EXIF orientations 6 and 8
+    turn the image, as load_image does, and the shape is preprocess's own."""
+    from PIL import Image
+    path = tmp_path / 'photo.jpg'
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(path, exif=exif)
+    image = load_image(path)
+    assert image_size(path) == (image.shape[1], image.shape[0])
+    assert image.shape[:2] == ((50, 30) if orientation in (6, 8) else (30, 50))
+    settings = PipelineSettings(img_scale=(224, 128))
+    tensor, _ = preprocess(image, settings)
+    assert padded_shape(*resized_size(*image_size(path), settings)[0], settings) == \
+        tensor.shape[1:]
+    (tmp_path / 'broken.jpg').write_bytes(b'not an image')
+    assert image_size(tmp_path / 'broken.jpg') is None
 
 
 # ------------------------------------------------------------------------------ fixed canvas
