@@ -164,6 +164,10 @@ def _kernel(key):
     return (kernel_cells('conv', _make_kernels) or {}).get(key)
 
 
+def _f32(x, weight, bias):
+    return x.dtype == ms.float32 and weight.dtype == ms.float32 and bias.dtype == ms.float32
+
+
 class _Dispatch(nn.Cell):
     """conv2d(x, weight, bias) or, for ``conv2d_relu``, ReLU of it."""
 
@@ -174,8 +178,7 @@ class _Dispatch(nn.Cell):
         self.relu = relu
 
     def construct(self, x, weight, bias):
-        if self.kernel is not None and x.dtype == ms.float32 and weight.dtype == ms.float32 \
-                and bias.dtype == ms.float32:
+        if self.kernel is not None and _f32(x, weight, bias):
             return self.kernel(x, weight, bias)
         return conv2d_native(x, weight, bias, self.relu)
 
@@ -186,8 +189,7 @@ class _DeconvDispatch(nn.Cell):
     kernel = AtParseTime(lambda self: _kernel('deconv_relu'))
 
     def construct(self, x, weight, bias):
-        if self.kernel is not None and x.dtype == ms.float32 and weight.dtype == ms.float32 \
-                and bias.dtype == ms.float32:
+        if self.kernel is not None and _f32(x, weight, bias):
             return self.kernel(x, weight, bias)
         return deconv_relu_native(x, weight, bias)
 
