@@ -186,7 +186,7 @@ def test_roi_levels_and_extraction(host_path):
     assert out.shape == (3, 2, 2, 1) and np.all(out == 4)
 
 
-@pytest.mark.parametrize('aligned,sampling_ratio', [(True, 0), (False, 0), (True, 2)])
+@pytest.mark.parametrize('aligned,sampling_ratio', [(True, 0), (False, 0), (True, 2), (True, -1)])
 def test_roi_align_kernel_equals_the_numpy_reference(aligned, sampling_ratio):
     """csrc/detection.cc's RoIAlign against the NumPy reference, bit for bit: RoIs of every size
     (grids 1 to 6 per bin), across the border, outside the map, empty and inverted."""

@@ -64,9 +64,7 @@ void AxisSamples(float start, float bin, int64_t grid, int64_t pooled, int64_t s
 extern "C" int RoiAlign(const float *feat, int64_t height, int64_t width, int64_t channels,
                         const float *rois, int64_t k, int64_t out_h, int64_t out_w,
                         float spatial_scale, int64_t sampling_ratio, int aligned, float *out) {
-  if (height <= 0 || width <= 0 || channels <= 0 || k < 0 || out_h <= 0 || out_w <= 0 ||
-      sampling_ratio < 0)
-    return 1;
+  if (height <= 0 || width <= 0 || channels <= 0 || k < 0 || out_h <= 0 || out_w <= 0) return 1;
   const int64_t plane = out_h * out_w * channels;
   ParallelFor(k, [&](int64_t begin, int64_t end) {
     Axis ys, xs;
@@ -85,9 +83,9 @@ extern "C" int RoiAlign(const float *feat, int64_t height, int64_t width, int64_
       }
       const float bin_h = roi_h / static_cast<float>(out_h);
       const float bin_w = roi_w / static_cast<float>(out_w);
-      // ceil(roi size / output size) samples per bin and axis, unless fixed
+      // ceil(roi size / output size) samples per bin and axis, unless fixed (a positive ratio)
       int64_t grid_h = sampling_ratio, grid_w = sampling_ratio;
-      if (sampling_ratio == 0) {
+      if (sampling_ratio <= 0) {
         grid_h = static_cast<int64_t>(std::ceil(roi_h / static_cast<float>(out_h)));
         grid_w = static_cast<int64_t>(std::ceil(roi_w / static_cast<float>(out_w)));
       }

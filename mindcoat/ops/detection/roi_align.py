@@ -118,11 +118,15 @@ def _kernel():
 
 def roi_align(feat, rois, output_size, spatial_scale, sampling_ratio=0, aligned=True):
     """RoIAlign (average) of ``rois`` (k, 4: x1, y1, x2, y2 in input pixels) on ``feat``
-    (H, W, C) of one image: (k, out_h, out_w, C) float32. ``sampling_ratio`` 0 samples each bin
-    on a ceil(roi size / output size) grid; ``aligned`` shifts by half a pixel."""
+    (H, W, C) of one image: (k, out_h, out_w, C) float32. ``sampling_ratio`` 0 (or below)
+    samples each bin on a ceil(roi size / output size) grid; ``aligned`` shifts by half a
+    pixel."""
     feat = np.ascontiguousarray(feat, F32)
     rois = np.ascontiguousarray(np.asarray(rois, F32).reshape(-1, 4))
     out_h, out_w = _pair(output_size)
+    if out_h < 1 or out_w < 1 or feat.ndim != 3:
+        raise ValueError(f'roi_align takes a (H, W, C) map and an output size of at least 1, '
+                         f'got {feat.shape} and {output_size}')
     lib = _kernel()
     if lib is not None and feat.size:
         out = np.empty((len(rois), out_h, out_w, feat.shape[2]), F32)
