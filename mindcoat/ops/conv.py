@@ -24,20 +24,28 @@ def _taps(weight):
     return ops.unstack(weight.transpose(2, 3, 1, 0).reshape(k * k, weight.shape[1], -1), 0)
 
 
+def _windows(x, k):
+    """The k * k windows of x (B, H, W, C) zero-padded by k // 2, each shifted by its tap (i, j)
+    and flattened to (B * H * W, C), tap (i, j) at i * k + j."""
+    b, h, w, c = x.shape
+    if k == 1:
+        return (x.reshape(-1, c),)
+    pad = k // 2
+    xp = ops.pad(x, (0, 0, pad, pad, pad, pad))
+    windows = ()
+    for t in range(k * k):
+        windows = windows + (ops.slice(xp, (0, t // k, t % k, 0), (b, h, w, c)).reshape(-1, c),)
+    return windows
+
+
 def conv2d_native(x, weight, bias, relu=False):
     """(B, H, W, in) with weight (out, in, k, k), bias (out,) -> (B, H, W, out)."""
-    b, h, w, c = x.shape
-    k = weight.shape[2]
+    b, h, w, _ = x.shape
     taps = _taps(weight)
-    if k == 1:
-        y = ops.matmul(x.reshape(-1, c), taps[0])
-    else:
-        pad = k // 2
-        xp = ops.pad(x, (0, 0, pad, pad, pad, pad))
-        y = ops.matmul(ops.slice(xp, (0, 0, 0, 0), (b, h, w, c)).reshape(-1, c), taps[0])
-        for t in range(1, k * k):
-            window = ops.slice(xp, (0, t // k, t % k, 0), (b, h, w, c))
-            y = y + ops.matmul(window.reshape(-1, c), taps[t])
+    windows = _windows(x, weight.shape[2])
+    y = ops.matmul(windows[0], taps[0])
+    for t in range(1, len(windows)):
+        y = y + ops.matmul(windows[t], taps[t])
     y = (y + bias).reshape(b, h, w, weight.shape[0])
     return ops.relu(y) if relu else y
 
@@ -49,14 +57,13 @@ def _conv_grads(x, weight, dy):
     out = weight.shape[0]
     pad = k // 2
     taps = _taps(weight)
+    windows = _windows(x, k)
     rows = dy.reshape(-1, out)
-    xp = ops.pad(x, (0, 0, pad, pad, pad, pad))
     dx = None
     dtaps = ()
     for t in range(k * k):
         i, j = t // k, t % k
-        window = ops.slice(xp, (0, i, j, 0), (b, h, w, c)).reshape(-1, c)
-        dtaps = dtaps + (ops.matmul(window.T, rows),)
+        dtaps = dtaps + (ops.matmul(windows[t].T, rows),)
         # the tap's input gradient, placed where its window sits in the padded input
         part = ops.pad(ops.matmul(rows, taps[t].T).reshape(b, h, w, c),
                        (0, 0, j, 2 * pad - j, i, 2 * pad - i))
