@@ -25,7 +25,6 @@ _choices = {}  # (op, device target) -> its libraries (see fast_path), or None f
 _cells = {}  # (op, maker, libraries) -> the kernel cells built on them (see kernel_cells)
 _export_form = []  # non-empty while export_ops() is active
 _host = {}  # library path -> its ctypes handle, or None when it did not load
-_host_failures = set()  # host ops whose kernel has failed (said once)
 
 
 class AtParseTime:
@@ -117,13 +116,6 @@ def host_library(op):
                            OPS[op][0], os.path.basename(path), err)
             _host[path] = None
     return _host[path]
-
-
-def host_failed(op, what):
-    """A host kernel returned an error: said once per op; the caller uses the NumPy reference."""
-    if op not in _host_failures:
-        _host_failures.add(op)
-        logger.warning('mindcoat: %s failed (%s); using the NumPy reference', OPS[op][0], what)
 
 
 def kernel_cells(op, make):

@@ -23,18 +23,18 @@ using mindcoat::ParallelFor;
 namespace {
 
 // The sampling positions along one axis of one RoI: for bin p and sample i, the two pixels read
-// and their weights (zero weights and pixel 0 where the sample falls outside the map).
+// and the weight of each (zero weights and pixel 0 where the sample falls outside the map).
 struct Axis {
   std::vector<int64_t> low, high;
-  std::vector<float> low_w, high_w;
+  std::vector<float> low_weight, high_weight;
 };
 
 void AxisSamples(float start, float bin, int64_t grid, int64_t pooled, int64_t size, Axis *axis) {
   const int64_t n = pooled * grid;
   axis->low.assign(n, 0);
   axis->high.assign(n, 0);
-  axis->low_w.assign(n, 0.0f);
-  axis->high_w.assign(n, 0.0f);
+  axis->low_weight.assign(n, 0.0f);
+  axis->high_weight.assign(n, 0.0f);
   for (int64_t p = 0; p < pooled; ++p)
     for (int64_t i = 0; i < grid; ++i) {
       float c = (start + static_cast<float>(p) * bin) +
@@ -51,15 +51,16 @@ void AxisSamples(float start, float bin, int64_t grid, int64_t pooled, int64_t s
       const float lw = c - static_cast<float>(low);
       axis->low[p * grid + i] = low;
       axis->high[p * grid + i] = high;
-      axis->high_w[p * grid + i] = 1.0f - lw;  // the weight of the low pixel
-      axis->low_w[p * grid + i] = lw;          // the weight of the high pixel
+      axis->low_weight[p * grid + i] = 1.0f - lw;
+      axis->high_weight[p * grid + i] = lw;
     }
 }
 
 }  // namespace
 
 // feat (height, width, channels) float32; rois (k, 4) x1, y1, x2, y2 in input pixels; out (k,
-// out_h, out_w, channels). sampling_ratio 0: ceil(roi size / out size) samples per bin and axis.
+// out_h, out_w, channels). sampling_ratio <= 0: ceil(roi size / out size) samples per bin and
+// axis, as torchvision.
 // Returns 0, or 1 for sizes it cannot take.
 extern "C" int RoiAlign(const float *feat, int64_t height, int64_t width, int64_t channels,
                         const float *rois, int64_t k, int64_t out_h, int64_t out_w,
@@ -102,12 +103,12 @@ extern "C" int RoiAlign(const float *feat, int64_t height, int64_t width, int64_
           float *a = acc.data();
           for (int64_t iy = 0; iy < grid_h; ++iy) {
             const int64_t y = ph * grid_h + iy;
-            const float hy = ys.high_w[y], ly = ys.low_w[y];
+            const float hy = ys.low_weight[y], ly = ys.high_weight[y];  // torchvision's names
             const float *row_l = feat + ys.low[y] * width * channels;
             const float *row_h = feat + ys.high[y] * width * channels;
             for (int64_t ix = 0; ix < grid_w; ++ix) {
               const int64_t x = pw * grid_w + ix;
-              const float hx = xs.high_w[x], lx = xs.low_w[x];
+              const float hx = xs.low_weight[x], lx = xs.high_weight[x];
               const float w1 = hy * hx, w2 = hy * lx, w3 = ly * hx, w4 = ly * lx;
               const float *f1 = row_l + xs.low[x] * channels, *f2 = row_l + xs.high[x] * channels;
               const float *f3 = row_h + xs.low[x] * channels, *f4 = row_h + xs.high[x] * channels;

@@ -11,7 +11,7 @@ import ctypes
 
 import numpy as np
 
-from ..dispatch import host_failed, host_library
+from ..dispatch import host_library
 
 F32 = np.float32
 _CHUNK = 256  # RoIs gathered at once (bounds the temporary arrays)
@@ -130,12 +130,12 @@ def roi_align(feat, rois, output_size, spatial_scale, sampling_ratio=0, aligned=
     lib = _kernel()
     if lib is not None and feat.size:
         out = np.empty((len(rois), out_h, out_w, feat.shape[2]), F32)
-        status = lib.RoiAlign(feat.ctypes.data, *feat.shape, rois.ctypes.data, len(rois), out_h,
-                              out_w, float(F32(spatial_scale)), int(sampling_ratio),
-                              int(bool(aligned)), out.ctypes.data)
-        if status == 0:
-            return out
-        host_failed('roi_align', f'status {status} for a {feat.shape} map')
+        # the kernel refuses only what the checks above already refused
+        if lib.RoiAlign(feat.ctypes.data, *feat.shape, rois.ctypes.data, len(rois), out_h,
+                        out_w, float(F32(spatial_scale)), int(sampling_ratio),
+                        int(bool(aligned)), out.ctypes.data) != 0:
+            raise RuntimeError(f'csrc/detection.cc refused RoIAlign on a {feat.shape} map')
+        return out
     return roi_align_numpy(feat, rois, (out_h, out_w), spatial_scale, sampling_ratio, aligned)
 
 
